@@ -1,0 +1,50 @@
+"""The `cai` command line. Each command group lives in its own module and imports its heavy
+implementation lazily, so `cai --help` answers fast."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from constitutional import __version__
+from constitutional.cli.constitution import app as constitution_app
+from constitutional.cli.models import register as register_model_commands
+from constitutional.errors import BackendError, UserError
+
+app = typer.Typer(
+    name="cai",
+    help="Constitutional AI: make a model harmless from a written constitution.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(constitution_app, name="constitution")
+register_model_commands(app)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"cai {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Constitutional AI: make a model harmless from a written constitution."""
+
+
+def main() -> None:
+    """Entry point: user mistakes become one line on stderr and exit code 2."""
+    try:
+        app()
+    except (UserError, BackendError) as e:
+        print(f"cai: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("cai: interrupted", file=sys.stderr)
+        sys.exit(130)
