@@ -19,10 +19,14 @@ from constitutional.errors import UserError
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """All rows of a JSONL file; blank lines are skipped. Every row must be a JSON object."""
+    return [row for _, row in iter_jsonl(path)]
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (1-based line number, row) so callers can name the line of a bad field."""
     path = Path(path)
     if not path.is_file():
         raise UserError("no such file", path)
-    rows = []
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
@@ -37,8 +41,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
                 raise UserError(f"invalid JSON: {e.msg} (column {e.colno})", path, number) from None
             if not isinstance(row, dict):
                 raise UserError("each line must be a JSON object", path, number)
-            rows.append(row)
-    return rows
+            yield number, row
 
 
 @contextmanager

