@@ -92,7 +92,7 @@ class CachedBackend:
         self, requests: Sequence[GenerationRequest], on_result: OnResult | None = None
     ) -> list[Completion]:
         keys = [cache_key(self._fingerprint, "generate", r.to_dict()) for r in requests]
-        hits = self.cache.get_many(keys) if self.cache else {}
+        hits = self.cache.get_many(keys) if self.cache is not None else {}
         results: list[Completion | None] = [None] * len(requests)
         for i, key in enumerate(keys):
             if key in hits:
@@ -103,7 +103,7 @@ class CachedBackend:
         def store(j: int, completion: Completion) -> None:
             i = todo[j]
             results[i] = completion
-            if self.cache:
+            if self.cache is not None:
                 self.cache.put(keys[i], completion.to_dict())
             self._deliver(i, completion, False, on_result)
 
@@ -118,12 +118,12 @@ class CachedBackend:
 
     def choice_logprobs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> list[list[float]]:
         keys = [cache_key(self._fingerprint, "choice_logprobs", [p, list(choices)]) for p in prompts]
-        hits = self.cache.get_many(keys) if self.cache else {}
+        hits = self.cache.get_many(keys) if self.cache is not None else {}
         todo = [i for i, k in enumerate(keys) if k not in hits]
         fresh = self.inner.choice_logprobs([prompts[i] for i in todo], choices) if todo else []
         for i, row in zip(todo, fresh):
             hits[keys[i]] = row
-            if self.cache:
+            if self.cache is not None:
                 self.cache.put(keys[i], row)
         self.usage.calls += len(prompts)
         self.usage.cache_hits += len(prompts) - len(todo)

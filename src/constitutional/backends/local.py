@@ -54,7 +54,9 @@ def load_model(spec: str, device: str | None = None):
 
 def _load_uncached(path: Path, device: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # our own progress bars are the ones users should see
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32  # no fast CPU bf16
     adapter = path / "adapter_config.json"
     if adapter.is_file():  # a LoRA checkpoint: load its base, apply the adapter, merge for speed
