@@ -15,19 +15,28 @@ from typing import Any
 from constitutional.backends import CachedBackend, GenerationRequest
 from constitutional.errors import UserError
 from constitutional.jsonl import iter_jsonl, write_jsonl
+from constitutional.prompts import resolve_prompts
 from constitutional.provenance import RunManifest, derive_seed, row_meta
 
 ARTIFACT = "generations"
 SCHEMA_VERSION = 1
 
 
-def load_prompts(path: str | Path) -> list[dict[str, Any]]:
-    """Read and check a prompts file; errors name the file and line."""
+def load_prompts(spec: str | Path, *, chat_allowed: bool = True) -> list[dict[str, Any]]:
+    """Read and check a prompts file or `builtin:NAME` set; errors name the file and line.
+
+    Args:
+        spec: a JSONL path or a bundled set such as `builtin:advbench`.
+        chat_allowed: accept `messages` rows; stages that need a single `prompt` pass False.
+    """
+    path = resolve_prompts(spec)
     rows = []
     for line, row in iter_jsonl(path):
         prompt, messages = row.get("prompt"), row.get("messages")
         if prompt is None and messages is None:
             raise UserError("row has neither a `prompt` nor a `messages` field", path, line)
+        if prompt is None and not chat_allowed:
+            raise UserError("row has no `prompt` field (this stage needs plain prompts)", path, line)
         if prompt is not None and not (isinstance(prompt, str) and prompt.strip()):
             raise UserError("`prompt` must be a non-empty string", path, line)
         if messages is not None and not _valid_messages(messages):

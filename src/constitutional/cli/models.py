@@ -13,7 +13,7 @@ ModelOpt = typer.Option(None, "--model", "-m", help="local: 'embedded', a .gguf 
 BaseUrlOpt = typer.Option(None, "--base-url", help="openai backend: server URL (default $OPENAI_BASE_URL).")
 
 
-def _backend(backend: str, model: str | None, base_url: str | None, batch_size: int, concurrency: int, cache: Path | None, no_cache: bool):
+def backend_from_options(backend: str, model: str | None, base_url: str | None, batch_size: int, concurrency: int, cache: Path | None, no_cache: bool):
     from constitutional.backends import make_backend
 
     options = {"batch_size": batch_size} if backend == "local" else {"base_url": base_url, "concurrency": concurrency}
@@ -42,7 +42,7 @@ def generate(
     from constitutional.generate import load_prompts, run_generate
 
     rows = load_prompts(prompts)  # check the input before paying for a model load
-    llm = _backend(backend, model, base_url, batch_size, concurrency, cache, no_cache)
+    llm = backend_from_options(backend, model, base_url, batch_size, concurrency, cache, no_cache)
     with Progress(transient=False) as progress:
         task = progress.add_task("generating", total=len(rows))
         summary = run_generate(
@@ -71,7 +71,7 @@ def chat(
     """Send one message to a model and print the reply (a quick look, not cached)."""
     from constitutional.backends import GenerationRequest
 
-    llm = _backend(backend, model, base_url, 1, 1, None, True)
+    llm = backend_from_options(backend, model, base_url, 1, 1, None, True)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
     request = GenerationRequest(messages=messages, temperature=temperature, max_tokens=max_tokens, seed=seed)
     typer.echo(llm.generate([request])[0].text)

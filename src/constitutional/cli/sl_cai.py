@@ -1,0 +1,129 @@
+"""`cai sl-cai generate` and `cai sl-cai train`: the supervised stage of Constitutional AI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from constitutional.cli.models import BackendOpt, BaseUrlOpt, ModelOpt, backend_from_options
+
+app = typer.Typer(help="SL-CAI: critique → revision data, then supervised fine-tuning.", no_args_is_help=True)
+
+
+def sft_path(out: Path) -> Path:
+    """Where the TRL-ready export of `out` goes: sl.jsonl → sl.sft.jsonl."""
+    return out.with_name(out.name.removesuffix(".jsonl") + ".sft.jsonl")
+
+
+@app.command()
+def generate(
+    prompts: str = typer.Option(..., "--prompts", "-p", help="Red-team prompts: JSONL with `prompt`, or builtin:advbench|harmbench|strongreject."),
+    out: Path = typer.Option(..., "--out", "-o", help="Trace JSONL (every round, discards with reasons); the SFT export goes to OUT.sft.jsonl."),
+    constitution: str = typer.Option("default", "--constitution", "-c", help="Constitution YAML, or 'default'."),
+    rounds: int = typer.Option(4, help="Critique/revision rounds per prompt."),
+    helpful_prompts: str = typer.Option("builtin:self_instruct", help="Helpful prompts to mix in (JSONL or builtin:self_instruct|mt_bench)."),
+    helpful_ratio: float = typer.Option(0.5, help="Share of helpful rows in the SFT export, in [0, 1); 0 disables mixing."),
+    limit: int = typer.Option(None, help="Use only the first N red-team prompts."),
+    temperature_start: float = typer.Option(0.9, help="Temperature of the first round."),
+    temperature_end: float = typer.Option(0.4, help="Temperature of the last round."),
+    max_tokens: int = typer.Option(200, help="New tokens per response or revision."),
+    fewshot: int = typer.Option(2, help="Constitution exemplars shown before each request."),
+    seed: int = typer.Option(0, help="Run seed: principle draws and samples derive from it."),
+    backend: str = BackendOpt,
+    model: str = ModelOpt,
+    base_url: str = BaseUrlOpt,
+    batch_size: int = typer.Option(16, help="local backend: rows decoded together."),
+    concurrency: int = typer.Option(16, help="openai backend: requests in flight."),
+    cache: Path = typer.Option(None, help="Response cache file (default $CAI_CACHE_DIR/responses.sqlite)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the response cache."),
+) -> None:
+    """Generate critique → revision traces and TRL-ready SFT rows from red-team prompts."""
+    import time
+
+    from rich.progress import Progress
+
+    from constitutional.constitution import load_constitution
+    from constitutional.errors import UserError
+    from constitutional.generate import load_prompts
+    from constitutional.jsonl import write_jsonl
+    from constitutional.provenance import RunManifest
+    from constitutional.sl_cai import SLConfig, generate_sl_data, to_sft_rows
+
+    if not 0 <= helpful_ratio < 1:
+        raise UserError(f"--helpful-ratio must be in [0, 1), got {helpful_ratio}")
+    rules = load_constitution(constitution)
+    red = load_prompts(prompts, chat_allowed=False)[:limit]
+    helpful = load_prompts(helpful_prompts, chat_allowed=False) if helpful_ratio > 0 else []
+    config = SLConfig(rounds=rounds, temperature_start=temperature_start, temperature_end=temperature_end,
+                      max_tokens=max_tokens, fewshot=fewshot, helpful_ratio=helpful_ratio, seed=seed)
+    llm = backend_from_options(backend, model, base_url, batch_size, concurrency, cache, no_cache)
+
+    start = time.perf_counter()
+    with Progress() as bar:
+        task = None
+
+        def progress(label: str, n: int) -> None:
+            nonlocal task
+            if label:
+                task = bar.add_task(label, total=n)
+            else:
+                bar.advance(task, n)
+
+        traces = generate_sl_data(rules, red, helpful, llm, config, progress)
+    write_jsonl(out, traces)
+    sft = to_sft_rows(traces)
+    write_jsonl(sft_path(out), sft)
+    kept = sum(1 for t in traces if t["kind"] == "red_team" and not t["discarded"])
+    RunManifest(Path(f"{out}.manifest.json")).record(
+        "sl_cai_generate", backend=llm, wall_seconds=time.perf_counter() - start, seed=seed,
+        constitution={"hash": rules.hash, "version": rules.version}, params=vars(config),
+        outputs=[str(out), str(sft_path(out))],
+    )
+    typer.echo(f"{kept}/{len(red)} red-team prompts kept, {len(sft)} SFT rows → {sft_path(out)}", err=True)
+
+
+@app.command()
+def train(
+    data: Path = typer.Option(..., "--data", "-d", help="TRL-ready JSONL with `messages` (the .sft.jsonl from generate)."),
+    base: str = typer.Option("embedded", "--base", help="Base model: 'embedded', a .gguf file or an HF dir."),
+    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint directory (loads with --model OUT)."),
+    lora: bool = typer.Option(True, "--lora/--full", help="LoRA adapter (default) or full fine-tuning."),
+    epochs: float = typer.Option(1.0, help="Passes over the data."),
+    lr: float = typer.Option(None, "--lr", help="Learning rate (default 2e-4 LoRA, 1e-5 full)."),
+    batch_size: int = typer.Option(8, help="Rows per optimiser step."),
+    max_steps: int = typer.Option(-1, help="Stop after this many steps (-1: epochs decide)."),
+    seed: int = typer.Option(0, help="Training seed."),
+    overwrite: bool = typer.Option(False, help="Replace an existing checkpoint directory."),
+) -> None:
+    """Fine-tune a model on SL-CAI data with TRL's SFTTrainer (+ PEFT LoRA)."""
+    from constitutional.train.sft import train_sft
+
+    summary = train_sft(data, base, out, lora=lora, epochs=epochs, learning_rate=lr, batch_size=batch_size,
+                        max_steps=max_steps, seed=seed, overwrite=overwrite)
+    typer.echo(f"trained {summary['steps']} steps, final loss {summary['final_loss']:.4f} → {out}", err=True)
+
+
+@app.command()
+def show(
+    traces: Path = typer.Argument(..., help="Trace JSONL written by `cai sl-cai generate`."),
+    n: int = typer.Option(3, help="How many red-team traces to print."),
+) -> None:
+    """Print critique → revision chains from a trace file, discards and reasons included."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from constitutional.jsonl import read_jsonl
+
+    console = Console()
+    red = sorted((t for t in read_jsonl(traces) if t.get("kind") == "red_team"), key=lambda t: t["discarded"])
+    for t in red[:n]:  # kept chains first: they are the ones SFT learns from
+        console.rule(f"[bold]{escape(t['id'])}[/] {'(discarded: ' + escape(t['reason']) + ')' if t['discarded'] else ''}")
+        console.print(f"[bold]prompt[/]: {escape(t['prompt'])}\n[bold]response[/]: {escape(t['initial_response'])}")
+        for r in t["rounds"]:
+            status = f"[red]discarded: {escape(r['reason'])}[/]" if r["discarded"] else "[green]kept[/]"
+            console.print(f"\n[bold]round {r['round']}[/] principle={r['principle_id']} T={r['temperature']} {status}")
+            console.print(f"[bold]critique[/]: {escape(r['critique'])}")
+            if r["revision"] is not None:
+                console.print(f"[bold]revision[/]: {escape(r['revision'])}")
+        console.print(f"\n[bold]final[/]: {escape(t['final_response'])}")

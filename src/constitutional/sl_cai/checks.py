@@ -1,0 +1,64 @@
+"""Detect critiques and revisions that failed, so they are kept with a reason, never used.
+
+Small models often answer a critique request by continuing or repeating the harmful answer, or
+by saying nothing useful; and they sometimes "revise" by copying the old text or the critique.
+These checks are deliberately simple and explainable; each returns a reason or None.
+"""
+
+from __future__ import annotations
+
+import re
+
+MIN_WORDS = 5
+REPEAT_OVERLAP = 0.6  # share of the text's word 4-grams found in the other text
+MIN_DISTINCT = 0.5  # below this share of distinct word 3-grams, text is looping on itself
+CRITIQUE_WORDS = re.compile(
+    r"\b(response|reply|answer|assistant|harm\w*|unsafe|danger\w*|illegal|unethical|wrong|"
+    r"problem\w*|should(n't)?|could|instead|because|inappropriate|risk\w*|fine|acceptable)\b",
+    re.IGNORECASE,
+)
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def overlap(text: str, other: str, n: int = 4) -> float:
+    """Fraction of `text`'s word n-grams that also occur in `other` (0 when text is too short)."""
+    words, other_words = _words(text), _words(other)
+    grams = {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+    other_grams = {tuple(other_words[i : i + n]) for i in range(len(other_words) - n + 1)}
+    return len(grams & other_grams) / len(grams) if grams else 0.0
+
+
+def looping(text: str, n: int = 3) -> bool:
+    """True when the text mostly repeats itself ("It is not helpful. It is not helpful. ...")."""
+    words = _words(text)
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return len(grams) >= 10 and len(set(grams)) / len(grams) < MIN_DISTINCT
+
+
+def critique_problem(critique: str, response: str) -> str | None:
+    """Why `critique` is not a critique of `response`, or None if it looks like one."""
+    if len(_words(critique)) < MIN_WORDS:
+        return "empty or too short"
+    if looping(critique):
+        return "degenerate: repeats itself"
+    if overlap(critique, response) >= REPEAT_OVERLAP:
+        return "repeats or continues the response instead of critiquing it"
+    if not CRITIQUE_WORDS.search(critique):
+        return "does not address the response"
+    return None
+
+
+def revision_problem(revision: str, previous: str, critique: str) -> str | None:
+    """Why `revision` failed to revise `previous` in light of `critique`, or None."""
+    if len(_words(revision)) < MIN_WORDS:
+        return "empty or too short"
+    if looping(revision):
+        return "degenerate: repeats itself"
+    if revision.strip() == previous.strip():
+        return "identical to the response it should revise"
+    if overlap(revision, critique) >= REPEAT_OVERLAP:
+        return "repeats the critique instead of rewriting the response"
+    return None

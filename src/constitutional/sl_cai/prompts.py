@@ -1,0 +1,48 @@
+"""How critique and revision requests are laid out as a chat, with few-shot exemplars first.
+
+The principle texts come from the constitution; this module only arranges turns, as in the
+paper: the red-team prompt, the response, the critique request, the critique, the revision request.
+"""
+
+from __future__ import annotations
+
+from constitutional.backends.base import Message
+from constitutional.constitution import Constitution, CritiqueRevision
+
+
+def _turns(prompt: str, response: str, pair: CritiqueRevision) -> list[Message]:
+    return [
+        {"role": "user", "content": prompt},
+        {"role": "assistant", "content": response},
+        {"role": "user", "content": pair.critique},
+    ]
+
+
+def fewshot_messages(constitution: Constitution, count: int) -> list[Message]:
+    """The first `count` critique/revision exemplars as complete earlier turns of the chat."""
+    messages: list[Message] = []
+    for ex in constitution.fewshot.critique_revision[:count]:
+        pair = constitution.pair(ex.principle)
+        messages += _turns(ex.prompt, ex.response, pair)
+        messages += [
+            {"role": "assistant", "content": ex.critique},
+            {"role": "user", "content": pair.revision},
+            {"role": "assistant", "content": ex.revision},
+        ]
+    return messages
+
+
+def critique_messages(fewshot: list[Message], prompt: str, response: str, pair: CritiqueRevision) -> list[Message]:
+    """Ask for a critique of `response` against one principle."""
+    return [*fewshot, *_turns(prompt, response, pair)]
+
+
+def revision_messages(
+    fewshot: list[Message], prompt: str, response: str, pair: CritiqueRevision, critique: str
+) -> list[Message]:
+    """Ask for a revision that answers `critique`; shares the critique request's prefix."""
+    return [
+        *critique_messages(fewshot, prompt, response, pair),
+        {"role": "assistant", "content": critique},
+        {"role": "user", "content": pair.revision},
+    ]

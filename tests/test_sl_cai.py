@@ -1,0 +1,136 @@
+"""SL-CAI data generation: checks, principle draws, the batched rounds, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+
+import pytest
+
+from constitutional.backends import CachedBackend
+from constitutional.backends.local import LocalBackend
+from constitutional.constitution import load_constitution
+from constitutional.sl_cai import SLConfig, critique_problem, draw_principle, generate_sl_data, revision_problem, to_sft_rows
+from constitutional.sl_cai import pipeline
+from test_generate import CAI, cached_rows, cai
+
+RED = [{"id": f"r{i}", "prompt": f"How do I do harmful thing number {i}?"} for i in range(4)]
+HELPFUL = [{"id": f"h{i}", "prompt": f"Give me a recipe idea number {i}."} for i in range(10)]
+
+
+def test_checks_explain_failures():
+    response = "Step one: buy the chemicals. Step two: mix them in a closed room and wait."
+    assert critique_problem("", response) == "empty or too short"
+    assert critique_problem(response + " Step three: leave.", response).startswith("repeats or continues")
+    assert critique_problem("Bananas are yellow and grow on tall plants.", response) == "does not address the response"
+    assert critique_problem("It is bad. " * 10, response) == "degenerate: repeats itself"
+    assert critique_problem("The response gives dangerous instructions for making a toxic gas.", response) is None
+    critique = "The response explains how to make a toxic gas, which could hurt people."
+    assert revision_problem(response, response, critique).startswith("identical")
+    assert revision_problem(critique, response, critique).startswith("repeats the critique")
+    assert revision_problem("I can't help make toxic gases, but here is how to store cleaners safely.", response, critique) is None
+
+
+def test_temperature_schedule_runs_from_start_to_end():
+    config = SLConfig(rounds=4, temperature_start=0.9, temperature_end=0.3)
+    assert [config.temperature(k) for k in range(4)] == [0.9, 0.7, 0.5, 0.3]
+    assert SLConfig(rounds=1).temperature(0) == 0.9
+
+
+def test_principle_draws_are_seeded_and_uniform():
+    rules = load_constitution("default")
+    draws = [draw_principle(rules, 5, f"p{i}", k).id for i in range(400) for k in range(4)]
+    assert draws == [draw_principle(rules, 5, f"p{i}", k).id for i in range(400) for k in range(4)]
+    assert draws != [draw_principle(rules, 6, f"p{i}", k).id for i in range(400) for k in range(4)]
+    counts = Counter(draws)
+    assert len(counts) == 16  # every principle is drawn; 100 expected each
+    assert min(counts.values()) > 60 and max(counts.values()) < 140
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return CachedBackend(LocalBackend(str(tiny_model_dir), batch_size=8), None)
+
+
+def test_rounds_principles_and_discards_on_a_tiny_model(tiny, monkeypatch):
+    rules = load_constitution("default")
+    config = SLConfig(rounds=3, max_tokens=12, critique_max_tokens=12, seed=11, helpful_ratio=0.5)
+    traces = generate_sl_data(rules, RED, HELPFUL, tiny, config)
+    red = [t for t in traces if t["kind"] == "red_team"]
+    assert len(red) == 4 and sum(t["kind"] == "helpful" for t in traces) == 4  # ratio 0.5 → equal
+    for t in red:
+        assert [r["principle_id"] for r in t["rounds"]] == [draw_principle(rules, 11, t["id"], k).id for k in range(3)]
+        assert all(r["discarded"] == (r["reason"] is not None) for r in t["rounds"])
+        assert t["meta"]["constitution_hash"] == rules.hash
+    # A random model writes gibberish: the checks must catch it and say why, not drop rows.
+    assert all(t["discarded"] and t["reason"] for t in red)
+
+    # With the checks accepting everything, every round yields a critique and a revision.
+    monkeypatch.setattr(pipeline, "critique_problem", lambda *a: None)
+    monkeypatch.setattr(pipeline, "revision_problem", lambda *a: None)
+    kept = generate_sl_data(rules, RED, [], tiny, SLConfig(rounds=3, max_tokens=12, critique_max_tokens=12, seed=11, helpful_ratio=0))
+    for t in kept:
+        assert len(t["rounds"]) == 3 and all(r["critique"] and r["revision"] for r in t["rounds"])
+        assert t["final_response"] == t["rounds"][-1]["revision"]
+        assert t["tokens"]["completion"] > 0
+    rows = to_sft_rows(kept)
+    assert [r["messages"][1]["content"] for r in rows] == [t["final_response"] for t in kept]
+
+
+def test_export_loads_with_datasets_and_trains_one_sft_step(tiny, tiny_model_dir, tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    from constitutional.jsonl import write_jsonl
+    from constitutional.train.sft import train_sft
+
+    monkeypatch.setattr(pipeline, "critique_problem", lambda *a: None)
+    monkeypatch.setattr(pipeline, "revision_problem", lambda *a: None)
+    traces = generate_sl_data(load_constitution("default"), RED, HELPFUL, tiny, SLConfig(rounds=1, max_tokens=8, critique_max_tokens=8))
+    export = tmp_path / "sl.sft.jsonl"
+    write_jsonl(export, to_sft_rows(traces))
+    ds = datasets.load_dataset("json", data_files=str(export), split="train")
+    assert len(ds) == 8 and ds[0]["messages"][-1]["role"] == "assistant"
+    summary = train_sft(export, str(tiny_model_dir), tmp_path / "ckpt", max_steps=1, batch_size=4)
+    assert summary["steps"] == 1
+
+
+def sl_args(model, prompts, out, cache):
+    return ["sl-cai", "generate", "--model", model, "--prompts", prompts, "--out", out, "--cache", cache,
+            "--rounds", "2", "--max-tokens", "60", "--helpful-ratio", "0", "--batch-size", "4", "--seed", "2"]
+
+
+def test_sigkill_during_generation_then_rerun_is_identical(tmp_path, tiny_model_dir):
+    prompts = tmp_path / "red.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Harmful request {i}"}) + "\n" for i in range(12)))
+    ref = tmp_path / "ref.jsonl"
+    assert cai(*sl_args(tiny_model_dir, prompts, ref, tmp_path / "ref.sqlite")).returncode == 0
+    out, cache = tmp_path / "sl.jsonl", tmp_path / "run.sqlite"
+    proc = subprocess.Popen([*CAI, *map(str, sl_args(tiny_model_dir, prompts, out, cache))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while cached_rows(cache) < 16 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    assert cai(*sl_args(tiny_model_dir, prompts, out, cache)).returncode == 0
+    assert out.read_text() == ref.read_text()
+    assert (tmp_path / "sl.sft.jsonl").read_text() == (tmp_path / "ref.sft.jsonl").read_text()
+
+
+def test_bad_prompt_files_exit_2_with_one_line(tmp_path):
+    no_prompt = tmp_path / "np.jsonl"
+    no_prompt.write_text('{"prompt": "fine"}\n{"messages": [{"role": "user", "content": "x"}]}\n')
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    cases = [(no_prompt, "np.jsonl:2: row has no `prompt` field"), (empty, "empty.jsonl: no prompts"),
+             ("builtin:nope", "unknown builtin prompt set 'nope'")]
+    for prompts, expected in cases:
+        r = cai("sl-cai", "generate", "--prompts", prompts, "--out", tmp_path / "o.jsonl", "--no-cache")
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and expected in lines[0], r.stderr
+        assert not (tmp_path / "o.jsonl").exists()
