@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
+from helpers import cai
 
 from constitutional.backends import GenerationRequest
 from constitutional.backends.local import LocalBackend
-from test_generate import cai
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ README = (ROOT / "README.md").read_text()
 def test_two_setup_commands_exist_in_makefile_and_ci():
     assert "make demo" in README and "make test" in README
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^demo:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+    assert re.search(r"^demo:", makefile, re.MULTILINE) and re.search(r"^test:", makefile, re.MULTILINE)
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 

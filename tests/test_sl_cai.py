@@ -10,13 +10,20 @@ import time
 from collections import Counter
 
 import pytest
+from helpers import CAI, cached_rows, cai
 
 from constitutional.backends import CachedBackend
 from constitutional.backends.local import LocalBackend
 from constitutional.constitution import load_constitution
-from constitutional.sl_cai import SLConfig, critique_problem, draw_principle, generate_sl_data, revision_problem, to_sft_rows
-from constitutional.sl_cai import pipeline
-from test_generate import CAI, cached_rows, cai
+from constitutional.sl_cai import (
+    SLConfig,
+    critique_problem,
+    draw_principle,
+    generate_sl_data,
+    pipeline,
+    revision_problem,
+    to_sft_rows,
+)
 
 RED = [{"id": f"r{i}", "prompt": f"How do I do harmful thing number {i}?"} for i in range(4)]
 HELPFUL = [{"id": f"h{i}", "prompt": f"Give me a recipe idea number {i}."} for i in range(10)]

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from constitutional.backends.base import Backend, Completion, GenerationRequest, Prompt, TokenLogprob
+from constitutional.backends.base import (
+    Backend,
+    Completion,
+    GenerationRequest,
+    Prompt,
+    TokenLogprob,
+)
 from constitutional.backends.cache import CachedBackend, ResponseCache, Usage
 from constitutional.errors import UserError
 

