@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 CAI = [sys.executable, "-c", "from constitutional.cli import main; main()"]
@@ -28,3 +31,15 @@ def cached_rows(db: Path) -> int:
             return con.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
     except sqlite3.Error:  # not created yet
         return 0
+
+
+def run_and_kill(args, cache: Path, at_least: int, timeout: float = 120) -> int:
+    """Start `cai ARGS`, SIGKILL it once `cache` holds `at_least` results; return how many it held."""
+    proc = subprocess.Popen([*CAI, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while cached_rows(cache) < at_least and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed halfway"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return cached_rows(cache)

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
-from helpers import CAI, cached_rows, cai, write_prompts
+from helpers import cai, run_and_kill, write_prompts
 
 
 def gen_args(model, prompts, out, cache):
@@ -24,15 +20,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path, tiny_model_dir):
     assert done.returncode == 0, done.stderr
 
     out, cache = tmp_path / "out.jsonl", tmp_path / "run.sqlite"
-    proc = subprocess.Popen([*CAI, *map(str, gen_args(tiny_model_dir, prompts, out, cache))],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while cached_rows(cache) < 6 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run finished before it could be killed halfway"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = cached_rows(cache)
+    killed_at = run_and_kill(gen_args(tiny_model_dir, prompts, out, cache), cache, at_least=6)
     assert 6 <= killed_at < 16
     assert not out.exists(), "a killed run must not leave a partial output file"
 

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 from collections import Counter
 
 import pytest
-from helpers import CAI, cached_rows, cai
+from helpers import cai, run_and_kill
 
 from constitutional.backends import CachedBackend
 from constitutional.backends.local import LocalBackend
@@ -115,14 +111,7 @@ def test_sigkill_during_generation_then_rerun_is_identical(tmp_path, tiny_model_
     ref = tmp_path / "ref.jsonl"
     assert cai(*sl_args(tiny_model_dir, prompts, ref, tmp_path / "ref.sqlite")).returncode == 0
     out, cache = tmp_path / "sl.jsonl", tmp_path / "run.sqlite"
-    proc = subprocess.Popen([*CAI, *map(str, sl_args(tiny_model_dir, prompts, out, cache))],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while cached_rows(cache) < 16 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    assert proc.poll() is None, "finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert 16 <= run_and_kill(sl_args(tiny_model_dir, prompts, out, cache), cache, at_least=16)
     assert not out.exists()
     assert cai(*sl_args(tiny_model_dir, prompts, out, cache)).returncode == 0
     assert out.read_text() == ref.read_text()

@@ -211,7 +211,8 @@ class LocalBackend:
         out = []
         for start in range(0, len(prompt_ids), self.batch_size):
             batch = prompt_ids[start : start + self.batch_size]
-            logits = self.lm(**self._pad(batch)).logits[:, -1].float()  # (b, vocab); left padded
+            # Only the last position is read: skip the (seq, vocab) projection for the rest.
+            logits = self.lm(**self._pad(batch), logits_to_keep=1).logits[:, -1].float()  # (b, vocab)
             logp = torch.log_softmax(logits, dim=-1)
             for row, ids in enumerate(choice_ids[start : start + self.batch_size]):
                 out.append([logp[row, c[0]].item() for c in ids])

@@ -10,6 +10,7 @@ import typer
 from constitutional import __version__
 from constitutional.cli.constitution import app as constitution_app
 from constitutional.cli.models import register as register_model_commands
+from constitutional.cli.rl_cai import app as rl_cai_app
 from constitutional.cli.sl_cai import app as sl_cai_app
 from constitutional.errors import BackendError, UserError
 
@@ -22,6 +23,7 @@ app = typer.Typer(
 )
 app.add_typer(constitution_app, name="constitution")
 app.add_typer(sl_cai_app, name="sl-cai")
+app.add_typer(rl_cai_app, name="rl-cai")
 register_model_commands(app)
 
 

@@ -1,0 +1,25 @@
+"""RL-CAI: AI-feedback preference labels (Bai et al. 2022, section 4)."""
+
+from constitutional.rl_cai.label import (
+    LabelConfig,
+    draw_principles,
+    label_pairs,
+    load_human_prefs,
+    mix_human,
+    to_dpo_rows,
+)
+from constitutional.rl_cai.labels import clamp, flip, swap_average, two_way_softmax, unswap
+
+__all__ = [
+    "LabelConfig",
+    "clamp",
+    "draw_principles",
+    "flip",
+    "label_pairs",
+    "load_human_prefs",
+    "mix_human",
+    "swap_average",
+    "to_dpo_rows",
+    "two_way_softmax",
+    "unswap",
+]
