@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from constitutional.cli.models import BackendOpt, BaseUrlOpt, backend_from_options
+from constitutional.cli.rl_cai_pm import score, train_pm
 
 app = typer.Typer(help="RL-CAI: AI-feedback preference labels for reward modelling / DPO.", no_args_is_help=True)
 
@@ -105,3 +106,7 @@ def label(
     )
     typer.echo(f"{kept}/{len(ai)} pairs labelled ({flips} swap flips), {len(labelled) - len(ai)} human rows, "
                f"{len(dpo)} preference rows → {dpo_path(out)}", err=True)
+
+# Training commands live in their own modules; each imports TRL/PEFT only when it runs.
+app.command("train-pm")(train_pm)
+app.command("score")(score)
