@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from constitutional.cli.models import BackendOpt, BaseUrlOpt, backend_from_options
+from constitutional.cli.rl_cai_dpo import dpo
 from constitutional.cli.rl_cai_pm import score, train_pm
 
 app = typer.Typer(help="RL-CAI: AI-feedback preference labels for reward modelling / DPO.", no_args_is_help=True)
@@ -110,3 +111,4 @@ def label(
 # Training commands live in their own modules; each imports TRL/PEFT only when it runs.
 app.command("train-pm")(train_pm)
 app.command("score")(score)
+app.command("dpo")(dpo)
