@@ -14,8 +14,8 @@ from pathlib import Path
 CAI = [sys.executable, "-c", "from constitutional.cli import main; main()"]
 
 
-def cai(*args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([*CAI, *map(str, args)], capture_output=True, text=True, timeout=300, **kwargs)
+def cai(*args, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([*CAI, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
 def write_prompts(path: Path, n: int) -> Path:

@@ -32,7 +32,8 @@ def test_embedded_generation_matches_raw_greedy_decoding(embedded):
 def test_sl_cai_on_embedded_model_then_sft_raises_likelihood_of_revisions(tmp_path, embedded):
     out = tmp_path / "sl.jsonl"
     r = cai("sl-cai", "generate", "--prompts", "builtin:advbench", "--limit", "8", "--rounds", "2",
-            "--max-tokens", "64", "--helpful-ratio", "0", "--out", out, "--cache", tmp_path / "c.sqlite")
+            "--max-tokens", "48", "--fewshot", "1", "--helpful-ratio", "0", "--out", out,
+            "--cache", tmp_path / "c.sqlite", timeout=1200)
     assert r.returncode == 0, r.stderr
     traces = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(traces) == 8 and all(len(t["rounds"]) == 2 for t in traces)
@@ -46,7 +47,7 @@ def test_sl_cai_on_embedded_model_then_sft_raises_likelihood_of_revisions(tmp_pa
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     r = cai("sl-cai", "train", "--data", data, "--base", "embedded", "--out", tmp_path / "ckpt",
-            "--max-steps", "6", "--lr", "1e-3", "--batch-size", "4")
+            "--max-steps", "6", "--lr", "1e-3", "--batch-size", "4", timeout=1200)
     assert r.returncode == 0, r.stderr
 
     tuned = LocalBackend(str(tmp_path / "ckpt"))

@@ -9,6 +9,7 @@ import typer
 from constitutional.cli.models import BackendOpt, BaseUrlOpt, backend_from_options
 from constitutional.cli.rl_cai_dpo import dpo
 from constitutional.cli.rl_cai_pm import score, train_pm
+from constitutional.cli.rl_cai_ppo import ppo
 
 app = typer.Typer(help="RL-CAI: AI-feedback preference labels for reward modelling / DPO.", no_args_is_help=True)
 
@@ -112,3 +113,4 @@ def label(
 app.command("train-pm")(train_pm)
 app.command("score")(score)
 app.command("dpo")(dpo)
+app.command("ppo")(ppo)

@@ -1,0 +1,389 @@
+"""The RL step of RL-CAI as in the paper: PPO against the preference model, with a KL penalty.
+
+Bai et al. 2022 (section 4) fine-tune the SL-CAI model with PPO, the reward being the preference
+model's score minus β·KL to the SL-CAI policy (Ziegler et al. 2019; Stiennon et al. 2020):
+
+    cai rl-cai ppo --prompts builtin:advbench --policy sl-ckpt/ --reward-model pm/ --out ppo-ckpt/
+
+TRL no longer ships PPO, so this is a compact one, one idea per function:
+
+    rollout   sample a response per prompt (temperature T, no top-k / top-p: the true policy)
+    score     PM(prompt, response) at the response's last token, minus β·(log π - log π_ref)
+              at every token
+    gae       advantages with γ = 1, λ = 0.95, from a value head on the policy's last hidden state
+    update    a few epochs of minibatch steps on the clipped policy loss + clipped value loss
+
+The policy is the causal LM with a fresh LoRA adapter (dropout 0, so the log-probs of rollout and
+update agree); the reference is the same model with the adapter disabled, so no second copy is
+held (full fine-tuning keeps a frozen copy instead). The value head is a separate `nn.Linear` on
+the detached last hidden state, trained by the same optimiser (at 10x the learning rate: it starts
+from zero and must catch up with the rewards). β is fixed, or adapted towards `target_kl` with
+Ziegler et al.'s proportional controller.
+
+Saved as `cai rl-cai dpo` saves (see dpo.py): an adapter naming the policy spec as its base, or the
+merged full model when the policy is itself a LoRA checkpoint or `lora=False`; plus
+`train_log.json` (per step: PM reward, KL, response length, losses, β), `reward.svg`, `loss.svg`
+and `cai_checkpoint.json`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from constitutional.errors import UserError
+from constitutional.jsonl import write_json
+from constitutional.provenance import package_versions
+from constitutional.train.sft import CHECKPOINT_SCHEMA, base_reference, publish_dir, write_loss_svg
+
+GAMMA, LAMBDA = 1.0, 0.95  # GAE: no discount within a response; λ trades bias for variance
+CLIP, VALUE_CLIP = 0.2, 0.2  # PPO's ε for the ratio, and for the value change per update
+VALUE_COEF, VALUE_LR_SCALE = 0.5, 10.0
+KL_HORIZON = 10_000  # adaptive β: rollouts over which the controller closes the gap (Ziegler)
+
+
+def train_ppo(
+    prompts: str | Path,
+    policy: str,
+    reward_model: str | Path,
+    out: str | Path,
+    *,
+    beta: float = 0.05,
+    adaptive_kl: bool = False,
+    target_kl: float = 6.0,
+    steps: int = 20,
+    batch_size: int = 8,
+    ppo_epochs: int = 2,
+    minibatch_size: int = 4,
+    learning_rate: float = 1e-4,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    entropy_coef: float = 0.0,
+    lora: bool = True,
+    lora_r: int = 16,
+    lora_alpha: int = 32,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """PPO of `policy` against a preference model; writes a checkpoint directory atomically.
+
+    Args:
+        prompts: JSONL with a `prompt` per row, or `builtin:NAME`; batches cycle through them.
+        policy: the model to train, usually the SL-CAI checkpoint ("embedded", .gguf, HF or LoRA
+            dir). It is also the KL reference.
+        reward_model: a preference model directory from `cai rl-cai train-pm`.
+        out: checkpoint directory to create (refused if it exists and is not empty).
+        beta: KL penalty per token (the initial value when `adaptive_kl`).
+        adaptive_kl / target_kl: adapt β so the per-response KL nears `target_kl` (nats).
+        steps: rollouts (each of `batch_size` prompts), each followed by `ppo_epochs` passes.
+        minibatch_size: responses per optimiser step.
+        learning_rate: of the LoRA weights (or all weights); the value head's is 10x.
+        max_new_tokens / temperature: sampling of responses.
+        entropy_coef: weight of an entropy bonus (0: none).
+        lora / lora_r / lora_alpha: a fresh LoRA adapter (default) or full fine-tuning.
+        seed: seeds LoRA init, prompt order and sampling.
+        overwrite: replace an existing non-empty `out`.
+
+    Returns:
+        {"steps", "reward_first", "reward_last", "kl_last", "beta", "wall_seconds", "out"}: mean PM
+        reward of the first and last rollout, and the last rollout's mean KL.
+    """
+    started = time.monotonic()
+    out = Path(out)
+    from constitutional.generate import load_prompts
+
+    rows = load_prompts(prompts, chat_allowed=False)  # bad input fails before any model load
+    if out.exists() and (out.is_file() or any(out.iterdir())) and not overwrite:
+        raise UserError("output exists and is not empty; pass --overwrite to replace it", out)
+    if beta < 0 or (adaptive_kl and not target_kl > 0):
+        raise UserError("--beta must be >= 0 (and the target KL > 0 with --adaptive-kl)")
+    if min(steps, batch_size, ppo_epochs, minibatch_size, max_new_tokens) < 1 or not temperature > 0:
+        raise UserError("steps, batch size, epochs, minibatch size and max new tokens must be >= 1; temperature > 0")
+    try:
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import set_seed
+    except ImportError as e:
+        raise UserError(f"training needs {e.name}, part of the train extra: pip install 'constitutional[train]'") from None
+    from constitutional.backends.local import _load_uncached, resolve_model
+    from constitutional.train.preference_model import load_preference_model
+
+    set_seed(seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    pm, pm_tokenizer = load_preference_model(reward_model, device)
+    policy_path = resolve_model(policy)
+    policy_is_adapter = (policy_path / "adapter_config.json").is_file()
+    model, tokenizer = _load_uncached(policy_path, "cpu")  # a LoRA policy comes back merged
+    model = model.float().to(device)
+    ref = None
+    if lora:
+        config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules="all-linear",
+                            task_type="CAUSAL_LM")  # fmt: skip
+        model = get_peft_model(model, config)
+    else:
+        ref = copy.deepcopy(model).eval().requires_grad_(False)
+        model.requires_grad_(True)
+    value_head = torch.nn.Linear(model.config.get_text_config().hidden_size, 1).to(device)
+    torch.nn.init.zeros_(value_head.weight), torch.nn.init.zeros_(value_head.bias)
+    optimizer = torch.optim.Adam([
+        {"params": [p for p in model.parameters() if p.requires_grad], "lr": learning_rate},
+        {"params": value_head.parameters(), "lr": learning_rate * VALUE_LR_SCALE},
+    ])  # fmt: skip
+    kl_ctl = KLController(beta, target_kl if adaptive_kl else None)
+    order = random.Random(seed)
+    queue: list[dict] = []
+
+    log = []
+    for step in range(1, steps + 1):
+        batch = []
+        while len(batch) < batch_size:
+            queue = queue or order.sample(rows, len(rows))
+            batch.append(queue.pop()["prompt"])
+        roll = rollout(model, tokenizer, batch, max_new_tokens=max_new_tokens, temperature=temperature)
+        scores = pm_scores(pm, pm_tokenizer, batch, roll["texts"]).to(device)
+        with torch.no_grad():
+            logp, values, _ = forward(model, value_head, roll, temperature)
+            ref_logp = reference_logprobs(model, ref, roll, temperature)
+        mask = roll["mask"]
+        kl = (logp - ref_logp) * mask
+        rewards = token_rewards(scores, kl, mask, kl_ctl.beta)
+        advantages, returns = gae(rewards, values, mask)
+        advantages = whiten(advantages, mask)
+        stats = ppo_update(model, value_head, optimizer, roll, logp, values, advantages, returns,
+                           epochs=ppo_epochs, minibatch_size=minibatch_size, temperature=temperature,
+                           entropy_coef=entropy_coef)  # fmt: skip
+        entry = {
+            "step": step,
+            "reward": scores.mean().item(),
+            "kl": kl.sum(1).mean().item(),
+            "response_length": mask.sum(1).float().mean().item(),
+            "beta": kl_ctl.beta,
+            **stats,
+        }
+        log.append(entry)
+        kl_ctl.update(entry["kl"], batch_size)
+
+    # Save: an adapter over the policy spec, or the full (merged) model; see dpo.py.
+    from constitutional.train.preference_model import _staging_dir
+
+    tmp = _staging_dir(out)
+    try:
+        saved_adapter = lora and not policy_is_adapter
+        trained = model.merge_and_unload() if lora and not saved_adapter else model
+        trained.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if saved_adapter:  # PEFT records the resolved path; point at the spec
+            adapter_config = json.loads((tmp / "adapter_config.json").read_text())
+            adapter_config["base_model_name_or_path"] = base_reference(policy)
+            write_json(tmp / "adapter_config.json", adapter_config)
+        summary = {
+            "steps": steps,
+            "reward_first": log[0]["reward"],
+            "reward_last": log[-1]["reward"],
+            "kl_last": log[-1]["kl"],
+            "beta": kl_ctl.beta,
+            "wall_seconds": round(time.monotonic() - started, 3),
+            "out": str(out),
+        }
+        write_json(tmp / "train_log.json", log)
+        write_loss_svg(tmp / "reward.svg", [(e["step"], e["reward"]) for e in log])
+        write_loss_svg(tmp / "loss.svg", [(e["step"], e["policy_loss"]) for e in log])
+        write_json(tmp / "cai_checkpoint.json", {
+            "schema": CHECKPOINT_SCHEMA,
+            "stage": "rl-cai-ppo",
+            "kind": "ppo",
+            "policy": base_reference(policy),
+            "reference": base_reference(policy),
+            "base": base_reference(policy) if saved_adapter else None,
+            "reward_model": str(Path(reward_model).expanduser().resolve()),
+            "beta": beta,
+            "prompts": str(prompts),
+            "hyperparameters": {
+                "beta": beta, "adaptive_kl": adaptive_kl, "target_kl": target_kl if adaptive_kl else None,
+                "steps": steps, "batch_size": batch_size, "ppo_epochs": ppo_epochs,
+                "minibatch_size": minibatch_size, "learning_rate": learning_rate,
+                "value_learning_rate": learning_rate * VALUE_LR_SCALE, "max_new_tokens": max_new_tokens,
+                "temperature": temperature, "entropy_coef": entropy_coef, "gamma": GAMMA, "lambda": LAMBDA,
+                "clip": CLIP, "value_clip": VALUE_CLIP, "value_coef": VALUE_COEF, "lora": lora,
+                "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": 0.0,
+            },
+            "seed": seed,
+            "device": device,
+            **summary,
+            "packages": package_versions(),
+        })  # fmt: skip
+        publish_dir(tmp, out)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+# -- rollout -----------------------------------------------------------------------------------
+
+
+def rollout(model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float) -> dict:
+    """Sample one response per prompt. Returns ids (prompt + response, prompts left-padded),
+    attention_mask, the prompt width, `mask` over response tokens (up to and including EOS) and
+    the decoded `texts`."""
+    import torch
+
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                           add_generation_prompt=True) for p in prompts]  # fmt: skip
+    tokenizer.padding_side = "left"
+    enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
+    model.eval()
+    with torch.no_grad():
+        ids = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                             max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    width = enc["input_ids"].shape[1]
+    response = ids[:, width:]
+    ended = (response == tokenizer.eos_token_id).long().cumsum(1)
+    mask = ((ended == 0) | ((ended == 1) & (response == tokenizer.eos_token_id))).float()  # EOS counts
+    texts = tokenizer.batch_decode(response * mask.long() + tokenizer.pad_token_id * (1 - mask.long()),
+                                   skip_special_tokens=True)  # fmt: skip
+    attention = torch.cat([enc["attention_mask"], mask.long()], dim=1)
+    return {"ids": ids, "attention_mask": attention, "width": width, "mask": mask, "texts": texts}
+
+
+def pm_scores(pm, pm_tokenizer, prompts: list[str], responses: list[str]):
+    """The preference model's reward for each (prompt, response)."""
+    import torch
+
+    from constitutional.train.preference_model import rewards
+
+    convs = [[{"role": "user", "content": p}, {"role": "assistant", "content": r}] for p, r in zip(prompts, responses)]
+    return torch.tensor(rewards(pm, pm_tokenizer, convs))
+
+
+def forward(model, value_head, roll: dict, temperature: float, rows=slice(None)):
+    """Per response token: log π(token) at `temperature`, the value of the state before it, and
+    the policy's entropy there. Each (batch, response length)."""
+    import torch
+
+    ids, attention = roll["ids"][rows], roll["attention_mask"][rows]
+    positions = (attention.cumsum(1) - 1).clamp(min=0)  # as generate() numbers left-padded rows
+    out = model(input_ids=ids, attention_mask=attention, position_ids=positions, output_hidden_states=True,
+                use_cache=False)  # fmt: skip
+    w = roll["width"]
+    logits = out.logits[:, w - 1 : -1].float() / temperature  # position t predicts token t + 1
+    logprobs = torch.log_softmax(logits, dim=-1)
+    token_logp = logprobs.gather(-1, ids[:, w:, None]).squeeze(-1)
+    entropy = -(logprobs.exp() * logprobs).sum(-1)
+    values = value_head(out.hidden_states[-1][:, w - 1 : -1].detach().float()).squeeze(-1)
+    return token_logp, values, entropy
+
+
+def reference_logprobs(model, ref, roll: dict, temperature: float):
+    """log π_ref per response token: the policy with its LoRA adapter off, or the frozen copy."""
+    if ref is not None:
+        return forward(ref, _NoValue(), roll, temperature)[0]
+    with model.disable_adapter():
+        return forward(model, _NoValue(), roll, temperature)[0]
+
+
+class _NoValue:
+    """A stand-in value head for reference passes."""
+
+    def __call__(self, hidden):
+        return hidden[..., :1]
+
+
+# -- advantages and losses ---------------------------------------------------------------------
+
+
+def token_rewards(scores, kl, mask, beta: float):
+    """−β·KL at every response token, plus the PM score on the last one."""
+    import torch
+
+    rewards = -beta * kl * mask
+    last = (mask.sum(1).long() - 1).clamp(min=0)
+    return rewards + torch.zeros_like(rewards).scatter(1, last[:, None], scores[:, None].to(rewards.dtype))
+
+
+def gae(rewards, values, mask, gamma: float = GAMMA, lam: float = LAMBDA):
+    """Generalised advantage estimates and returns (advantage + value), 0 past each response."""
+    import torch
+
+    rewards, values = rewards * mask, values * mask  # past the end: no reward, value 0
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * running
+        advantages[:, t] = running
+    advantages = advantages * mask
+    return advantages, advantages + values
+
+
+def whiten(x, mask, eps: float = 1e-8):
+    """Zero mean, unit variance over the masked entries (PPO's advantage normalisation)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * (var + eps).rsqrt() * mask
+
+
+def masked_mean(x, mask):
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def policy_loss(logp, old_logp, advantages, mask, clip: float = CLIP):
+    """PPO's clipped surrogate: mean of max(−A·r, −A·clip(r, 1−ε, 1+ε)), r = π/π_old; and the
+    share of tokens where the clip is active."""
+    ratio = (logp - old_logp).exp()
+    unclipped, clipped = -advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip)
+    return masked_mean(unclipped.maximum(clipped), mask), masked_mean((clipped > unclipped).float(), mask)
+
+
+def value_loss(values, old_values, returns, mask, clip: float = VALUE_CLIP):
+    """½ mean of max((V − R)², (V_clipped − R)²), V_clipped = V_old + clip(V − V_old, ±ε)."""
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    return 0.5 * masked_mean(((values - returns) ** 2).maximum((clipped - returns) ** 2), mask)
+
+
+def ppo_update(model, value_head, optimizer, roll, old_logp, old_values, advantages, returns, *,
+               epochs: int, minibatch_size: int, temperature: float, entropy_coef: float) -> dict:  # fmt: skip
+    """`epochs` shuffled passes of minibatch steps; returns the losses averaged over them."""
+    import torch
+
+    model.train()
+    n = old_logp.shape[0]
+    totals: dict[str, float] = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "clipfrac": 0.0}
+    count = 0
+    for _ in range(epochs):
+        for idx in torch.randperm(n).split(minibatch_size):
+            mask = roll["mask"][idx]
+            logp, values, entropy = forward(model, value_head, roll, temperature, rows=idx)
+            pg, clipfrac = policy_loss(logp, old_logp[idx], advantages[idx], mask)
+            vf = value_loss(values, old_values[idx], returns[idx], mask)
+            ent = masked_mean(entropy, mask)
+            loss = pg + VALUE_COEF * vf - entropy_coef * ent
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            for k, v in (("policy_loss", pg), ("value_loss", vf), ("entropy", ent), ("clipfrac", clipfrac)):
+                totals[k] += v.item()
+            count += 1
+    model.eval()
+    return {k: v / count for k, v in totals.items()}
+
+
+class KLController:
+    """β for the KL penalty: fixed, or (with a target) Ziegler et al.'s proportional controller,
+    β ← β·(1 + clip(KL/target − 1, ±0.2)·n/horizon) after each rollout of n responses."""
+
+    def __init__(self, beta: float, target: float | None = None, horizon: int = KL_HORIZON):
+        self.beta, self.target, self.horizon = beta, target, horizon
+
+    def update(self, kl: float, n: int) -> None:
+        if self.target is not None:
+            error = min(max(kl / self.target - 1, -0.2), 0.2)
+            self.beta *= 1 + error * n / self.horizon
