@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -75,6 +77,25 @@ def chat(
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
     request = GenerationRequest(messages=messages, temperature=temperature, max_tokens=max_tokens, seed=seed)
     typer.echo(llm.generate([request])[0].text)
+
+
+@contextmanager
+def stage_progress() -> Iterator[Callable[[str, int], None]]:
+    """A progress display for multi-stage work. The yielded callback takes (label, total) to
+    start a stage with its own bar, and ("", n) to advance the current one by n."""
+    from rich.progress import Progress
+
+    with Progress() as bar:
+        task = None
+
+        def progress(label: str, n: int) -> None:
+            nonlocal task
+            if label:
+                task = bar.add_task(label, total=n)
+            else:
+                bar.advance(task, n)
+
+        yield progress
 
 
 def register(app: typer.Typer) -> None:

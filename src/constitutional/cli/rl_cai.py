@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from constitutional.cli.models import BackendOpt, BaseUrlOpt, backend_from_options
+from constitutional.cli.models import BackendOpt, BaseUrlOpt, backend_from_options, stage_progress
 from constitutional.cli.rl_cai_dpo import dpo
 from constitutional.cli.rl_cai_pm import score, train_pm
 from constitutional.cli.rl_cai_ppo import ppo
@@ -56,8 +56,6 @@ def label(
     """Sample two responses per prompt, have the feedback model compare them, write soft labels."""
     import time
 
-    from rich.progress import Progress
-
     from constitutional import rl_cai
     from constitutional.constitution import load_constitution
     from constitutional.generate import load_prompts
@@ -81,16 +79,7 @@ def label(
     policy_llm, feedback_llm = built[policy], built[feedback]
 
     start = time.perf_counter()
-    with Progress() as bar:
-        task = None
-
-        def progress(stage: str, n: int) -> None:
-            nonlocal task
-            if stage:
-                task = bar.add_task(stage, total=n)
-            else:
-                bar.advance(task, n)
-
+    with stage_progress() as progress:
         labelled = rl_cai.label_pairs(rules, rows, policy_llm, feedback_llm, config, progress)
     labelled = rl_cai.mix_human(labelled, human, config.human_ratio, seed, rules)
     write_jsonl(out, labelled)

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import typer
 
-from constitutional.cli.models import BackendOpt, BaseUrlOpt, ModelOpt, backend_from_options
+from constitutional.cli.models import (
+    BackendOpt,
+    BaseUrlOpt,
+    ModelOpt,
+    backend_from_options,
+    stage_progress,
+)
 
 app = typer.Typer(help="SL-CAI: critique → revision data, then supervised fine-tuning.", no_args_is_help=True)
 
@@ -41,8 +47,6 @@ def generate(
     """Generate critique → revision traces and TRL-ready SFT rows from red-team prompts."""
     import time
 
-    from rich.progress import Progress
-
     from constitutional.constitution import load_constitution
     from constitutional.errors import UserError
     from constitutional.generate import load_prompts
@@ -60,16 +64,7 @@ def generate(
     llm = backend_from_options(backend, model, base_url, batch_size, concurrency, cache, no_cache)
 
     start = time.perf_counter()
-    with Progress() as bar:
-        task = None
-
-        def progress(label: str, n: int) -> None:
-            nonlocal task
-            if label:
-                task = bar.add_task(label, total=n)
-            else:
-                bar.advance(task, n)
-
+    with stage_progress() as progress:
         traces = generate_sl_data(rules, red, helpful, llm, config, progress)
     write_jsonl(out, traces)
     sft = to_sft_rows(traces)

@@ -32,7 +32,6 @@ step), `loss.svg` and `cai_checkpoint.json`.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -49,6 +48,7 @@ from constitutional.train.sft import (
     base_reference,
     messages_problem,
     publish_dir,
+    save_model_dir,
     sha256_file,
     write_loss_svg,
 )
@@ -201,12 +201,7 @@ def train_dpo(
         saved_adapter = lora and not policy_is_adapter
         if lora and not saved_adapter:
             trained = trained.merge_and_unload()
-        trained.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if saved_adapter:  # PEFT records the resolved cache path; point at the spec
-            adapter_config = json.loads((tmp / "adapter_config.json").read_text())
-            adapter_config["base_model_name_or_path"] = base_reference(policy)
-            write_json(tmp / "adapter_config.json", adapter_config)
+        save_model_dir(trained, tokenizer, tmp, policy, adapter=saved_adapter)
 
         log = [
             {k: entry.get(k) for k in LOG_KEYS}

@@ -29,7 +29,6 @@ and `cai_checkpoint.json`.
 from __future__ import annotations
 
 import copy
-import json
 import random
 import time
 from pathlib import Path
@@ -38,7 +37,13 @@ from typing import Any
 from constitutional.errors import UserError
 from constitutional.jsonl import write_json
 from constitutional.provenance import package_versions
-from constitutional.train.sft import CHECKPOINT_SCHEMA, base_reference, publish_dir, write_loss_svg
+from constitutional.train.sft import (
+    CHECKPOINT_SCHEMA,
+    base_reference,
+    publish_dir,
+    save_model_dir,
+    write_loss_svg,
+)
 
 GAMMA, LAMBDA = 1.0, 0.95  # GAE: no discount within a response; λ trades bias for variance
 CLIP, VALUE_CLIP = 0.2, 0.2  # PPO's ε for the ratio, and for the value change per update
@@ -174,12 +179,7 @@ def train_ppo(
     try:
         saved_adapter = lora and not policy_is_adapter
         trained = model.merge_and_unload() if lora and not saved_adapter else model
-        trained.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if saved_adapter:  # PEFT records the resolved path; point at the spec
-            adapter_config = json.loads((tmp / "adapter_config.json").read_text())
-            adapter_config["base_model_name_or_path"] = base_reference(policy)
-            write_json(tmp / "adapter_config.json", adapter_config)
+        save_model_dir(trained, tokenizer, tmp, policy, adapter=saved_adapter)
         summary = {
             "steps": steps,
             "reward_first": log[0]["reward"],

@@ -39,6 +39,7 @@ from constitutional.train.sft import (
     base_reference,
     messages_problem,
     publish_dir,
+    save_model_dir,
     sha256_file,
     write_loss_svg,
 )
@@ -168,13 +169,8 @@ def train_preference_model(
         model = trainer.model
         deltas = pair_deltas(model, tokenizer, eval_pairs, batch_size=2 * batch_size)
         held_out = preference_metrics(deltas, [p["p_a"] for p in eval_pairs])
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        save_model_dir(model, tokenizer, tmp, base, adapter=lora)
         base_ref = base_reference(base)
-        if lora:  # PEFT records the resolved cache path; point at the spec resolve_model reads
-            adapter_config = json.loads((tmp / "adapter_config.json").read_text())
-            adapter_config["base_model_name_or_path"] = base_ref
-            write_json(tmp / "adapter_config.json", adapter_config)
 
         # 5. Loss curve, metrics and provenance, then move the finished checkpoint into place.
         log = [

@@ -165,13 +165,8 @@ def train_sft(
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
 
         # 4. Save: with LoRA trainer.model is a PeftModel, which writes the adapter only.
-        trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        save_model_dir(trainer.model, tokenizer, tmp, base, adapter=lora)
         base_ref = base_reference(base)
-        if lora:  # PEFT records the resolved cache path; point at the spec LocalBackend resolves
-            adapter_config = json.loads((tmp / "adapter_config.json").read_text())
-            adapter_config["base_model_name_or_path"] = base_ref
-            write_json(tmp / "adapter_config.json", adapter_config)
 
         # 5. The loss curve and provenance, then move the finished checkpoint into place.
         log = [
@@ -203,6 +198,21 @@ def train_sft(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
+
+
+def save_model_dir(model, tokenizer, directory: Path, base: str, adapter: bool) -> None:
+    """Save weights (or a LoRA adapter) and tokenizer so that LocalBackend can load the directory.
+
+    PEFT records the resolved cache path of the base; an adapter must name the spec instead
+    ("embedded", or an absolute path), which is what `resolve_model` reads back.
+    """
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    if adapter:
+        config_path = directory / "adapter_config.json"
+        adapter_config = json.loads(config_path.read_text())
+        adapter_config["base_model_name_or_path"] = base_reference(base)
+        write_json(config_path, adapter_config)
 
 
 def base_reference(base: str) -> str:
