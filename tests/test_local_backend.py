@@ -93,3 +93,18 @@ def test_cut_at_stop_takes_earliest():
 def test_unknown_model_path_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no such model"):
         LocalBackend(str(tmp_path / "missing"))
+
+
+def test_shared_prefix_is_prefilled_once_and_changes_nothing(backend):
+    from constitutional.backends.local import MIN_SHARED_PREFIX, shared_prefix_len
+
+    assert shared_prefix_len([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert shared_prefix_len([[7, 8], [7, 8]]) == 1  # each row keeps a token of its own
+    preamble = "Here are the rules you follow in every answer. " * 8
+    requests = [GenerationRequest(prompt=preamble + q, max_tokens=8) for q in ("Hi.", "Tell me a joke, please.", "Why?")]
+    ids = backend._encode([r.prompt for r in requests])
+    assert shared_prefix_len(ids) >= MIN_SHARED_PREFIX
+    assert "past_key_values" in backend._inputs_with_shared_prefix(ids)
+    batched = [c.text for c in backend.generate(requests)]
+    single = [backend.generate([r])[0].text for r in requests]
+    assert batched == single

@@ -155,7 +155,7 @@ class LocalBackend:
             output_logits=want_logprobs,
         )
         out = self.lm.generate(
-            **self._pad(prompt_ids),
+            **self._inputs_with_shared_prefix(prompt_ids),
             generation_config=config,
             logits_processor=LogitsProcessorList([RowSampler(requests)]),
             stopping_criteria=StoppingCriteriaList([stops]),
@@ -166,6 +166,29 @@ class LocalBackend:
             self._completion(r, len(p), toks, stops.finished_at[row], logits, row)
             for row, (r, p, toks) in enumerate(zip(requests, prompt_ids, new_tokens))
         ]
+
+    def _inputs_with_shared_prefix(self, prompt_ids: list[list[int]]) -> dict:
+        """Model inputs for a batch; a long prefix shared by every row is prefilled only once.
+
+        SL-CAI and judge requests repeat the same few-shot turns in every row, and on a CPU the
+        prefill of those tokens dominates. We run the shared prefix once at batch 1, copy its KV
+        cache to every row, and left-pad only the distinct suffixes between prefix and suffix
+        (masked out; position ids follow the mask, so each row sees the positions it would alone).
+        """
+        shared = shared_prefix_len(prompt_ids) if len(prompt_ids) > 1 else 0
+        if shared < MIN_SHARED_PREFIX:
+            return self._pad(prompt_ids)
+        prefix = torch.tensor([prompt_ids[0][:shared]], device=self.device)
+        cache = self.lm(prefix, use_cache=True).past_key_values
+        cache.batch_repeat_interleave(len(prompt_ids))
+        suffixes = self._pad([p[shared:] for p in prompt_ids])
+        return {
+            "input_ids": torch.cat([prefix.expand(len(prompt_ids), -1), suffixes["input_ids"]], dim=1),
+            "attention_mask": torch.cat(
+                [torch.ones_like(prefix).expand(len(prompt_ids), -1), suffixes["attention_mask"]], dim=1
+            ),
+            "past_key_values": cache,
+        }
 
     def _completion(self, request, n_prompt, tokens, finished_at, logits, row) -> Completion:
         eos = self.tokenizer.eos_token_id
@@ -244,6 +267,18 @@ def continuation_ids(tokenizer, text: str, text_ids: list[int], continuation: st
     if joint[: len(text_ids)] == text_ids and len(joint) > len(text_ids):
         return joint[len(text_ids) :]
     return tokenizer(continuation, add_special_tokens=False)["input_ids"]
+
+
+MIN_SHARED_PREFIX = 32  # tokens; below this a separate prefill costs more than it saves
+
+
+def shared_prefix_len(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common token prefix, leaving every row at least one own token."""
+    limit = min(len(r) for r in rows) - 1
+    n = 0
+    while n < limit and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    return n
 
 
 def plan_batches(
