@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from constitutional.constitution.canonical import canonical_hash, to_yaml_text
+from constitutional.yamlfile import LocatedValueError
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 
@@ -83,20 +84,6 @@ class Categories(_Model):
     harmless: list[Category] = []
 
 
-class ConstitutionValueError(ValueError):
-    """A cross-field problem (duplicate id, dangling reference) that knows where it lives.
-
-    Args:
-        loc: path of keys/indexes to the offending value, like a pydantic error `loc`.
-        message: what is wrong.
-        first_loc: for duplicates, where the first occurrence lives.
-    """
-
-    def __init__(self, loc: tuple[str | int, ...], message: str, first_loc: tuple | None = None):
-        self.loc, self.message, self.first_loc = loc, message, first_loc
-        super().__init__(message)
-
-
 class Constitution(_Model):
     """A validated constitution. Load one with `load_constitution`."""
 
@@ -162,7 +149,7 @@ def _check_unique(section: str, items: list[Any]) -> None:
     first: dict[str, int] = {}
     for index, item in enumerate(items):
         if item.id in first:
-            raise ConstitutionValueError(
+            raise LocatedValueError(
                 (*_split(section), index, "id"),
                 f"duplicate id {item.id!r} in {section}",
                 first_loc=(*_split(section), first[item.id], "id"),
@@ -178,7 +165,7 @@ def _check_refs(c: Constitution) -> None:
     ):
         for index, example in enumerate(examples):
             if example.principle not in known:
-                raise ConstitutionValueError(
+                raise LocatedValueError(
                     ("fewshot", kind, index, "principle"),
                     f"unknown {kind} principle {example.principle!r}",
                 )
