@@ -1,0 +1,1 @@
+"""Evaluation: Elo from pairwise judgements, harm metrics, judge and principle audits."""
