@@ -1,15 +1,18 @@
 """RL-CAI PPO on tiny random Llamas: GAE and the clipped losses by hand, that PPO raises a reward
-the policy can reach, that β bounds the KL, and that the checkpoint loads in LocalBackend."""
+the policy can reach, that β bounds the KL, that the checkpoint loads in LocalBackend, and that
+the d-RLAIF judge can stand in for the preference model."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
 from constitutional.backends.base import GenerationRequest
 from constitutional.backends.local import LocalBackend
+from constitutional.constitution import load_constitution
 from constitutional.errors import UserError
 from constitutional.train.ppo import (
     KLController,
@@ -235,3 +238,81 @@ def test_cli_runs_one_step(policy_dir, reward_dir, prompts_file, tmp_path):
     assert "trained 1 steps" in result.output
     meta = json.loads((out / "cai_checkpoint.json").read_text())
     assert meta["hyperparameters"]["adaptive_kl"] and meta["hyperparameters"]["target_kl"] == 6.0
+
+
+# -- the d-RLAIF judge as reward -----------------------------------------------------------------
+
+
+class LengthJudge:
+    """A Backend (no `render`, like a server) that rates a reply by its length: all mass on digit
+    1 + len % 9. Keeps the expected scores it implied, per call."""
+
+    name, model = "scripted", "length-judge"
+
+    def __init__(self):
+        self.calls: list[list[float]] = []
+
+    def fingerprint(self) -> str:
+        return "length-judge"
+
+    def generate(self, requests, on_result=None):
+        raise AssertionError("the judge reward only reads log-probs")
+
+    def choice_logprobs(self, prompts, choices):
+        rows, scores = [], []
+        for p in prompts:
+            reply = p[-1]["content"].split("Assistant: ", 1)[1].split("\n\nThis question", 1)[0]
+            digit = len(reply) % 9
+            rows.append([0.0 if i == digit else -math.inf for i in range(9)])
+            scores.append(digit / 8)
+        self.calls.append(scores)
+        return rows
+
+
+def test_ppo_with_the_judge_reward(policy_dir, prompts_file, tmp_path):
+    from constitutional.backends import Backend
+
+    judge = LengthJudge()
+    assert isinstance(judge, Backend)
+    out = tmp_path / "judge"
+    run = {**RUN, "steps": 2, "batch_size": 4, "ppo_epochs": 1, "max_new_tokens": 6}
+    summary = train_ppo(prompts_file, str(policy_dir), None, out, reward="judge", judge=judge, beta=0.05, **run)
+    log = json.loads((out / "train_log.json").read_text())
+    assert [len(c) for c in judge.calls] == [4, 4]  # every sampled response rated, once
+    assert [e["reward"] for e in log] == pytest.approx([mean(c) for c in judge.calls])  # the judge's scores drive PPO
+    assert summary["reward_last"] == pytest.approx(mean(judge.calls[-1])) and log[-1]["unscored"] == 0
+    meta = json.loads((out / "cai_checkpoint.json").read_text())
+    assert meta["reward_model"] is None and meta["reward"]["kind"] == "judge"
+    assert meta["reward"]["feedback"] == "length-judge" and meta["reward"]["scale"] == list("123456789")
+    assert meta["reward"]["constitution"]["hash"] == load_constitution("default").hash
+
+
+def test_cli_judge_reward_and_its_mistakes(policy_dir, reward_dir, tiny_model_dir, prompts_file, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from constitutional.cli.rl_cai_ppo import ppo
+
+    app = typer.Typer()
+    app.command()(ppo)
+    base = ["--prompts", str(prompts_file), "--policy", str(policy_dir), "--steps", "1", "--batch-size", "2",
+            "--max-new-tokens", "4"]  # fmt: skip
+    # A real feedback model (the tiny random Llama) through the local backend.
+    out = tmp_path / "cli-judge"
+    result = CliRunner().invoke(app, [*base, "--out", str(out), "--reward", "judge", "--feedback", str(tiny_model_dir)])
+    assert result.exit_code == 0, result.output
+    assert "trained 1 steps, judge reward" in result.output
+    meta = json.loads((out / "cai_checkpoint.json").read_text())
+    assert meta["reward"]["kind"] == "judge" and meta["reward"]["feedback_backend"] == "local"
+    assert 0.0 <= meta["reward_last"] <= 1.0
+    for extra, message in [
+        (["--reward", "judge"], "--reward judge needs --feedback"),
+        (["--reward", "pm"], "--reward pm needs --reward-model"),
+        (["--reward", "judge", "--feedback", "embedded", "--reward-model", str(reward_dir)], "--reward-model is for --reward pm"),
+        (["--reward", "judge", "--feedback", "embedded", "--constitution", str(tmp_path / "no.yaml")], "no.yaml"),
+        (["--reward", "rm"], "--reward must be one of pm, judge"),
+    ]:
+        result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "never"), *extra])
+        assert isinstance(result.exception, UserError) and result.exception.exit_code == 2, (extra, result.output)
+        assert message in str(result.exception)
+    assert not (tmp_path / "never").exists()

@@ -1,5 +1,6 @@
-"""`cai rl-cai ppo`: PPO against the preference model, the RL step of RL-CAI as in the paper
-(registered by cli.rl_cai)."""
+"""`cai rl-cai ppo`: PPO against the preference model, the RL step of RL-CAI as in the paper, or
+against the feedback model's direct ratings (d-RLAIF) with `--reward judge` (registered by
+cli.rl_cai)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,19 @@ from pathlib import Path
 
 import typer
 
+from constitutional.cli.models import BackendOpt, BaseUrlOpt, backend_from_options
+
 
 def ppo(
     prompts: str = typer.Option(..., "--prompts", "-p", help="JSONL with `prompt`, or builtin:advbench|harmbench|strongreject|self_instruct|mt_bench."),
     policy: str = typer.Option("embedded", "--policy", help="Model to train and KL reference, usually the SL-CAI checkpoint ('embedded', .gguf, HF or LoRA dir)."),
-    reward_model: Path = typer.Option(..., "--reward-model", help="Preference model directory from `cai rl-cai train-pm`."),
+    reward: str = typer.Option("pm", "--reward", help="pm: the preference model scores; judge: the feedback model rates each response (d-RLAIF)."),
+    reward_model: Path = typer.Option(None, "--reward-model", help="--reward pm: preference model directory from `cai rl-cai train-pm`."),
+    feedback: str = typer.Option(None, "--feedback", help="--reward judge: the model that rates each response ('embedded', HF dir, or server model)."),
+    constitution: str = typer.Option("default", "--constitution", "-c", help="--reward judge: constitution YAML whose comparison principles it rates against."),
+    backend: str = BackendOpt,
+    base_url: str = BaseUrlOpt,
+    judge_batch_size: int = typer.Option(16, help="--reward judge, local backend: responses rated together."),
     out: Path = typer.Option(..., "--out", "-o", help="Checkpoint directory (loads with --model OUT)."),
     beta: float = typer.Option(0.05, help="KL penalty β per token: larger keeps the policy nearer the reference."),
     adaptive_kl: bool = typer.Option(False, "--adaptive-kl", help="Adapt β towards --target-kl (Ziegler et al. 2019)."),
@@ -23,11 +32,27 @@ def ppo(
     seed: int = typer.Option(0, help="Seed of LoRA init, prompt order and sampling."),
     overwrite: bool = typer.Option(False, help="Replace an existing checkpoint directory."),
 ) -> None:
-    """Train the policy with PPO against the preference model, with a KL penalty to the reference."""
+    """Train the policy with PPO against the preference model (or the judge), with a KL penalty to the reference."""
     from constitutional.train.ppo import train_ppo
 
-    s = train_ppo(prompts, policy, reward_model, out, beta=beta, adaptive_kl=adaptive_kl, target_kl=target_kl,
-                  steps=steps, batch_size=batch_size, max_new_tokens=max_new_tokens, learning_rate=lr, seed=seed,
-                  overwrite=overwrite)  # fmt: skip
-    typer.echo(f"trained {s['steps']} steps, PM reward {s['reward_first']:.3f} → {s['reward_last']:.3f}, "
+    judge = judge_from_options(reward, reward_model, feedback, constitution, backend, base_url, judge_batch_size)
+    s = train_ppo(prompts, policy, reward_model, out, reward=reward, judge=judge, constitution=constitution,
+                  beta=beta, adaptive_kl=adaptive_kl, target_kl=target_kl, steps=steps, batch_size=batch_size,
+                  max_new_tokens=max_new_tokens, learning_rate=lr, seed=seed, overwrite=overwrite)  # fmt: skip
+    typer.echo(f"trained {s['steps']} steps, {reward} reward {s['reward_first']:.3f} → {s['reward_last']:.3f}, "
                f"KL {s['kl_last']:.3f}, β {s['beta']:.4g} → {out}", err=True)  # fmt: skip
+
+
+def judge_from_options(reward: str, reward_model: Path | None, feedback: str | None, constitution: str, backend: str,
+                       base_url: str | None, batch_size: int):  # fmt: skip
+    """The feedback Backend for `--reward judge` (None for pm), after checking the options: a bad
+    choice or constitution fails before any model loads. Used by `ppo` and `grpo`."""
+    from constitutional.constitution import load_constitution
+    from constitutional.train.rewards import check_reward
+
+    check_reward(reward, reward_model, feedback)
+    if reward != "judge":
+        return None
+    load_constitution(constitution)
+    # Every rating is of a freshly sampled response, so a response cache would only grow.
+    return backend_from_options(backend, feedback, base_url, batch_size, batch_size, None, True)

@@ -5,10 +5,15 @@ model's score minus β·KL to the SL-CAI policy (Ziegler et al. 2019; Stiennon e
 
     cai rl-cai ppo --prompts builtin:advbench --policy sl-ckpt/ --reward-model pm/ --out ppo-ckpt/
 
+or, with no preference model, the feedback model's expected 1-9 rating of each response against
+a principle of the constitution (d-RLAIF, Lee et al. 2023; see rewards.py):
+
+    cai rl-cai ppo --prompts builtin:advbench --policy sl-ckpt/ --reward judge --feedback embedded --out ppo-ckpt/
+
 TRL no longer ships PPO, so this is a compact one, one idea per function:
 
     rollout   sample a response per prompt (temperature T, no top-k / top-p: the true policy)
-    score     PM(prompt, response) at the response's last token, minus β·(log π - log π_ref)
+    score     reward(prompt, response) at the response's last token, minus β·(log π - log π_ref)
               at every token
     gae       advantages with γ = 1, λ = 0.95, from a value head on the policy's last hidden state
     update    a few epochs of minibatch steps on the clipped policy loss + clipped value loss
@@ -22,7 +27,7 @@ Ziegler et al.'s proportional controller.
 
 Saved as `cai rl-cai dpo` saves (see dpo.py): an adapter naming the policy spec as its base, or the
 merged full model when the policy is itself a LoRA checkpoint or `lora=False`; plus
-`train_log.json` (per step: PM reward, KL, response length, losses, β), `reward.svg`, `loss.svg`
+`train_log.json` (per step: reward, KL, response length, losses, β), `reward.svg`, `loss.svg`
 and `cai_checkpoint.json`.
 """
 
@@ -34,9 +39,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from constitutional.backends.base import Backend
 from constitutional.errors import UserError
 from constitutional.jsonl import write_json
 from constitutional.provenance import package_versions
+from constitutional.train.rewards import JudgeReward, RewardFunction, build_reward, check_reward
 from constitutional.train.sft import (
     CHECKPOINT_SCHEMA,
     base_reference,
@@ -54,9 +61,12 @@ KL_HORIZON = 10_000  # adaptive β: rollouts over which the controller closes th
 def train_ppo(
     prompts: str | Path,
     policy: str,
-    reward_model: str | Path,
+    reward_model: str | Path | None,
     out: str | Path,
     *,
+    reward: str | RewardFunction = "pm",
+    judge: Backend | None = None,
+    constitution: str = "default",
     beta: float = 0.05,
     adaptive_kl: bool = False,
     target_kl: float = 6.0,
@@ -74,13 +84,13 @@ def train_ppo(
     seed: int = 0,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """PPO of `policy` against a preference model; writes a checkpoint directory atomically.
+    """PPO of `policy` against a reward; writes a checkpoint directory atomically.
 
     Args:
         prompts: JSONL with a `prompt` per row, or `builtin:NAME`; batches cycle through them.
         policy: the model to train, usually the SL-CAI checkpoint ("embedded", .gguf, HF or LoRA
             dir). It is also the KL reference.
-        reward_model: a preference model directory from `cai rl-cai train-pm`.
+        reward_model: a preference model directory from `cai rl-cai train-pm` (reward "pm" only).
         out: checkpoint directory to create (refused if it exists and is not empty).
         beta: KL penalty per token (the initial value when `adaptive_kl`).
         adaptive_kl / target_kl: adapt β so the per-response KL nears `target_kl` (nats).
@@ -92,9 +102,13 @@ def train_ppo(
         lora / lora_r / lora_alpha: a fresh LoRA adapter (default) or full fine-tuning.
         seed: seeds LoRA init, prompt order and sampling.
         overwrite: replace an existing non-empty `out`.
+        reward: "pm" (the preference model), "judge" (the feedback model's expected rating in
+            [0, 1]), or any RewardFunction(prompts, responses) -> list of floats.
+        judge: the feedback model as a Backend (reward "judge" only).
+        constitution: YAML or "default": the principles the judge rates against.
 
     Returns:
-        {"steps", "reward_first", "reward_last", "kl_last", "beta", "wall_seconds", "out"}: mean PM
+        {"steps", "reward_first", "reward_last", "kl_last", "beta", "wall_seconds", "out"}: mean
         reward of the first and last rollout, and the last rollout's mean KL.
     """
     started = time.monotonic()
@@ -108,6 +122,7 @@ def train_ppo(
         raise UserError("--beta must be >= 0 (and the target KL > 0 with --adaptive-kl)")
     if min(steps, batch_size, ppo_epochs, minibatch_size, max_new_tokens) < 1 or not temperature > 0:
         raise UserError("steps, batch size, epochs, minibatch size and max new tokens must be >= 1; temperature > 0")
+    check_reward(reward, reward_model, judge)
     try:
         import torch
         from peft import LoraConfig, get_peft_model
@@ -115,11 +130,11 @@ def train_ppo(
     except ImportError as e:
         raise UserError(f"training needs {e.name}, part of the train extra: pip install 'constitutional[train]'") from None
     from constitutional.backends.local import _load_uncached, resolve_model
-    from constitutional.train.preference_model import load_preference_model
 
     set_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    pm, pm_tokenizer = load_preference_model(reward_model, device)
+    reward_fn, reward_record = build_reward(reward, reward_model=reward_model, judge=judge,
+                                            constitution=constitution, seed=seed, device=device)  # fmt: skip
     policy_path = resolve_model(policy)
     policy_is_adapter = (policy_path / "adapter_config.json").is_file()
     model, tokenizer = _load_uncached(policy_path, "cpu")  # a LoRA policy comes back merged
@@ -149,7 +164,7 @@ def train_ppo(
             queue = queue or order.sample(rows, len(rows))
             batch.append(queue.pop()["prompt"])
         roll = rollout(model, tokenizer, batch, max_new_tokens=max_new_tokens, temperature=temperature)
-        scores = pm_scores(pm, pm_tokenizer, batch, roll["texts"]).to(device)
+        scores = torch.tensor(reward_fn(batch, roll["texts"]), dtype=torch.float32, device=device)
         with torch.no_grad():
             logp, values, _ = forward(model, value_head, roll, temperature)
             ref_logp = reference_logprobs(model, ref, roll, temperature)
@@ -169,6 +184,8 @@ def train_ppo(
             "beta": kl_ctl.beta,
             **stats,
         }
+        if isinstance(reward_fn, JudgeReward):
+            entry["unscored"] = reward_fn.unscored  # judgements with no usable log-probs, so far
         log.append(entry)
         kl_ctl.update(entry["kl"], batch_size)
 
@@ -199,7 +216,8 @@ def train_ppo(
             "policy": base_reference(policy),
             "reference": base_reference(policy),
             "base": base_reference(policy) if saved_adapter else None,
-            "reward_model": str(Path(reward_model).expanduser().resolve()),
+            "reward_model": reward_record.get("reward_model"),
+            "reward": reward_record,
             "beta": beta,
             "prompts": str(prompts),
             "hyperparameters": {
@@ -251,16 +269,6 @@ def rollout(model, tokenizer, prompts: list[str], *, max_new_tokens: int, temper
                                    skip_special_tokens=True)  # fmt: skip
     attention = torch.cat([enc["attention_mask"], mask.long()], dim=1)
     return {"ids": ids, "attention_mask": attention, "width": width, "mask": mask, "texts": texts}
-
-
-def pm_scores(pm, pm_tokenizer, prompts: list[str], responses: list[str]):
-    """The preference model's reward for each (prompt, response)."""
-    import torch
-
-    from constitutional.train.preference_model import rewards
-
-    convs = [[{"role": "user", "content": p}, {"role": "assistant", "content": r}] for p, r in zip(prompts, responses)]
-    return torch.tensor(rewards(pm, pm_tokenizer, convs))
 
 
 def forward(model, value_head, roll: dict, temperature: float, rows=slice(None)):

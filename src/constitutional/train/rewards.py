@@ -1,0 +1,154 @@
+"""Reward functions for the RL step of RL-CAI: one signature, two sources of AI feedback.
+
+A `RewardFunction` maps (prompts, responses), both lists of strings, to one float per response.
+
+- `preference_model_reward`: the preference model from `cai rl-cai train-pm` scores each
+  conversation (Bai et al. 2022, section 4: RL against a PM trained on AI labels).
+- `JudgeReward`: no PM at all; the feedback model itself rates each sampled response online
+  against a comparison principle drawn at random, and the reward is the expected rating under its
+  distribution over the digits 1-9, mapped to [0, 1] ("direct RLAIF", Lee et al. 2023,
+  https://arxiv.org/abs/2309.00267, section 2.3). It reaches the model through the `Backend`
+  protocol only, so the judge can be the embedded model, any local checkpoint or a server.
+
+`build_reward` turns the CLI's `--reward pm|judge` into one of these and a record of it for
+`cai_checkpoint.json`; PPO and GRPO share it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from constitutional.backends.base import Backend
+from constitutional.errors import UserError
+from constitutional.provenance import derive_seed
+from constitutional.rl_cai import direct
+from constitutional.rl_cai.feedback import renderer
+
+RewardFunction = Callable[[list[str], list[str]], list[float]]
+REWARDS = ("pm", "judge")
+
+
+def expected_score(logprobs: Sequence[float], scores: Sequence[float] | None = None) -> float:
+    """Expected score under the softmax of the score tokens' log-probs, mapped to [0, 1].
+
+    The softmax is over the score tokens only (mass on other tokens is ignored, as in the
+    two-way softmax of comparison labels). With scores s_1..s_n (default 1..n):
+    E = Σ p_i·s_i and the result is (E - min s) / (max s - min s).
+
+    Example: log-probs (log 0.5, log 0.25, log 0.25) for scores 1, 2, 3 give
+    E = 0.5 + 0.5 + 0.75 = 1.75, i.e. (1.75 - 1) / 2 = 0.375.
+    Returns NaN when undefined: a NaN log-prob, or no mass on any score token (all -inf).
+    """
+    scores = list(scores) if scores is not None else list(range(1, len(logprobs) + 1))
+    if len(scores) != len(logprobs) or len(scores) < 2:
+        raise ValueError("one score per log-prob, and at least two of them")
+    if any(math.isnan(lp) for lp in logprobs) or all(lp == -math.inf for lp in logprobs):
+        return math.nan
+    top = max(logprobs)
+    weights = [math.exp(lp - top) for lp in logprobs]  # shifted: no underflow for very negative log-probs
+    mean = sum(w * s for w, s in zip(weights, scores)) / sum(weights)
+    lo, hi = min(scores), max(scores)
+    return (mean - lo) / (hi - lo)
+
+
+class JudgeReward:
+    """d-RLAIF: the feedback model rates each response; reward = expected rating in [0, 1].
+
+    Args:
+        backend: the feedback model, any `Backend` (its `choice_logprobs` is the only call made).
+        constitution: principles are drawn from its `comparison` list, one per response.
+        seed: seeds the principle draws; the sequence of calls fixes which response gets which.
+
+    A judgement with no usable log-probs scores the midpoint 0.5 (no signal either way) and is
+    counted in `unscored`, which training logs report.
+    """
+
+    __name__ = "judge"  # TRL names reward functions by __name__ in its logs
+
+    def __init__(self, backend: Backend, constitution, seed: int = 0):
+        self.backend, self.constitution = backend, constitution
+        self.render = renderer(backend)
+        self.rng = random.Random(derive_seed(seed, "judge-principles"))
+        self.unscored = 0
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+        principles = [self.rng.choice(self.constitution.comparison) for _ in responses]
+        asks = [direct.rating_prompt(self.render, direct.rating_messages(p, r, c.text))
+                for p, r, c in zip(prompts, responses, principles)]  # fmt: skip
+        rows = self.backend.choice_logprobs(asks, list(direct.SCALE)) if asks else []
+        out = []
+        for row in rows:
+            score = expected_score(row)
+            if math.isnan(score):
+                self.unscored += 1
+                score = 0.5
+            out.append(score)
+        return out
+
+
+def preference_model_reward(model, tokenizer) -> RewardFunction:
+    """The preference model's score of each [user prompt, assistant response] conversation."""
+    from constitutional.train.preference_model import rewards
+
+    def pm(prompts: list[str], responses: list[str]) -> list[float]:
+        convs = [[{"role": "user", "content": p}, {"role": "assistant", "content": r}]
+                 for p, r in zip(prompts, responses)]  # fmt: skip
+        return rewards(model, tokenizer, convs)
+
+    return pm
+
+
+def check_reward(reward: str | RewardFunction, reward_model: str | Path | None, judge: object | None) -> None:
+    """Raise UserError for a reward choice no run could honour; loads nothing."""
+    if callable(reward):
+        return
+    if reward not in REWARDS:
+        raise UserError(f"--reward must be one of {', '.join(REWARDS)}, got {reward!r}")
+    if reward == "pm":
+        if reward_model is None:
+            raise UserError("--reward pm needs --reward-model DIR (a preference model from `cai rl-cai train-pm`)")
+        if not Path(reward_model).expanduser().is_dir():
+            raise UserError("no such preference model directory", reward_model)
+        if judge is not None:
+            raise UserError("--feedback is for --reward judge; --reward pm scores with --reward-model")
+    else:
+        if judge is None:
+            raise UserError("--reward judge needs --feedback MODEL (the model that rates each response)")
+        if reward_model is not None:
+            raise UserError("--reward-model is for --reward pm; --reward judge scores with --feedback")
+
+
+def build_reward(reward: str | RewardFunction, *, reward_model: str | Path | None = None,
+                 judge: Backend | None = None, constitution: str = "default", seed: int = 0,
+                 device: str | None = None) -> tuple[RewardFunction, dict[str, Any]]:  # fmt: skip
+    """The reward function for `--reward pm|judge` (or a callable, used as is) and its record.
+
+    Args:
+        reward: "pm", "judge", or a RewardFunction.
+        reward_model: the preference model directory (pm).
+        judge: the feedback model as a Backend (judge).
+        constitution: YAML path or "default" (judge: where principles come from).
+        seed: judge principle draws.
+        device: where the preference model goes (default: cuda if available).
+    """
+    check_reward(reward, reward_model, judge)
+    if callable(reward):
+        return reward, {"kind": "custom", "function": getattr(reward, "__name__", type(reward).__name__)}
+    if reward == "pm":
+        from constitutional.train.preference_model import load_preference_model
+
+        model, tokenizer = load_preference_model(reward_model, device)
+        path = str(Path(reward_model).expanduser().resolve())
+        return preference_model_reward(model, tokenizer), {"kind": "pm", "reward_model": path}
+    from constitutional.constitution import load_constitution
+
+    rules = load_constitution(constitution)
+    record = {
+        "kind": "judge", "feedback": judge.model, "feedback_backend": judge.name, "scale": list(direct.SCALE),
+        "constitution": {"source": str(constitution), "hash": rules.hash, "version": rules.version}, "seed": seed,
+    }  # fmt: skip
+    return JudgeReward(judge, rules, seed), record
