@@ -6,6 +6,7 @@ line marks), refuse duplicate keys, validate, and turn the earliest problem into
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,14 +34,25 @@ class LocatedValueError(ValueError):
         super().__init__(message)
 
 
-def load_yaml_model(path: str | Path, model: type[Model], what: str) -> Model:
-    """Read `path`, validate it as `model`; `what` names the expected content for an empty file."""
+def load_yaml_model(
+    path: str | Path, model: type[Model], what: str, check: Callable[[Model], None] | None = None
+) -> Model:
+    """Read `path`, validate it as `model`; `what` names the expected content for an empty file.
+
+    `check` may look further (files named in the document exist, ...) and raise a
+    LocatedValueError, reported at its line like any schema problem.
+    """
     path = Path(path)
     node, data = _parse(path, _read_text(path), what)
     try:
-        return model.model_validate(data)
+        loaded = model.model_validate(data)
+        if check is not None:
+            check(loaded)
+        return loaded
     except ValidationError as e:
         raise _located(e, node, path) from None
+    except LocatedValueError as e:
+        raise UserError(f"{dotted(e.loc)}: {e.message}", path, _line_of(node, e.loc)) from None
 
 
 _YAML_TYPES = {

@@ -11,6 +11,7 @@ from constitutional import __version__
 from constitutional.cli.constitution import app as constitution_app
 from constitutional.cli.models import register as register_model_commands
 from constitutional.cli.rl_cai import app as rl_cai_app
+from constitutional.cli.run import run
 from constitutional.cli.sl_cai import app as sl_cai_app
 from constitutional.errors import BackendError, UserError
 
@@ -25,6 +26,7 @@ app.add_typer(constitution_app, name="constitution")
 app.add_typer(sl_cai_app, name="sl-cai")
 app.add_typer(rl_cai_app, name="rl-cai")
 register_model_commands(app)
+app.command("run")(run)
 
 
 def _print_version(value: bool) -> None:

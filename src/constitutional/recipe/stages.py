@@ -1,0 +1,140 @@
+"""One function per pipeline stage: read the upstream artifacts, call the library, write outputs.
+
+Each stage takes the run context and its recipe section and returns what the manifest should
+record about it (counts, scores). Files live at fixed names inside the run directory, so any
+stage's output can be inspected or fed to the matching `cai` command by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from constitutional.recipe.schema import Recipe
+
+# Fixed artifact names inside a run directory.
+SL_TRACES, SL_SFT = "sl.jsonl", "sl.sft.jsonl"
+SL_CKPT = "sl-ckpt"
+LABELS, LABELS_DPO = "labels.jsonl", "labels.dpo.jsonl"
+PM_CKPT = "pm"
+RL_CKPT = "rl-ckpt"
+EVAL, AUDIT, PRINCIPLES = "eval.json", "audit.json", "principles.json"
+
+
+@dataclass
+class RunContext:
+    """What every stage may use: the recipe, the run directory, the constitution, backends."""
+
+    recipe: Recipe
+    run_dir: Path
+    constitution: Any
+    progress: Callable[[str, int], None]
+    _backends: dict[str, Any] = field(default_factory=dict)
+
+    def model_spec(self, name: str) -> str:
+        """'base' → the recipe's model; 'sl' / 'rl' → this run's checkpoints; else as given."""
+        named = {"base": self.recipe.model, "sl": str(self.run_dir / SL_CKPT), "rl": str(self.run_dir / RL_CKPT)}
+        return named.get(name, name)
+
+    def backend(self, name: str):
+        """One backend per model, shared by the stages; all write the run's own response cache."""
+        spec = self.model_spec(name)
+        if spec not in self._backends:
+            from constitutional.backends import make_backend
+
+            b = self.recipe.backend
+            options = {"batch_size": b.batch_size} if b.name == "local" else {"base_url": b.base_url, "concurrency": b.concurrency}
+            self._backends[spec] = make_backend(b.name, spec, cache=self.run_dir / "responses.sqlite", use_cache=b.cache, **options)
+        return self._backends[spec]
+
+    def path(self, name: str) -> Path:
+        return self.run_dir / name
+
+
+def sl_cai(ctx: RunContext, cfg) -> dict[str, Any]:
+    from constitutional.generate import load_prompts
+    from constitutional.jsonl import write_jsonl
+    from constitutional.sl_cai import SLConfig, generate_sl_data, to_sft_rows
+
+    red = load_prompts(cfg.prompts, chat_allowed=False)[: cfg.limit]
+    helpful = load_prompts(cfg.helpful_prompts, chat_allowed=False) if cfg.helpful_ratio > 0 else []
+    config = SLConfig(rounds=cfg.rounds, temperature_start=cfg.temperature_start, temperature_end=cfg.temperature_end,
+                      max_tokens=cfg.max_tokens, fewshot=cfg.fewshot, helpful_ratio=cfg.helpful_ratio, seed=ctx.recipe.seed)  # fmt: skip
+    llm = ctx.backend("base")
+    traces = generate_sl_data(ctx.constitution, red, helpful, llm, config, ctx.progress)
+    sft = to_sft_rows(traces)
+    write_jsonl(ctx.path(SL_TRACES), traces)
+    write_jsonl(ctx.path(SL_SFT), sft)
+    kept = sum(1 for t in traces if t["kind"] == "red_team" and not t["discarded"])
+    return {"backend": llm, "counts": {"red_team": len(red), "kept": kept, "sft_rows": len(sft)}}
+
+
+def sft(ctx: RunContext, cfg) -> dict[str, Any]:
+    from constitutional.train.sft import train_sft
+
+    s = train_sft(ctx.path(SL_SFT), ctx.recipe.model, ctx.path(SL_CKPT), overwrite=True, seed=ctx.recipe.seed,
+                  **_train_args(cfg))  # fmt: skip
+    return {"result": _without(s, "out")}
+
+
+def label(ctx: RunContext, cfg) -> dict[str, Any]:
+    from constitutional import rl_cai
+    from constitutional.generate import load_prompts
+    from constitutional.jsonl import write_jsonl
+
+    config = rl_cai.LabelConfig(mode=cfg.mode, swap_average=cfg.swap_average, principles_per_pair=cfg.principles_per_pair,
+                                fewshot=cfg.fewshot, max_tokens=cfg.max_tokens, seed=ctx.recipe.seed)  # fmt: skip
+    config.check(ctx.constitution)
+    rows = load_prompts(cfg.prompts, chat_allowed=False)[: cfg.limit]
+    policy = ctx.backend("sl" if ctx.recipe.stages.sft else "base")
+    feedback = ctx.backend(cfg.feedback)
+    labelled = rl_cai.label_pairs(ctx.constitution, rows, policy, feedback, config, ctx.progress)
+    dpo = rl_cai.to_dpo_rows(labelled)
+    write_jsonl(ctx.path(LABELS), labelled)
+    write_jsonl(ctx.path(LABELS_DPO), dpo)
+    kept = sum(not r["discarded"] for r in labelled)
+    return {"backend": feedback, "policy": policy.model, "counts": {"pairs": len(labelled), "kept": kept, "dpo": len(dpo)}}
+
+
+def preference_model(ctx: RunContext, cfg) -> dict[str, Any]:
+    from constitutional.train.preference_model import train_preference_model
+
+    s = train_preference_model(ctx.path(LABELS), ctx.recipe.model, ctx.path(PM_CKPT), overwrite=True,
+                               eval_fraction=cfg.eval_fraction, seed=ctx.recipe.seed, **_train_args(cfg))  # fmt: skip
+    return {"result": _without(s, "out")}
+
+
+def policy(ctx: RunContext, cfg) -> dict[str, Any]:
+    start = ctx.model_spec("sl" if ctx.recipe.stages.sft else "base")
+    if cfg.method == "dpo":
+        from constitutional.train.dpo import train_dpo
+
+        s = train_dpo(ctx.path(LABELS_DPO), start, ctx.path(RL_CKPT), beta=cfg.beta, overwrite=True,
+                      seed=ctx.recipe.seed, **_train_args(cfg))  # fmt: skip
+    else:
+        from constitutional.train.ppo import train_ppo
+
+        s = train_ppo(cfg.prompts or ctx.recipe.stages.label.prompts, start, ctx.path(PM_CKPT), ctx.path(RL_CKPT),
+                      beta=cfg.beta, steps=cfg.steps, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
+                      learning_rate=cfg.learning_rate or 1e-4, lora=cfg.lora, seed=ctx.recipe.seed, overwrite=True)  # fmt: skip
+    return {"method": cfg.method, "result": _without(s, "out")}
+
+
+def _train_args(cfg) -> dict[str, Any]:
+    return {"epochs": cfg.epochs, "max_steps": cfg.max_steps, "batch_size": cfg.batch_size,
+            "learning_rate": cfg.learning_rate, "lora": cfg.lora}  # fmt: skip
+
+
+def _without(d: dict, *keys: str) -> dict:
+    return {k: v for k, v in d.items() if k not in keys}
+
+
+# Stage name → (function, outputs it leaves in the run directory), in pipeline order.
+STAGES: dict[str, tuple[Callable[[RunContext, Any], dict], tuple[str, ...]]] = {
+    "sl_cai": (sl_cai, (SL_TRACES, SL_SFT)),
+    "sft": (sft, (SL_CKPT,)),
+    "label": (label, (LABELS, LABELS_DPO)),
+    "preference_model": (preference_model, (PM_CKPT,)),
+    "policy": (policy, (RL_CKPT,)),
+}

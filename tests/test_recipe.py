@@ -1,0 +1,123 @@
+"""`cai run`: recipes validate with FILE:LINE errors, run every stage, and skip unchanged ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import cai
+
+from constitutional.recipe import builtin_recipes, load_recipe
+from constitutional.recipe.runner import run_recipe
+
+
+def test_bundled_tiny_recipe_names_every_stage():
+    tiny = load_recipe("tiny")
+    assert [name for name, section in tiny.stages if section] == [
+        "sl_cai", "sft", "label", "preference_model", "policy", "eval"
+    ]  # fmt: skip
+    assert set(builtin_recipes()) >= {"tiny", "full"}
+
+
+GOOD = """\
+name: t
+seed: 1
+model: embedded
+stages:
+  sl_cai:
+    limit: 2
+  sft:
+    max_steps: 1
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "words"),
+    [
+        (GOOD + "  judge_everything: {}\n", 9, "unknown key 'judge_everything' in stages"),
+        (GOOD.replace("seed: 1", "seed: one"), 2, "seed"),
+        (GOOD.replace("model: embedded", "model: no/such/dir"), 3, "no such model"),
+        (GOOD.replace("  sl_cai:\n    limit: 2\n", ""), 5, "sft trains on SL-CAI data"),
+        (GOOD.replace("limit: 2", "limit: -3"), 6, "limit"),
+        (GOOD.replace("stages:", "stages: [sl_cai]\nx:").split("\n  sl_cai")[0] + "\n", 4, "stages"),
+    ],
+    ids=["unknown-stage", "wrong-type", "missing-model", "missing-upstream", "out-of-range", "not-a-mapping"],
+)
+def test_bad_recipe_is_one_line_with_file_and_line(tmp_path, text, line, words):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    result = cai("run", str(path), "--check")
+    assert result.returncode == 2, result.stderr
+    message = result.stderr.strip()
+    assert message.startswith(f"cai: error: {path}:{line}:"), message
+    assert words in message and len(message.splitlines()) == 1
+
+
+def test_check_lists_the_stages_without_running(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(GOOD)
+    result = cai("run", str(path), "--check", "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    assert "sl_cai → sft" in result.stderr and not (tmp_path / "run").exists()
+
+
+def _tiny_recipe(model_dir: Path, label_limit: int = 4) -> dict:
+    return {
+        "name": "unit",
+        "seed": 3,
+        "model": str(model_dir),
+        "backend": {"name": "local", "batch_size": 8},
+        "stages": {
+            "sl_cai": {"prompts": "builtin:advbench", "limit": 2, "rounds": 1, "max_tokens": 8, "fewshot": 0,
+                       "helpful_ratio": 0.5},
+            "sft": {"max_steps": 1, "batch_size": 2},
+            "label": {"prompts": "builtin:harmbench", "limit": label_limit, "max_tokens": 8, "fewshot": 0},
+            "preference_model": {"max_steps": 1, "batch_size": 2, "eval_fraction": 0.0},
+            "policy": {"method": "dpo", "max_steps": 1, "batch_size": 2},
+        },
+    }  # fmt: skip
+
+
+def _load(tmp_path: Path, data: dict):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_recipe(path)
+
+
+def _mtimes(run_dir: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir() if p.name != "manifest.json"}
+
+
+def test_run_writes_every_artifact_then_skips_what_is_unchanged(tmp_path, tiny_model_dir):
+    run_dir, said = tmp_path / "run", []
+    data = run_recipe(_load(tmp_path, _tiny_recipe(tiny_model_dir)), run_dir, say=said.append)
+
+    for name in ("sl.jsonl", "sl.sft.jsonl", "labels.jsonl", "labels.dpo.jsonl"):
+        assert (run_dir / name).stat().st_size > 0, name
+    for ckpt in ("sl-ckpt", "pm", "rl-ckpt"):
+        assert (run_dir / ckpt / "cai_checkpoint.json").is_file(), ckpt
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest == data and list(manifest["stages"]) == ["sl_cai", "sft", "label", "preference_model", "policy"]
+    assert manifest["recipe"]["seed"] == 3 and len(manifest["recipe"]["constitution"]["hash"]) > 8
+    assert manifest["stages"]["sl_cai"]["tokens"]["completion_tokens"] > 0
+    assert all("inputs_key" in s and s["wall_seconds"] >= 0 for s in manifest["stages"].values())
+    # The policy trained from the SFT checkpoint, not the base model.
+    rl = json.loads((run_dir / "rl-ckpt" / "cai_checkpoint.json").read_text())
+    assert "sl-ckpt" in json.dumps(rl)
+
+    # Same recipe again: nothing reruns, nothing is rewritten.
+    before, said = _mtimes(run_dir), []
+    run_recipe(_load(tmp_path, _tiny_recipe(tiny_model_dir)), run_dir, say=said.append)
+    assert all("skipped" in line for line in said) and len(said) == 5
+    assert _mtimes(run_dir) == before
+
+    # A changed label stage reruns it and what depends on it; earlier stages stay.
+    said = []
+    run_recipe(_load(tmp_path, _tiny_recipe(tiny_model_dir, label_limit=3)), run_dir, say=said.append)
+    skipped = [line.split()[1].rstrip(":") for line in said if "skipped" in line]
+    assert skipped == ["sl_cai", "sft"]
+    assert _mtimes(run_dir)["sl.jsonl"] == before["sl.jsonl"]
+    assert _mtimes(run_dir)["labels.jsonl"] != before["labels.jsonl"]
+    assert sum(1 for _ in (run_dir / "labels.jsonl").open()) == 3
