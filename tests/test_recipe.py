@@ -41,9 +41,20 @@ stages:
         (GOOD.replace("model: embedded", "model: no/such/dir"), 3, "no such model"),
         (GOOD.replace("  sl_cai:\n    limit: 2\n", ""), 5, "sft trains on SL-CAI data"),
         (GOOD.replace("limit: 2", "limit: -3"), 6, "limit"),
-        (GOOD.replace("stages:", "stages: [sl_cai]\nx:").split("\n  sl_cai")[0] + "\n", 4, "stages"),
+        (
+            GOOD.replace("stages:", "stages: [sl_cai]\nx:").split("\n  sl_cai")[0] + "\n",
+            4,
+            "stages",
+        ),
     ],
-    ids=["unknown-stage", "wrong-type", "missing-model", "missing-upstream", "out-of-range", "not-a-mapping"],
+    ids=[
+        "unknown-stage",
+        "wrong-type",
+        "missing-model",
+        "missing-upstream",
+        "out-of-range",
+        "not-a-mapping",
+    ],
 )
 def test_bad_recipe_is_one_line_with_file_and_line(tmp_path, text, line, words):
     path = tmp_path / "recipe.yaml"
@@ -99,7 +110,13 @@ def test_run_writes_every_artifact_then_skips_what_is_unchanged(tmp_path, tiny_m
     for ckpt in ("sl-ckpt", "pm", "rl-ckpt"):
         assert (run_dir / ckpt / "cai_checkpoint.json").is_file(), ckpt
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest == data and list(manifest["stages"]) == ["sl_cai", "sft", "label", "preference_model", "policy"]
+    assert manifest == data and list(manifest["stages"]) == [
+        "sl_cai",
+        "sft",
+        "label",
+        "preference_model",
+        "policy",
+    ]
     assert manifest["recipe"]["seed"] == 3 and len(manifest["recipe"]["constitution"]["hash"]) > 8
     assert manifest["stages"]["sl_cai"]["tokens"]["completion_tokens"] > 0
     assert all("inputs_key" in s and s["wall_seconds"] >= 0 for s in manifest["stages"].values())
@@ -115,7 +132,9 @@ def test_run_writes_every_artifact_then_skips_what_is_unchanged(tmp_path, tiny_m
 
     # A changed label stage reruns it and what depends on it; earlier stages stay.
     said = []
-    run_recipe(_load(tmp_path, _tiny_recipe(tiny_model_dir, label_limit=3)), run_dir, say=said.append)
+    run_recipe(
+        _load(tmp_path, _tiny_recipe(tiny_model_dir, label_limit=3)), run_dir, say=said.append
+    )
     skipped = [line.split()[1].rstrip(":") for line in said if "skipped" in line]
     assert skipped == ["sl_cai", "sft"]
     assert _mtimes(run_dir)["sl.jsonl"] == before["sl.jsonl"]

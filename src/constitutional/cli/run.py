@@ -8,10 +8,23 @@ import typer
 
 
 def run(
-    recipe: str = typer.Argument(..., help="Recipe YAML, or a bundled recipe: tiny (embedded model, CPU) or full (GPU)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Run directory (default runs/NAME); a rerun skips unchanged stages."),
-    force: list[str] = typer.Option([], "--force", help="Rerun this stage (and the ones after it) even if unchanged; repeatable."),
-    check: bool = typer.Option(False, "--check", help="Validate the recipe and list its stages, run nothing."),
+    recipe: str = typer.Argument(
+        ..., help="Recipe YAML, or a bundled recipe: tiny (embedded model, CPU) or full (GPU)."
+    ),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Run directory (default runs/NAME); a rerun skips unchanged stages.",
+    ),
+    force: list[str] = typer.Option(
+        [],
+        "--force",
+        help="Rerun this stage (and the ones after it) even if unchanged; repeatable.",
+    ),
+    check: bool = typer.Option(
+        False, "--check", help="Validate the recipe and list its stages, run nothing."
+    ),
 ) -> None:
     """Run constitution → SL-CAI → SFT → labels → preference model → DPO/PPO → eval → report."""
     from rich.console import Console
@@ -30,9 +43,13 @@ def run(
     run_dir = out or Path("runs") / plan.name
     console = Console(stderr=True)
     if check:
-        console.print(f"{recipe}: ok — recipe {plan.name!r}, stages: {' → '.join(names)}; run directory {run_dir}")
+        console.print(
+            f"{recipe}: ok — recipe {plan.name!r}, stages: {' → '.join(names)}; run directory {run_dir}"
+        )
         return
     with stage_progress() as progress:
         data = run_recipe(plan, run_dir, progress=progress, say=console.print, force=tuple(force))
     seconds = sum(s.get("wall_seconds", 0) for s in data["stages"].values())
-    console.print(f"run {plan.name!r} done ({seconds:.0f} s of stage time) → {run_dir}/manifest.json")
+    console.print(
+        f"run {plan.name!r} done ({seconds:.0f} s of stage time) → {run_dir}/manifest.json"
+    )

@@ -26,7 +26,9 @@ def builtin_recipes() -> dict[str, Path]:
 def load_recipe(source: str | Path) -> Recipe:
     """A recipe from a YAML file, or a bundled one by name ('tiny', 'full')."""
     path = builtin_recipes().get(str(source), Path(source))
-    return load_yaml_model(path, Recipe, "a recipe mapping with name and stages", check=_models_exist)
+    return load_yaml_model(
+        path, Recipe, "a recipe mapping with name and stages", check=_models_exist
+    )
 
 
 def _models_exist(recipe: Recipe) -> None:
@@ -40,4 +42,7 @@ def _models_exist(recipe: Recipe) -> None:
     for loc, spec in specs if recipe.backend.name == "local" else []:
         if spec != "embedded" and not Path(spec).expanduser().exists():
             where = loc if isinstance(loc, tuple) else (loc,)
-            raise LocatedValueError(where, f"no such model {spec!r}: expected 'embedded', a .gguf file or an HF directory")
+            raise LocatedValueError(
+                where,
+                f"no such model {spec!r}: expected 'embedded', a .gguf file or an HF directory",
+            )

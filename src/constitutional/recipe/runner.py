@@ -56,20 +56,39 @@ def run_recipe(
         "settings": recipe.model_dump(mode="json"),
     }  # fmt: skip
     ctx = RunContext(recipe, run_dir, constitution, progress or (lambda label, n: None))
-    key = stage_key(constitution.hash, "run", recipe.model_copy(update={"name": "", "description": "", "stages": None}))
-    todo = [(name, getattr(recipe.stages, name)) for name in STAGES if getattr(recipe.stages, name) is not None]
+    key = stage_key(
+        constitution.hash,
+        "run",
+        recipe.model_copy(update={"name": "", "description": "", "stages": None}),
+    )
+    todo = [
+        (name, getattr(recipe.stages, name))
+        for name in STAGES
+        if getattr(recipe.stages, name) is not None
+    ]
     rerun = False
     for i, (name, section) in enumerate(todo, 1):
         run, outputs = STAGES[name]
         key = stage_key(key, name, section)
         done = manifest.data["stages"].get(name, {})
-        rerun = rerun or name in force or done.get("inputs_key") != key or not all((run_dir / o).exists() for o in outputs)
+        rerun = (
+            rerun
+            or name in force
+            or done.get("inputs_key") != key
+            or not all((run_dir / o).exists() for o in outputs)
+        )
         if not rerun:
             say(f"[{i}/{len(todo)}] {name}: unchanged, skipped")
             continue
         say(f"[{i}/{len(todo)}] {name} ...")
         start = time.perf_counter()
         fields = run(ctx, section)
-        manifest.record(name, wall_seconds=time.perf_counter() - start, inputs_key=key, outputs=list(outputs), **fields)
+        manifest.record(
+            name,
+            wall_seconds=time.perf_counter() - start,
+            inputs_key=key,
+            outputs=list(outputs),
+            **fields,
+        )
         say(f"[{i}/{len(todo)}] {name}: done in {time.perf_counter() - start:.0f} s")
     return manifest.data

@@ -56,7 +56,9 @@ class LabelSection(_Section):
 
     prompts: str = "builtin:harmbench"
     limit: int | None = Field(default=None, ge=1)
-    feedback: str = "base"  # "base" (the paper's choice: a model not tuned by SL-CAI), "sl", or a spec
+    feedback: str = (
+        "base"  # "base" (the paper's choice: a model not tuned by SL-CAI), "sl", or a spec
+    )
     mode: Literal["logprob", "cot"] = "logprob"
     swap_average: bool = True
     principles_per_pair: int = Field(default=1, ge=1)
@@ -114,15 +116,26 @@ class Recipe(_Section):
     def _needs(self) -> Recipe:
         s = self.stages
         if s.sft and not s.sl_cai:
-            raise LocatedValueError(("stages", "sft"), "sft trains on SL-CAI data: add a `sl_cai` stage")
+            raise LocatedValueError(
+                ("stages", "sft"), "sft trains on SL-CAI data: add a `sl_cai` stage"
+            )
         if s.policy and not s.label:
-            raise LocatedValueError(("stages", "policy"), "the policy stage learns from labels: add a `label` stage")
+            raise LocatedValueError(
+                ("stages", "policy"), "the policy stage learns from labels: add a `label` stage"
+            )
         if s.policy and s.policy.method == "ppo" and not s.preference_model:
-            raise LocatedValueError(("stages", "policy", "method"), "ppo needs a `preference_model` stage")
+            raise LocatedValueError(
+                ("stages", "policy", "method"), "ppo needs a `preference_model` stage"
+            )
         for loc, spec in (("label", "feedback"), ("eval", "judge")):
             section = getattr(s, loc)
             if section and getattr(section, spec) == "sl" and not s.sft:
-                raise LocatedValueError(("stages", loc, spec), "'sl' names the SFT checkpoint: add an `sft` stage")
+                raise LocatedValueError(
+                    ("stages", loc, spec), "'sl' names the SFT checkpoint: add an `sft` stage"
+                )
         if s.eval and s.eval.judge == "rl" and not s.policy:
-            raise LocatedValueError(("stages", "eval", "judge"), "'rl' names the policy checkpoint: add a `policy` stage")
+            raise LocatedValueError(
+                ("stages", "eval", "judge"),
+                "'rl' names the policy checkpoint: add a `policy` stage",
+            )
         return self

@@ -7,9 +7,10 @@ stage's output can be inspected or fed to the matching `cai` command by hand.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from constitutional.recipe.schema import Recipe
 
@@ -34,7 +35,11 @@ class RunContext:
 
     def model_spec(self, name: str) -> str:
         """'base' → the recipe's model; 'sl' / 'rl' → this run's checkpoints; else as given."""
-        named = {"base": self.recipe.model, "sl": str(self.run_dir / SL_CKPT), "rl": str(self.run_dir / RL_CKPT)}
+        named = {
+            "base": self.recipe.model,
+            "sl": str(self.run_dir / SL_CKPT),
+            "rl": str(self.run_dir / RL_CKPT),
+        }
         return named.get(name, name)
 
     def backend(self, name: str):
@@ -44,8 +49,14 @@ class RunContext:
             from constitutional.backends import make_backend
 
             b = self.recipe.backend
-            options = {"batch_size": b.batch_size} if b.name == "local" else {"base_url": b.base_url, "concurrency": b.concurrency}
-            self._backends[spec] = make_backend(b.name, spec, cache=self.run_dir / "responses.sqlite", use_cache=b.cache, **options)
+            options = (
+                {"batch_size": b.batch_size}
+                if b.name == "local"
+                else {"base_url": b.base_url, "concurrency": b.concurrency}
+            )
+            self._backends[spec] = make_backend(
+                b.name, spec, cache=self.run_dir / "responses.sqlite", use_cache=b.cache, **options
+            )
         return self._backends[spec]
 
     def path(self, name: str) -> Path:
@@ -94,7 +105,11 @@ def label(ctx: RunContext, cfg) -> dict[str, Any]:
     write_jsonl(ctx.path(LABELS), labelled)
     write_jsonl(ctx.path(LABELS_DPO), dpo)
     kept = sum(not r["discarded"] for r in labelled)
-    return {"backend": feedback, "policy": policy.model, "counts": {"pairs": len(labelled), "kept": kept, "dpo": len(dpo)}}
+    return {
+        "backend": feedback,
+        "policy": policy.model,
+        "counts": {"pairs": len(labelled), "kept": kept, "dpo": len(dpo)},
+    }
 
 
 def preference_model(ctx: RunContext, cfg) -> dict[str, Any]:
