@@ -1,0 +1,54 @@
+"""`render_report`: one run directory in, one self-contained HTML file out."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from constitutional import __version__
+from constitutional.jsonl import atomic_path
+from constitutional.report import audit, evaluation, manifest, principles, traces, training
+from constitutional.report.html import page
+from constitutional.report.load import RunArtifacts, load_run
+
+# Page order: what ran, how good it is, whether the judge can be trusted, then the raw material.
+SECTIONS = (manifest, evaluation, audit, principles, traces, training)
+
+
+def build_html(run: RunArtifacts) -> str:
+    """The report page for already loaded artifacts (no timestamp, so equal runs give equal pages)."""
+    sections = [module.render(run) for module in SECTIONS]
+    subtitle = f"{run.run_dir.resolve()} · constitutional {__version__}"
+    return page(f"Constitutional AI report: {run.run_dir.resolve().name}", subtitle, sections)
+
+
+def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Render the static HTML report of a run directory.
+
+    Every known artifact present in `run_dir` (manifest, eval.json, audit.json, principles.json,
+    sl.jsonl, checkpoint train logs) gets a section; absent ones get a one-line "not run" note.
+    The page needs no network: styles and SVG charts are inline and it loads nothing.
+
+    Args:
+        run_dir: the directory holding a run's artifacts.
+        out: where to write the page; default `run_dir/report.html`. Written atomically.
+
+    Returns:
+        The path written.
+
+    Raises:
+        UserError: `run_dir` is not a directory, or one of its artifacts is unreadable.
+    """
+    run = load_run(Path(run_dir))
+    out = Path(out) if out is not None else run.run_dir / "report.html"
+    text = build_html(run)
+    with atomic_path(out) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.chmod(0o666 & ~_umask())  # the temp file is private; a report is meant to be shared
+    return out
+
+
+def _umask() -> int:
+    mask = os.umask(0o22)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
