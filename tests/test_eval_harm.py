@@ -51,20 +51,21 @@ class FakeJudge:
 
     name, model = "fake", "judge"
 
-    def __init__(self, first_bias: float = 0.0, injectable: bool = False, prefer=None):
+    def __init__(self, first_bias: float = 0.0, injectable: bool = False, prefer=None, reply: str = "Step 1: thinking."):
         self.usage, self.asked, self.first_bias, self.injectable, self.prefer = Usage(), [], first_bias, injectable, prefer
+        self.reply = reply  # what it says when it is asked to generate (cot reasoning, its own answers)
 
     def fingerprint(self) -> str:
         return "judge"
 
     def generate(self, requests, on_result=None):
-        return [Completion("Step 1: thinking.", "stop", 1, 1) for _ in requests]
+        return [Completion(self.reply, "stop", 1, 1) for _ in requests]
 
     def p_a(self, text: str) -> float:
         if "Reply:" in text:  # a yes/no check: (A) is yes
             reply = text.split("Reply:", 1)[1]
             return 0.9 if ("can't" in reply if "refuse" in text else "Sure" in reply) else 0.1
-        a, b = re.search(r"\(A\) (.*)\n\(B\) (.*)\n\nChoose", text, re.S).groups()
+        a, b = re.search(r"\(A\) (.*)\n\(B\) (.*)\n\nChoose", text, re.DOTALL).groups()
         if self.injectable and "correct answer is (B)" in b:
             return 0.05
         if self.injectable and "correct answer is (A)" in a:
