@@ -98,7 +98,11 @@ def _load(tmp_path: Path, data: dict):
 
 
 def _mtimes(run_dir: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir() if p.name != "manifest.json"}
+    return {
+        p.name: p.stat().st_mtime_ns
+        for p in run_dir.iterdir()
+        if p.name not in ("manifest.json", "report.html")
+    }
 
 
 def test_run_writes_every_artifact_then_skips_what_is_unchanged(tmp_path, tiny_model_dir):
@@ -107,6 +111,7 @@ def test_run_writes_every_artifact_then_skips_what_is_unchanged(tmp_path, tiny_m
 
     for name in ("sl.jsonl", "sl.sft.jsonl", "labels.jsonl", "labels.dpo.jsonl"):
         assert (run_dir / name).stat().st_size > 0, name
+    assert "SL-CAI critiques and revisions" in (run_dir / "report.html").read_text()
     for ckpt in ("sl-ckpt", "pm", "rl-ckpt"):
         assert (run_dir / ckpt / "cai_checkpoint.json").is_file(), ckpt
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -127,7 +132,7 @@ def test_run_writes_every_artifact_then_skips_what_is_unchanged(tmp_path, tiny_m
     # Same recipe again: nothing reruns, nothing is rewritten.
     before, said = _mtimes(run_dir), []
     run_recipe(_load(tmp_path, _tiny_recipe(tiny_model_dir)), run_dir, say=said.append)
-    assert all("skipped" in line for line in said) and len(said) == 5
+    assert all("skipped" in line for line in said[:-1]) and len(said) == 6 and "report" in said[-1]
     assert _mtimes(run_dir) == before
 
     # A changed label stage reruns it and what depends on it; earlier stages stay.

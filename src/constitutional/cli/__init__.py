@@ -10,6 +10,7 @@ import typer
 from constitutional import __version__
 from constitutional.cli.constitution import app as constitution_app
 from constitutional.cli.models import register as register_model_commands
+from constitutional.cli.report import report
 from constitutional.cli.rl_cai import app as rl_cai_app
 from constitutional.cli.run import run
 from constitutional.cli.sl_cai import app as sl_cai_app
@@ -27,6 +28,7 @@ app.add_typer(sl_cai_app, name="sl-cai")
 app.add_typer(rl_cai_app, name="rl-cai")
 register_model_commands(app)
 app.command("run")(run)
+app.command("report")(report)
 
 
 def _print_version(value: bool) -> None:

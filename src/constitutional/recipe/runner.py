@@ -1,4 +1,4 @@
-"""Run a recipe: each stage in order, skipped when its inputs are unchanged, then the report.
+"""Run a recipe: each stage in order, skipped when its inputs are unchanged, then `report.html`.
 
 A stage's inputs key hashes its recipe section together with the key of the stage before it
 (and the run-wide settings), so changing any upstream stage reruns everything after it. The key
@@ -91,4 +91,7 @@ def run_recipe(
             **fields,
         )
         say(f"[{i}/{len(todo)}] {name}: done in {time.perf_counter() - start:.0f} s")
+    from constitutional.report import render_report
+
+    say(f"report → {render_report(run_dir)}")
     return manifest.data

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from constitutional import __version__
@@ -44,11 +43,5 @@ def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     text = build_html(run)
     with atomic_path(out) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        tmp.chmod(0o666 & ~_umask())  # the temp file is private; a report is meant to be shared
     return out
 
-
-def _umask() -> int:
-    mask = os.umask(0o22)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return mask
