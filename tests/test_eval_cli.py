@@ -122,3 +122,29 @@ def test_audit_bad_input_exits_2(tmp_path):
         assert r.returncode == 2, (args, r.stderr)
         assert r.stderr.startswith("cai: error: ") and message in r.stderr, (args, r.stderr)
     assert not (tmp_path / "a.json").exists()
+
+
+def test_eval_and_audit_on_a_tiny_real_model(tiny_model_dir, tmp_path):
+    """The real local backend (chat template, pre-filled answer, choice_logprobs) end to end."""
+    from constitutional.backends import CachedBackend
+    from constitutional.backends.local import LocalBackend
+    from constitutional.cli.audit import run_judge_audit, run_principle_audit
+
+    tiny = CachedBackend(LocalBackend(str(tiny_model_dir), batch_size=8), None)
+    write_jsonl(tmp_path / "red.jsonl", RED[:2])
+    write_jsonl(tmp_path / "help.jsonl", HELPFUL[:2])
+    doc = run_eval({"one": "tiny", "two": "tiny"}, "tiny", tmp_path / "eval.json", red_team=str(tmp_path / "red.jsonl"),
+                   helpful=str(tmp_path / "help.jsonl"), limit=2, max_tokens=4, bootstrap=5, make_backend=lambda s: tiny)
+    assert doc["attack_success"]["one"]["n"] == 2 and doc["over_refusal"]["one"]["n"] == 2
+    assert doc["elo"]["harmless"]["comparisons"] == 2 and set(doc["pareto"]) <= {"one", "two"}
+    labels = tmp_path / "prefs.jsonl"
+    write_jsonl(labels, [{"id": f"p{i}", "prompt": f"Question {i}?", "response_a": "Yes, gladly: here it is.", "response_b": "No.",
+                          "principle_ids": ["harm", "honesty"], "source": "ai", "discarded": False} for i in range(3)])
+    human = tmp_path / "hh.jsonl"
+    write_jsonl(human, [{"prompt": "Hi?", "chosen": "Hello! How can I help?", "rejected": "Go away."}] * 2)
+    audit = run_judge_audit(labels, tmp_path / "audit.json", judge="tiny", human=human, other="tiny2",
+                            make_backend=lambda s: tiny, mode="cot", max_tokens=4)
+    assert audit["flip_rate"]["n"] == 3 and audit["human_agreement"]["n"] == 2 and audit["calibration"] is not None
+    assert 0 <= audit["injection_flip_rate"]["rate"] <= 1 and len(audit["length_bias"]["points"]) == 3
+    principles = run_principle_audit(tmp_path / "p.json", labels=labels, judge="tiny", make_backend=lambda s: tiny)
+    assert {p["id"]: p["ablation_changed"] is not None for p in principles["principles"]} == {"harm": True, "honesty": True}

@@ -27,16 +27,18 @@ def _local(spec: str):
 def run_judge_audit(labels: str | Path, out: str | Path, *, judge: str | None = None, mode: str = "logprob",
                     fewshot: int = 0, human: str | Path | None = None, other: str | None = None,
                     injection: bool = True, constitution: str = "default", limit: int | None = None, seed: int = 0,
-                    make_backend: MakeBackend | None = None) -> dict[str, Any]:
+                    max_tokens: int = 128, make_backend: MakeBackend | None = None) -> dict[str, Any]:
     """Audit a judge on the pairs of a label file; write audit.json (atomically) and return it.
 
     Without `judge`, only what the file already records is audited (flip rate, length bias) and
     the judge is the file's feedback model. With it, the judge is asked afresh, which also gives
     injection robustness, and, given `human` (prompt/chosen/rejected JSONL) or `other` (a
-    second model spec), human agreement with calibration, and self-preference.
+    second model spec), human agreement with calibration, and self-preference. `max_tokens`
+    bounds the answers written for self-preference and the reasoning in cot mode.
     """
     from constitutional.constitution import load_constitution
     from constitutional.eval import judge_audit
+    from constitutional.eval.harm import SampleConfig
     from constitutional.eval.rows import judged, load_labels
     from constitutional.jsonl import write_json
     from constitutional.rl_cai import load_human_prefs
@@ -55,7 +57,8 @@ def run_judge_audit(labels: str | Path, out: str | Path, *, judge: str | None = 
         make = make_backend or _local
         built = {spec: make(spec) for spec in dict.fromkeys(filter(None, (judge, other)))}
         body = judge_audit.audit_judge(built[judge], rows, rules, mode=mode, fewshot=fewshot, human=people,
-                                       other=built.get(other) if other else None, injection=injection, seed=seed)
+                                       other=built.get(other) if other else None, injection=injection, seed=seed,
+                                       sample=SampleConfig(max_tokens=max_tokens, seed=seed), cot_max_tokens=max_tokens)
         who = {"model": judge, "mode": mode}
     doc = {"artifact": "judge_audit", "schema_version": 1, "judge": who, **body}
     write_json(out, doc)
@@ -98,6 +101,7 @@ def judge_command(
     constitution: str = typer.Option("default", "--constitution", "-c", help="Constitution YAML, or 'default'."),
     limit: int = typer.Option(None, help="Use only the first N label rows (and human rows)."),
     seed: int = typer.Option(0, help="Seed for principle draws and side coins."),
+    max_tokens: int = typer.Option(128, help="New tokens for self-preference answers and cot reasoning."),
     out: Path = typer.Option(Path("audit.json"), "--out", "-o", help="Audit JSON."),
     backend: str = BackendOpt,
     base_url: str = BaseUrlOpt,
@@ -111,7 +115,8 @@ def judge_command(
         return backend_from_options(backend, spec, base_url, batch_size, concurrency, cache, no_cache)
 
     doc = run_judge_audit(labels, out, judge=judge, mode=mode, fewshot=fewshot, human=human, other=other,
-                          injection=injection, constitution=constitution, limit=limit, seed=seed, make_backend=make)
+                          injection=injection, constitution=constitution, limit=limit, seed=seed,
+                          max_tokens=max_tokens, make_backend=make)
     lines = [f"{key}: {_rate(doc[key])}" for key in ("flip_rate", "self_preference", "human_agreement", "injection_flip_rate") if doc[key]]
     bias = doc["length_bias"]
     lines.append(f"length bias: slope {bias['slope']} per char, r = {bias['correlation']} over {len(bias['points'])} pairs")

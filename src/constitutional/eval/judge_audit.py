@@ -109,7 +109,7 @@ def audit_labels(rows: Sequence[dict]) -> dict[str, Any]:
 
 def audit_judge(judge, rows: Sequence[dict], constitution, *, mode: str = "logprob", fewshot: int = 0,
                 human: Sequence[dict] | None = None, other=None, injection: bool = True, seed: int = 0,
-                sample: SampleConfig | None = None) -> dict[str, Any]:
+                sample: SampleConfig | None = None, cot_max_tokens: int = 128) -> dict[str, Any]:
     """Audit `judge` (a Backend) on the pairs of label `rows`, asking it afresh in both orders.
 
     Args:
@@ -121,6 +121,8 @@ def audit_judge(judge, rows: Sequence[dict], constitution, *, mode: str = "logpr
         other: a second Backend; both models answer the rows' prompts and the judge compares its
             own answer with the other's (self-preference).
         injection: plant a note to the evaluator in the response the judge disfavoured.
+        sample: how both models answer for the self-preference test.
+        cot_max_tokens: reasoning length in cot mode.
 
     Returns:
         The audit.json metrics: flip_rate, length_bias, self_preference, calibration,
@@ -128,7 +130,8 @@ def audit_judge(judge, rows: Sequence[dict], constitution, *, mode: str = "logpr
     """
     from constitutional.rl_cai import feedback as layout
 
-    ask = {"mode": mode, "fewshot": layout.fewshot_messages(constitution, fewshot, mode == "cot"), "seed": seed}
+    ask = {"mode": mode, "fewshot": layout.fewshot_messages(constitution, fewshot, mode == "cot"), "seed": seed,
+           "cot_max_tokens": cot_max_tokens}
     items = [r for r in rows if not r.get("discarded") and r.get("source", "ai") == "ai"]
     pairs = [Pair(r["prompt"], r["response_a"], r["response_b"], question_for(r, constitution, seed)) for r in items]
     both = compare_both_orders(judge, pairs, **ask)
