@@ -26,7 +26,10 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     z2 = z * z
     centre = (successes + z2 / 2) / (n + z2)
     half = z / (n + z2) * math.sqrt(successes * (n - successes) / n + z2 / 4)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At k = 0 or k = n the bound is exactly 0 or 1; rounding would leave 1e-17 or 0.9999...
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
 def rate(outcomes: Iterable[bool]) -> dict[str, Any]:
