@@ -108,3 +108,8 @@ def test_shared_prefix_is_prefilled_once_and_changes_nothing(backend):
     batched = [c.text for c in backend.generate(requests)]
     single = [backend.generate([r])[0].text for r in requests]
     assert batched == single
+    # The judge's A/B read takes the same path: one prefill of the prefix, same log-probs.
+    prompts = [r.prompt for r in requests]
+    together = backend.choice_logprobs(prompts, [" A", " B"])
+    alone = [backend.choice_logprobs([p], [" A", " B"])[0] for p in prompts]
+    assert sum(together, []) == pytest.approx(sum(alone, []), abs=1e-4)

@@ -234,12 +234,29 @@ class LocalBackend:
         out = []
         for start in range(0, len(prompt_ids), self.batch_size):
             batch = prompt_ids[start : start + self.batch_size]
-            # Only the last position is read: skip the (seq, vocab) projection for the rest.
-            logits = self.lm(**self._pad(batch), logits_to_keep=1).logits[:, -1].float()  # (b, vocab)
+            logits = self._last_logits(self._inputs_with_shared_prefix(batch))  # (b, vocab)
             logp = torch.log_softmax(logits, dim=-1)
             for row, ids in enumerate(choice_ids[start : start + self.batch_size]):
                 out.append([logp[row, c[0]].item() for c in ids])
         return out
+
+    def _last_logits(self, inputs: dict) -> torch.Tensor:
+        """Next-token logits at the end of each row. Only the last position is projected onto
+        the vocabulary; with a prefilled shared prefix only the suffixes are run."""
+        cache = inputs.get("past_key_values")
+        if cache is None:
+            return self.lm(**inputs, logits_to_keep=1).logits[:, -1].float()
+        mask, shared = inputs["attention_mask"], cache.get_seq_length()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]  # as if each row ran alone
+        out = self.lm(
+            input_ids=inputs["input_ids"][:, shared:],
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            cache_position=torch.arange(shared, mask.shape[1], device=self.device),
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1].float()
 
     def _sequence_logprobs(self, prompt_ids, choice_ids) -> list[list[float]]:
         pairs = [(p, c) for p, cs in zip(prompt_ids, choice_ids) for c in cs]

@@ -8,6 +8,7 @@ import typer
 
 from constitutional.cli.models import BackendOpt, BaseUrlOpt, backend_from_options, stage_progress
 from constitutional.cli.rl_cai_dpo import dpo
+from constitutional.cli.rl_cai_grpo import grpo
 from constitutional.cli.rl_cai_pm import score, train_pm
 from constitutional.cli.rl_cai_ppo import ppo
 
@@ -103,3 +104,4 @@ app.command("train-pm")(train_pm)
 app.command("score")(score)
 app.command("dpo")(dpo)
 app.command("ppo")(ppo)
+app.command("grpo")(grpo)
