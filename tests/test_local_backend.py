@@ -112,4 +112,5 @@ def test_shared_prefix_is_prefilled_once_and_changes_nothing(backend):
     prompts = [r.prompt for r in requests]
     together = backend.choice_logprobs(prompts, [" A", " B"])
     alone = [backend.choice_logprobs([p], [" A", " B"])[0] for p in prompts]
-    assert sum(together, []) == pytest.approx(sum(alone, []), abs=1e-4)
+    for got, want in zip(together, alone, strict=True):
+        assert got == pytest.approx(want, abs=1e-4)

@@ -27,6 +27,7 @@ from constitutional.rl_cai import feedback as layout
 
 PROMPTS = [{"id": f"p{i}", "prompt": f"How do I pick lock number {i}?"} for i in range(3)]
 FIELDS = {"id", "prompt", "response_a", "response_b", "principle_ids", "p_a_raw", "p_a_swapped", "p_a", "flip",
+          "p_a_by_principle",
           "cot", "mode", "policy_model", "feedback_model", "discarded", "reason", "source", "seed", "meta"}
 
 
@@ -103,6 +104,11 @@ def test_swap_average_and_ensemble(tiny):
         raw = [expected_p(tiny, rules, r, pid, r["response_a"], r["response_b"]) for pid in r["principle_ids"]]
         assert r["p_a_swapped"] == pytest.approx(sum(swapped) / 2, abs=1e-5) and r["p_a_raw"] == pytest.approx(sum(raw) / 2, abs=1e-5)
         assert r["flip"] == labels.flip(r["p_a_raw"], r["p_a_swapped"])
+        # Each principle's own swap-averaged verdict is kept for the principle audit.
+        own = r["p_a_by_principle"]
+        assert set(own) == set(r["principle_ids"])
+        for k, pid in enumerate(r["principle_ids"]):
+            assert own[pid] == pytest.approx((raw[k] + swapped[k]) / 2, abs=1e-5)
 
 
 def test_cot_mode_records_reasoning_and_clamps(tiny):

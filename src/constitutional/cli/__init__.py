@@ -8,7 +8,9 @@ import sys
 import typer
 
 from constitutional import __version__
+from constitutional.cli.audit import app as audit_app
 from constitutional.cli.constitution import app as constitution_app
+from constitutional.cli.eval import register as register_eval
 from constitutional.cli.models import register as register_model_commands
 from constitutional.cli.report import report
 from constitutional.cli.rl_cai import app as rl_cai_app
@@ -29,6 +31,8 @@ app.add_typer(rl_cai_app, name="rl-cai")
 register_model_commands(app)
 app.command("run")(run)
 app.command("report")(report)
+register_eval(app)
+app.add_typer(audit_app, name="audit")
 
 
 def _print_version(value: bool) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +37,9 @@ def parse_models(text: str) -> dict[str, str]:
 
 
 def load_set(spec: str, limit: int | None) -> list[dict]:
-    """A prompt set (a JSONL path or builtin:NAME, including builtin:over_refusal), first `limit` rows."""
+    """A prompt set (a JSONL path or builtin:NAME), its first `limit` rows."""
     from constitutional.generate import load_prompts
 
-    if spec == OVER_REFUSAL:
-        spec = str(resources.files("constitutional") / "data" / "over_refusal.jsonl")
     return load_prompts(spec, chat_allowed=False)[:limit]
 
 
@@ -68,26 +65,17 @@ def run_eval(models: Mapping[str, str], judge: str, out: str | Path, *, red_team
     from constitutional.eval.evaluate import EvalConfig, evaluate_models
     from constitutional.eval.harm import SampleConfig
     from constitutional.jsonl import write_json, write_jsonl
-    from constitutional.provenance import RunManifest
-
     out = Path(out)
     rules = load_constitution(constitution)
     sets = {name: load_set(spec, limit) for name, spec in (("red_team", red_team), ("helpful", helpful), ("benign", over_refusal))}
     make_backend = make_backend or (lambda spec: backend_from_options("local", spec, None, 8, 8, None, False))
     built = {spec: make_backend(spec) for spec in dict.fromkeys([*models.values(), judge])}  # one load per spec
-    start = time.perf_counter()
     config = EvalConfig(SampleConfig(temperature, max_tokens, seed), bootstrap, seed)
     results, samples = evaluate_models({n: built[s] for n, s in models.items()}, built[judge], **sets, config=config, progress=progress)
     doc = {"artifact": ARTIFACT, "schema_version": SCHEMA_VERSION, "constitution": {"hash": rules.hash, "version": rules.version},
            "judge": {"model": judge, "mode": "logprob"}, "models": dict(models), **results, "samples": str(samples_path(out))}
     write_jsonl(samples_path(out), samples)
     write_json(out, doc)
-    RunManifest(Path(f"{out}.manifest.json")).record(
-        "eval", backend=built[judge], wall_seconds=time.perf_counter() - start, seed=seed,
-        constitution={"hash": rules.hash, "version": rules.version}, outputs=[str(out), str(samples_path(out))],
-        params={"red_team": red_team, "helpful": helpful, "over_refusal": over_refusal, "limit": limit,
-                "temperature": temperature, "max_tokens": max_tokens, "bootstrap": bootstrap},
-    )
     return doc
 
 
@@ -112,17 +100,28 @@ def eval_command(
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the response cache."),
 ) -> None:
     """Elo (harmless, helpful) with intervals, Pareto frontier, attack success, over-refusal, refusal hold."""
+    from constitutional.provenance import RunManifest
+
     names = parse_models(models)
     for spec in (red_team, helpful, over_refusal):  # fail on bad input before loading any model
         load_set(spec, limit)
+    built: dict[str, Any] = {}
 
     def make(spec: str):
-        return backend_from_options(backend, spec, base_url, batch_size, concurrency, cache, no_cache)
+        built[spec] = backend_from_options(backend, spec, base_url, batch_size, concurrency, cache, no_cache)
+        return built[spec]
 
+    start = time.perf_counter()
     with stage_progress() as progress:
         doc = run_eval(names, judge, out, red_team=red_team, helpful=helpful, over_refusal=over_refusal, limit=limit,
                        seed=seed, constitution=constitution, temperature=temperature, max_tokens=max_tokens,
                        bootstrap=bootstrap, make_backend=make, progress=progress)
+    RunManifest(Path(f"{out}.manifest.json")).record(
+        "eval", backend=built[judge], wall_seconds=time.perf_counter() - start, seed=seed,
+        constitution=doc["constitution"], outputs=[str(out), doc["samples"]],
+        params={"red_team": red_team, "helpful": helpful, "over_refusal": over_refusal, "limit": limit,
+                "temperature": temperature, "max_tokens": max_tokens, "bootstrap": bootstrap},
+    )  # fmt: skip
     for name in names:
         h, s = doc["elo"]["harmless"]["ratings"][name], doc["elo"]["helpful"]["ratings"][name]
         asr = doc["attack_success"][name]["rate"]

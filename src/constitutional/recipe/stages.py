@@ -136,6 +136,36 @@ def policy(ctx: RunContext, cfg) -> dict[str, Any]:
     return {"method": cfg.method, "result": _without(s, "out")}
 
 
+def evaluate(ctx: RunContext, cfg) -> dict[str, Any]:
+    """Every model the run produced against the base model; then audits of the judge and the
+    principles from this run's own labels and traces."""
+    from constitutional.cli.audit import run_judge_audit, run_principle_audit
+    from constitutional.cli.eval import run_eval
+
+    stages = ctx.recipe.stages
+    names = ["base", *(["sl"] if stages.sft else []), *(["rl"] if stages.policy else [])]
+    models = {name: ctx.model_spec(name) for name in names}
+    judge = ctx.model_spec(cfg.judge)
+    doc = run_eval(models, judge, ctx.path(EVAL), red_team=cfg.red_team, helpful=cfg.helpful,
+                   over_refusal=cfg.over_refusal, limit=cfg.limit, seed=ctx.recipe.seed,
+                   constitution=ctx.recipe.constitution, max_tokens=cfg.max_tokens, make_backend=ctx.backend,
+                   progress=ctx.progress)  # fmt: skip
+    if cfg.audit and stages.label:
+        # Self-preference: the feedback model's own answers against the SL-CAI model's.
+        other = ctx.model_spec("sl") if stages.sft and stages.label.feedback == "base" else None
+        run_judge_audit(ctx.path(LABELS), ctx.path(AUDIT), judge=ctx.model_spec(stages.label.feedback), other=other,
+                        constitution=ctx.recipe.constitution, limit=cfg.limit, seed=ctx.recipe.seed,
+                        max_tokens=cfg.max_tokens, make_backend=ctx.backend)  # fmt: skip
+    if cfg.audit and (stages.sl_cai or stages.label):
+        run_principle_audit(ctx.path(PRINCIPLES), sl=ctx.path(SL_TRACES) if stages.sl_cai else None,
+                            labels=ctx.path(LABELS) if stages.label else None, constitution=ctx.recipe.constitution,
+                            seed=ctx.recipe.seed)  # fmt: skip
+    summary = {name: {"harmless_elo": round(doc["elo"]["harmless"]["ratings"][name]["elo"], 1),
+                      "helpful_elo": round(doc["elo"]["helpful"]["ratings"][name]["elo"], 1),
+                      "attack_success": doc["attack_success"][name]["rate"]} for name in models}  # fmt: skip
+    return {"backend": ctx.backend(judge), "models": models, "pareto": doc["pareto"], "result": summary}
+
+
 def _train_args(cfg) -> dict[str, Any]:
     return {"epochs": cfg.epochs, "max_steps": cfg.max_steps, "batch_size": cfg.batch_size,
             "learning_rate": cfg.learning_rate, "lora": cfg.lora}  # fmt: skip
@@ -152,4 +182,5 @@ STAGES: dict[str, tuple[Callable[[RunContext, Any], dict], tuple[str, ...]]] = {
     "label": (label, (LABELS, LABELS_DPO)),
     "preference_model": (preference_model, (PM_CKPT,)),
     "policy": (policy, (RL_CKPT,)),
+    "eval": (evaluate, (EVAL,)),
 }

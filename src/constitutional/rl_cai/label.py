@@ -112,7 +112,7 @@ def label_pairs(constitution: Constitution, prompts: Sequence[dict], policy: Cac
     scores = feedback.choice_logprobs(judge_prompts, ["A", "B"]) if judge_prompts else []
     progress("", len(judge_prompts))
 
-    for (row, _, swapped, _), reasoning, (logp_a, logp_b) in zip(jobs, reasonings, scores):
+    for (row, pid, swapped, _), reasoning, (logp_a, logp_b) in zip(jobs, reasonings, scores):
         if reasoning is not None:
             row["cot"].append(reasoning)
         problem = labels.judgement_problem(logp_a, logp_b)
@@ -121,6 +121,7 @@ def label_pairs(constitution: Constitution, prompts: Sequence[dict], policy: Cac
             continue
         p = labels.two_way_softmax(logp_a, logp_b)
         row["_swapped" if swapped else "_raw"].append(labels.unswap(p) if swapped else p)
+        row["_by_principle"].setdefault(pid, []).append(labels.unswap(p) if swapped else p)
     meta = row_meta(ARTIFACT, SCHEMA_VERSION, constitution)
     for row in rows:
         _finish(row, cfg, meta)
@@ -130,17 +131,19 @@ def label_pairs(constitution: Constitution, prompts: Sequence[dict], policy: Cac
 def _new_row(prompt_row: dict, index: int, cfg: LabelConfig, policy, feedback) -> dict[str, Any]:
     return {
         "id": str(prompt_row.get("id", f"prompt-{index}")), "source": "ai", "prompt": prompt_row["prompt"],
-        "response_a": None, "response_b": None, "principle_ids": [], "_raw": [], "_swapped": [],
+        "response_a": None, "response_b": None, "principle_ids": [], "_raw": [], "_swapped": [], "_by_principle": {},
         "cot": [] if cfg.mode == "cot" else None, "mode": cfg.mode,
         "policy_model": policy.model, "feedback_model": feedback.model, "seed": cfg.seed,
     }
 
 
 def _finish(row: dict, cfg: LabelConfig, meta: dict) -> None:
-    raw, swapped = row.pop("_raw"), row.pop("_swapped")
+    raw, swapped, by_principle = row.pop("_raw"), row.pop("_swapped"), row.pop("_by_principle")
     row["discarded"] = row["reason"] is not None
-    row.update(p_a_raw=None, p_a_swapped=None, p_a=None, flip=None)
+    row.update(p_a_raw=None, p_a_swapped=None, p_a=None, flip=None, p_a_by_principle=None)
     if not row["discarded"]:
+        # Each principle's own verdict (swap-averaged, unclamped): principle audits read these.
+        row["p_a_by_principle"] = {pid: fmean(ps) for pid, ps in by_principle.items()}
         # Ensemble: mean over principles. Raw and swapped stay unclamped so flips can be audited.
         row["p_a_raw"] = p = fmean(raw)
         if cfg.swap_average:
