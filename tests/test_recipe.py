@@ -87,6 +87,7 @@ def _tiny_recipe(model_dir: Path, label_limit: int = 4) -> dict:
             "label": {"prompts": "builtin:harmbench", "limit": label_limit, "max_tokens": 8, "fewshot": 0},
             "preference_model": {"max_steps": 1, "batch_size": 2, "eval_fraction": 0.0},
             "policy": {"method": "dpo", "max_steps": 1, "batch_size": 2},
+            "eval": {"limit": 2, "max_tokens": 8},
         },
     }  # fmt: skip
 
@@ -111,17 +112,20 @@ def test_run_writes_every_artifact_then_skips_what_is_unchanged(tmp_path, tiny_m
 
     for name in ("sl.jsonl", "sl.sft.jsonl", "labels.jsonl", "labels.dpo.jsonl"):
         assert (run_dir / name).stat().st_size > 0, name
-    assert "SL-CAI critiques and revisions" in (run_dir / "report.html").read_text()
+    page = (run_dir / "report.html").read_text()
+    assert "SL-CAI critiques and revisions" in page and "Pareto" in page and "Not run" not in page
     for ckpt in ("sl-ckpt", "pm", "rl-ckpt"):
         assert (run_dir / ckpt / "cai_checkpoint.json").is_file(), ckpt
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest == data and list(manifest["stages"]) == [
-        "sl_cai",
-        "sft",
-        "label",
-        "preference_model",
-        "policy",
-    ]
+    assert manifest == data
+    assert list(manifest["stages"]) == ["sl_cai", "sft", "label", "preference_model", "policy", "eval"]
+    # Every model the run made is evaluated; the judge and the principles are audited.
+    results = json.loads((run_dir / "eval.json").read_text())
+    assert set(results["models"]) == {"base", "sl", "rl"} and results["attack_success"]["rl"]["n"] == 2
+    audit = json.loads((run_dir / "audit.json").read_text())
+    assert audit["injection_flip_rate"]["n"] > 0 and audit["self_preference"] is not None
+    drawn = {p["id"] for p in json.loads((run_dir / "principles.json").read_text())["principles"] if p["draws"]}
+    assert drawn >= {r["principle_id"] for t in map(json.loads, (run_dir / "sl.jsonl").open()) for r in t["rounds"]}
     assert manifest["recipe"]["seed"] == 3 and len(manifest["recipe"]["constitution"]["hash"]) > 8
     assert manifest["stages"]["sl_cai"]["tokens"]["completion_tokens"] > 0
     assert all("inputs_key" in s and s["wall_seconds"] >= 0 for s in manifest["stages"].values())
@@ -132,7 +136,7 @@ def test_run_writes_every_artifact_then_skips_what_is_unchanged(tmp_path, tiny_m
     # Same recipe again: nothing reruns, nothing is rewritten.
     before, said = _mtimes(run_dir), []
     run_recipe(_load(tmp_path, _tiny_recipe(tiny_model_dir)), run_dir, say=said.append)
-    assert all("skipped" in line for line in said[:-1]) and len(said) == 6 and "report" in said[-1]
+    assert all("skipped" in line for line in said[:-1]) and len(said) == 7 and "report" in said[-1]
     assert _mtimes(run_dir) == before
 
     # A changed label stage reruns it and what depends on it; earlier stages stay.
