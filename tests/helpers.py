@@ -33,7 +33,7 @@ def cached_rows(db: Path) -> int:
         return 0
 
 
-def run_and_kill(args, cache: Path, at_least: int, timeout: float = 120) -> int:
+def run_and_kill(args, cache: Path, at_least: int, timeout: float = 600) -> int:
     """Start `cai ARGS`, SIGKILL it once `cache` holds `at_least` results; return how many it held."""
     proc = subprocess.Popen([*CAI, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
