@@ -127,7 +127,11 @@ def test_run_writes_every_artifact_then_skips_what_is_unchanged(tmp_path, tiny_m
     drawn = {p["id"] for p in json.loads((run_dir / "principles.json").read_text())["principles"] if p["draws"]}
     assert drawn >= {r["principle_id"] for t in map(json.loads, (run_dir / "sl.jsonl").open()) for r in t["rounds"]}
     assert manifest["recipe"]["seed"] == 3 and len(manifest["recipe"]["constitution"]["hash"]) > 8
-    assert manifest["stages"]["sl_cai"]["tokens"]["completion_tokens"] > 0
+    stages = manifest["stages"]
+    assert stages["sl_cai"]["tokens"]["completion_tokens"] > 0
+    # Tokens are per stage: the label stage's feedback reads are its own, the samples are the SL model's.
+    assert stages["label"]["tokens"]["calls"] > 0 and stages["label"]["tokens"]["completion_tokens"] == 0
+    assert stages["label"]["policy"]["tokens"]["completion_tokens"] > 0
     assert all("inputs_key" in s and s["wall_seconds"] >= 0 for s in manifest["stages"].values())
     # The policy trained from the SFT checkpoint, not the base model.
     rl = json.loads((run_dir / "rl-ckpt" / "cai_checkpoint.json").read_text())

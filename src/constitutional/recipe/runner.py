@@ -82,6 +82,7 @@ def run_recipe(
             continue
         say(f"[{i}/{len(todo)}] {name} ...")
         start = time.perf_counter()
+        ctx.begin_stage()
         fields = run(ctx, section)
         manifest.record(
             name,

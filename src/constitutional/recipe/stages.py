@@ -59,6 +59,13 @@ class RunContext:
             )
         return self._backends[spec]
 
+    def begin_stage(self) -> None:
+        """Fresh usage meters, so each stage records its own tokens, not the run's running total."""
+        from constitutional.backends import Usage
+
+        for backend in self._backends.values():
+            backend.usage = Usage()
+
     def path(self, name: str) -> Path:
         return self.run_dir / name
 
@@ -105,11 +112,8 @@ def label(ctx: RunContext, cfg) -> dict[str, Any]:
     write_jsonl(ctx.path(LABELS), labelled)
     write_jsonl(ctx.path(LABELS_DPO), dpo)
     kept = sum(not r["discarded"] for r in labelled)
-    return {
-        "backend": feedback,
-        "policy": policy.model,
-        "counts": {"pairs": len(labelled), "kept": kept, "dpo": len(dpo)},
-    }
+    sampled = "shared with feedback" if policy is feedback else {"model": policy.model, "tokens": vars(policy.usage).copy()}
+    return {"backend": feedback, "policy": sampled, "counts": {"pairs": len(labelled), "kept": kept, "dpo": len(dpo)}}
 
 
 def preference_model(ctx: RunContext, cfg) -> dict[str, Any]:
