@@ -96,7 +96,7 @@ def main() -> None:
     ap.add_argument("--fewshot", type=int, default=2, help="comparison exemplars (cai rl-cai label's default)")
     ap.add_argument("--max-tokens", type=int, default=64, help="policy response length")
     ap.add_argument("--cot-max-tokens", type=int, default=128, help="reasoning length (the CLI default)")
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (cai rl-cai label's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (0: torch's default). 1 because on a shared 2-core box an "
