@@ -50,6 +50,7 @@ from constitutional.train.sft import (
     publish_dir,
     save_model_dir,
     sha256_file,
+    trainer_args,
     write_loss_svg,
 )
 
@@ -161,7 +162,7 @@ def train_dpo(
     tmp.chmod(0o777 & ~umask)
     try:
         config = DPOConfig(
-            output_dir=str(tmp / "trainer"),  # scratch only: save_strategy="no"
+            **trainer_args(tmp, seed, cuda),
             beta=beta,
             loss_type=["sigmoid"],  # the p = 1 case; SoftDPOTrainer replaces the loss itself
             precompute_ref_log_probs=True,
@@ -173,12 +174,6 @@ def train_dpo(
             max_length=max_length,
             activation_checkpointing=False,  # TRL turns it on; small models want speed
             remove_unused_columns=True,  # SoftDPOTrainer lists p_chosen among the columns kept
-            bf16=cuda,
-            use_cpu=not cuda,
-            seed=seed,
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
         )
         peft_config = None
         if lora:

@@ -39,6 +39,7 @@ from constitutional.train.sft import (
     base_reference,
     publish_dir,
     save_model_dir,
+    trainer_args,
     write_loss_svg,
 )
 
@@ -134,7 +135,7 @@ def train_grpo(
     tmp = _staging_dir(out)
     try:
         config = GRPOConfig(
-            output_dir=str(tmp / "trainer"),  # scratch only: save_strategy="no"
+            **trainer_args(tmp, seed, cuda),
             beta=beta,
             num_generations=num_generations,
             per_device_train_batch_size=prompts_per_step * num_generations,  # counts responses
@@ -144,12 +145,6 @@ def train_grpo(
             learning_rate=learning_rate,
             disable_dropout=True,  # sampling and update must see the same log-probs
             activation_checkpointing=False,  # TRL turns it on; small models want speed, not memory
-            bf16=cuda,
-            use_cpu=not cuda,
-            seed=seed,
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
         )
         peft_config = None
         if lora:

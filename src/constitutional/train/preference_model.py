@@ -41,6 +41,7 @@ from constitutional.train.sft import (
     publish_dir,
     save_model_dir,
     sha256_file,
+    trainer_args,
     write_loss_svg,
 )
 from constitutional.train.soft_labels import preference_metrics, soft_bce
@@ -142,19 +143,13 @@ def train_preference_model(
     tmp = _staging_dir(out)
     try:
         args = TrainingArguments(
-            output_dir=str(tmp / "trainer"),  # scratch only: save_strategy="no"
+            **trainer_args(tmp, seed, cuda),
             num_train_epochs=epochs,
             max_steps=max_steps,
             learning_rate=learning_rate,
             per_device_train_batch_size=batch_size,
             remove_unused_columns=False,  # the collator needs a, b and p_a
             label_names=["p_a"],
-            bf16=cuda,
-            use_cpu=not cuda,
-            seed=seed,
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
         )
         trainer = _soft_label_trainer_class()(
             model=model,

@@ -129,7 +129,7 @@ def train_sft(
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a checkpoint is an ordinary directory
     try:
         config = SFTConfig(
-            output_dir=str(tmp / "trainer"),  # scratch only: save_strategy="no"
+            **trainer_args(tmp, seed, cuda),
             num_train_epochs=epochs,
             max_steps=max_steps,
             learning_rate=learning_rate,
@@ -138,12 +138,6 @@ def train_sft(
             max_length=max_length,
             completion_only_loss=True,  # learn the revision, not the red-team prompt
             activation_checkpointing=False,  # TRL turns it on; small models want speed, not memory
-            bf16=cuda,
-            use_cpu=not cuda,
-            seed=seed,
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
         )
         peft_config = None
         if lora:
@@ -198,6 +192,13 @@ def train_sft(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
+
+
+def trainer_args(tmp: Path, seed: int, cuda: bool) -> dict[str, Any]:
+    """Trainer settings every recipe shares: a scratch output dir (checkpoints are saved by us,
+    atomically), the device, per-step logging, and no external loggers."""
+    return {"output_dir": str(tmp / "trainer"), "bf16": cuda, "use_cpu": not cuda, "seed": seed,
+            "logging_steps": 1, "save_strategy": "no", "report_to": "none"}  # fmt: skip
 
 
 def save_model_dir(model, tokenizer, directory: Path, base: str, adapter: bool) -> None:
