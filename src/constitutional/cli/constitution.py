@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from constitutional.cli.regress import regress
+
 File = Annotated[
     Path, typer.Argument(help="Constitution YAML file, or 'default' for the packaged one.")
 ]
@@ -100,3 +102,6 @@ def diff(
 
     result = diff_constitutions(load_constitution(old), load_constitution(new))
     typer.echo(json.dumps(result, indent=2, ensure_ascii=False) if as_json else format_diff(result))
+
+
+app.command("regress")(regress)
