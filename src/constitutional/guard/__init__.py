@@ -1,0 +1,1 @@
+"""Constitutional classifiers: synthetic data from the constitution, cascaded classifiers and a guard proxy."""
