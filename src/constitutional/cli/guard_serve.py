@@ -1,0 +1,57 @@
+"""`cai guard serve`: an OpenAI-compatible proxy that checks requests and streamed answers with
+trained constitutional classifiers before they pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def serve(
+    guard_dir: Path = typer.Option(
+        ..., "--guard", help="Directory written by `cai guard train` (the classifiers)."
+    ),
+    upstream: str = typer.Option(
+        ..., "--upstream", help="The model's API root, e.g. http://127.0.0.1:8000/v1."
+    ),
+    api_key: list[str] = typer.Option(
+        [], "--api-key", help="Bearer token clients must send; repeat for several. None: open."
+    ),
+    upstream_api_key: str | None = typer.Option(
+        None, "--upstream-api-key", envvar="CAI_UPSTREAM_API_KEY", help="Token for the upstream."
+    ),
+    audit_db: Path = typer.Option(
+        Path("guard.sqlite"), "--audit-db", help="SQLite file with one row per request."
+    ),
+    fail_open: bool = typer.Option(
+        False, "--fail-open", help="Let text through when the classifier fails (default: refuse)."
+    ),
+    holdback: int = typer.Option(
+        64, "--holdback", min=0, help="Characters of a stream held back until checked past them."
+    ),
+    model_name: str = typer.Option("guarded", "--model-name", help="Model id in /v1/models."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 for all)."),
+    port: int = typer.Option(8080, help="TCP port to listen on."),
+) -> None:
+    """Serve a guarded model: refuse flagged requests, cut off flagged answers mid-stream."""
+    # Heavy imports here, so `cai --help` stays fast.
+    import uvicorn
+
+    from constitutional.guard.classifiers import load_guard
+    from constitutional.guard.proxy import create_guard_app
+
+    guard = load_guard(guard_dir)
+    app = create_guard_app(
+        guard,
+        upstream,
+        api_keys=set(api_key),
+        audit_db=audit_db,
+        fail_closed=not fail_open,
+        holdback_chars=holdback,
+        model_name=model_name,
+        upstream_api_key=upstream_api_key,
+    )
+    policy = "fail-open" if fail_open else "fail-closed"
+    typer.echo(f"guarding {upstream} at http://{host}:{port}/v1 ({policy})", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="info")
