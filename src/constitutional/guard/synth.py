@@ -261,7 +261,9 @@ def _augmented_rows(sources: list[dict], backend, config: SynthConfig, progress)
     for (s, name, (_, language)), c in zip(pending, _run(backend, requests, "paraphrase + translate", progress)):
         text = aug.clean_rewrite(c.text)
         row = _row(s, name, language, [_user(text)], s["meta"], language=language or "English")
-        row.update(discarded=(reason := _rewrite_problem(text, s["query"])) is not None, reason=reason)
+        reason = _rewrite_problem(text, s["query"])
+        if reason:  # kept with the model's words, so a bad prompt shows in the discards file
+            row.update(discarded=True, reason=reason, raw=c.text)
         rows.append(row)
     return rows
 
