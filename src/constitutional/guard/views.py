@@ -1,0 +1,143 @@
+"""Guard training rows, and the three text views the classifiers read.
+
+A row (written by `cai guard synth`) is {id, messages, response, label, category, kind,
+augmentation, source_id, split}: `label` 1 = harmful, 0 = harmless; `split` "train" or "heldout".
+Each classifier sees one view of it:
+
+    input:    the conversation so far              (rows without a response, see `view_rows`)
+    output:   a prefix of the response alone        (rows with a response)
+    exchange: the conversation + a response prefix  (rows with a response)
+
+The output and exchange views are trained on prefixes of each response cut at several points
+(`PREFIX_CUTS`), so that they can score a stream as it grows; held-out rows are scored the same
+way, a response counting as flagged when any of its prefixes is (`per_row_max`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from constitutional.errors import UserError
+from constitutional.jsonl import iter_jsonl
+
+VIEWS = ("input", "output", "exchange")
+SPLITS = ("train", "heldout")
+ROLES = {"system", "user", "assistant"}
+PREFIX_CUTS = (0.25, 0.5, 0.75, 1.0)  # shares of the response's words kept when training
+
+
+@dataclass(frozen=True)
+class GuardRow:
+    messages: list[dict[str, str]]
+    response: str | None
+    label: int
+    split: str
+    category: str | None = None
+
+
+def load_guard_rows(path: str | Path) -> list[GuardRow]:
+    """Read and check guard rows; a bad field raises `UserError` naming FILE:LINE."""
+    path = Path(path)
+    rows = []
+    for line, raw in iter_jsonl(path):
+        rows.append(_parse_row(raw, path, line))
+    if not rows:
+        raise UserError("no guard rows: the file is empty", path)
+    return rows
+
+
+def _parse_row(raw: dict[str, Any], path: Path, line: int) -> GuardRow:
+    label = raw.get("label")
+    if isinstance(label, bool) or label not in (0, 1):
+        raise UserError(f"`label` must be 1 (harmful) or 0 (harmless), got {label!r}", path, line)
+    messages = raw.get("messages")
+    ok = (
+        isinstance(messages, list)
+        and messages
+        and all(
+            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
+            for m in messages
+        )
+    )
+    if not ok:
+        raise UserError("`messages` must be a non-empty list of {role, content}", path, line)
+    response = raw.get("response")
+    if response is not None and not isinstance(response, str):
+        raise UserError(
+            f"`response` must be a string or null, got {type(response).__name__}", path, line
+        )
+    split = raw.get("split")
+    if split not in SPLITS:
+        raise UserError(f"`split` must be 'train' or 'heldout', got {split!r}", path, line)
+    turns = [{"role": m["role"], "content": m["content"]} for m in messages]
+    category = raw.get("category") if isinstance(raw.get("category"), str) else None
+    return GuardRow(turns, response or None, int(label), split, category)
+
+
+def conversation_text(messages: list[dict[str, str]]) -> str:
+    """The conversation as plain text, one `role: content` turn per line."""
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+def view_text(view: str, messages: list[dict[str, str]], response: str | None) -> str:
+    """The text one classifier reads."""
+    if view == "input":
+        return conversation_text(messages)
+    if view == "output":
+        return response or ""
+    if view == "exchange":
+        return f"{conversation_text(messages)}\nassistant: {response or ''}"
+    raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
+
+
+def prefixes(text: str, cuts: tuple[float, ...] = PREFIX_CUTS) -> list[str]:
+    """Word-boundary prefixes of `text` at the given shares of its words, without repeats."""
+    words = text.split(" ")
+    out: list[str] = []
+    for cut in cuts:
+        prefix = " ".join(words[: max(1, round(len(words) * cut))])
+        if prefix not in out:
+            out.append(prefix)
+    return out
+
+
+def view_rows(view: str, rows: list[GuardRow], split: str) -> tuple[list[str], list[int], list[int]]:
+    """(texts, labels, groups) of one view and split; groups[i] is the row text i came from.
+
+    input: rows without a response judge the request alone; when the data has none, every row's
+    conversation is used with its label. output / exchange: rows with a response, each expanded
+    to its response prefixes at `PREFIX_CUTS` (every prefix carries the row's label).
+    """
+    picked = [r for r in rows if r.split == split]
+    texts: list[str] = []
+    labels: list[int] = []
+    groups: list[int] = []
+    if view == "input":
+        requests = [r for r in picked if r.response is None]
+        for i, r in enumerate(requests or picked):
+            texts.append(view_text(view, r.messages, None))
+            labels.append(r.label)
+            groups.append(i)
+        return texts, labels, groups
+    for i, r in enumerate(r for r in picked if r.response is not None):
+        for prefix in prefixes(r.response or ""):
+            texts.append(view_text(view, r.messages, prefix))
+            labels.append(r.label)
+            groups.append(i)
+    return texts, labels, groups
+
+
+def per_row_max(values: list[float], groups: list[int]) -> tuple[list[float], list[int]]:
+    """The largest value of each group, and the index of the text that has it.
+
+    A stream is refused as soon as one prefix is flagged, so a response's score is the maximum
+    over its prefixes: that is what false refusals and recall are measured and calibrated on.
+    """
+    best: dict[int, int] = {}
+    for i, g in enumerate(groups):
+        if g not in best or values[i] > values[best[g]]:
+            best[g] = i
+    order = sorted(best)
+    return [values[best[g]] for g in order], [best[g] for g in order]
