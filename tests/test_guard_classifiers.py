@@ -228,3 +228,26 @@ def test_bad_split_and_messages_name_the_line(tmp_path):
     write_rows(path, rows)
     with pytest.raises(UserError, match=r"split\.jsonl:4: `messages`"):
         load_guard_rows(path)
+
+
+def test_cli_train_and_evaluate(tmp_path, data_file, capsys):
+    import typer
+    from typer.testing import CliRunner
+
+    from constitutional.cli.guard_train import evaluate, train
+
+    app = typer.Typer()
+    app.command("train")(train)
+    app.command("eval")(evaluate)
+    runner = CliRunner()
+    out = tmp_path / "g"
+    result = runner.invoke(app, ["train", "--data", str(data_file), "--out", str(out), "--no-strong",
+                                 "--encoder", "hashing", "--target-frr", "0.05"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "exchange" in result.stdout and (out / "guard.json").is_file()
+    result = runner.invoke(app, ["eval", "--model", str(out), "--data", str(data_file)])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
+    assert set(rows) == {"input", "output", "exchange"}
+    assert all(float(r[2].rstrip("%")) <= 5 for r in rows.values())  # FRR column
+    assert rows["input"][4] == "0.0%"  # no strong stage: the cheap stage decided everything

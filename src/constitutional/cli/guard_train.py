@@ -1,0 +1,77 @@
+"""`cai guard train` and `cai guard eval`: the constitutional classifiers.
+
+Plain command functions; the `guard` group registers them (`app.command("train")(train)`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+VIEW_NAMES = ("input", "output", "exchange")
+
+
+def train(
+    data: Path = typer.Option(..., "--data", "-d", help="Guard rows from `cai guard synth` (label 1/0, split train/heldout)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Guard directory to create (serve with `cai guard serve`)."),
+    base: str = typer.Option("embedded", "--base", help="Strong stage base: 'embedded', a .gguf file or an HF dir."),
+    strong: bool = typer.Option(True, "--strong/--no-strong", help="Train the strong stage (LM + head) for uncertain cases."),
+    target_frr: float = typer.Option(0.01, "--target-frr", help="Share of held-out harmless rows each classifier may flag."),
+    encoder: str = typer.Option("minilm", help="Cheap stage features: 'minilm' (sentence embeddings) or 'hashing'."),
+    band_lo: float = typer.Option(None, help="Lower end of the cheap stage's uncertainty band (default: from held-out)."),
+    band_hi: float = typer.Option(None, help="Upper end of the band (default: the cheap stage's own FRR threshold)."),
+    constitution: Path = typer.Option(None, "--constitution", "-c", help="Constitution the data came from (default: packaged)."),
+    epochs: float = typer.Option(1.0, help="Strong stage: passes over the training texts."),
+    max_steps: int = typer.Option(-1, help="Strong stage: stop after this many steps (-1: epochs decide)."),
+    batch_size: int = typer.Option(8, help="Strong stage: texts per optimiser step."),
+    max_length: int = typer.Option(256, help="Strong stage: tokens kept per text (the start is cut)."),
+    lr: float = typer.Option(None, "--lr", help="Strong stage learning rate (default 2e-4 with LoRA)."),
+    seed: int = typer.Option(0, help="Seed of the regression and the strong stage."),
+    overwrite: bool = typer.Option(False, help="Replace an existing guard directory."),
+) -> None:
+    """Train the input, output and exchange classifiers and calibrate them to a target FRR."""
+    from constitutional.errors import UserError
+    from constitutional.guard.classifiers import train_guard
+
+    if (band_lo is None) != (band_hi is None):
+        raise UserError("give both --band-lo and --band-hi, or neither")
+    band = None if band_lo is None else (band_lo, band_hi)
+    options = {"epochs": epochs, "max_steps": max_steps, "batch_size": batch_size,
+               "max_length": max_length, "learning_rate": lr}  # fmt: skip
+    s = train_guard(data, out, base=base, strong=strong, target_frr=target_frr, encoder=encoder, band=band,
+                    constitution=constitution, strong_options=options, seed=seed, overwrite=overwrite)  # fmt: skip
+    typer.echo(format_report(s["classifiers"]))
+    typer.echo(f"trained in {s['wall_seconds']:.0f} s → {out}", err=True)
+
+
+def evaluate(
+    model_dir: Path = typer.Option(..., "--model", "-m", help="Guard directory from `cai guard train`."),
+    data: Path = typer.Option(..., "--data", "-d", help="Guard rows; the `heldout` split is evaluated."),
+) -> None:
+    """Recall, false-refusal rate and AUC of each classifier on the held-out rows."""
+    from constitutional.errors import UserError
+    from constitutional.guard.classifiers import TrainedGuard, evaluate_guard
+    from constitutional.guard.views import load_guard_rows
+
+    rows = load_guard_rows(data)  # check the data before loading models
+    if not any(r.split == "heldout" for r in rows):
+        raise UserError("no held-out rows (split: heldout) to evaluate on", data)
+    typer.echo(format_report(evaluate_guard(TrainedGuard.load(model_dir), rows)))
+
+
+def format_report(report: dict[str, dict]) -> str:
+    """One line per classifier: held-out recall, FRR, AUC and how often the strong stage decided."""
+
+    def pct(x):
+        return "n/a" if x is None else f"{x:.1%}"
+
+    lines = [f"{'classifier':<10} {'recall':>7} {'FRR':>6} {'AUC':>6} {'strong':>7}  harmful/harmless"]
+    for view in VIEW_NAMES:
+        m = report.get(view)
+        if m is None:
+            continue
+        auc = "n/a" if m["auc"] is None else f"{m['auc']:.3f}"
+        lines.append(f"{view:<10} {pct(m['recall']):>7} {pct(m['frr']):>6} {auc:>6} "
+                     f"{pct(m['strong_share']):>7}  {m['harmful']}/{m['harmless']}")  # fmt: skip
+    return "\n".join(lines)
