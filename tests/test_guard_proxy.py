@@ -367,3 +367,18 @@ def test_cli_serve_loads_the_guard_and_runs_uvicorn(monkeypatch, tmp_path):
     with running_server(seen["app"]) as base:
         models = httpx.get(f"{base}/models", headers={"Authorization": "Bearer k"}).json()
     assert models["data"][0]["id"] == "guarded-tiny"
+
+
+def test_client_leaving_mid_stream_still_gets_an_audit_row(proxy, tmp_path):
+    import time
+
+    base, upstream = proxy(ScriptedGuard(marker=None), holdback_chars=0)
+    upstream.text = SAFE * 40  # long enough that the client leaves before the end
+    body = {"messages": HELLO, "stream": True}
+    with httpx.stream("POST", f"{base}/chat/completions", json=body, timeout=10) as r:
+        next(r.iter_lines())
+    deadline = time.monotonic() + 10
+    while not audit_rows(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [row] = audit_rows(tmp_path)
+    assert row["stream"] == 1 and row["decision"] == "client_closed"

@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS requests (
     output_flagged INTEGER,
     output_checks INTEGER NOT NULL,  -- how many times the response was checked as it grew
     decision TEXT NOT NULL,          -- allowed | refused_input | refused_output | upstream_error
+                                     -- | client_closed (the client left mid-stream)
     constitution_hash TEXT,
     latency_ms REAL,
     error TEXT                       -- classifier or upstream error, one line

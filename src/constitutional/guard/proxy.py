@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+import anyio
 import httpx
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
@@ -185,6 +186,7 @@ def create_guard_app(
         except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as e:
             return await upstream_failed(record, start, e)
         if answer is None:
+            metrics.inc("upstream_errors")
             record.decision, record.error = "upstream_error", f"upstream: HTTP {r.status_code}"
             await finish(record, start)
             return JSONResponse(_json_or_error(r), status_code=r.status_code)
@@ -206,6 +208,7 @@ def create_guard_app(
         if response.status_code != 200:
             await response.aread()
             await response.aclose()
+            metrics.inc("upstream_errors")
             record.decision, record.error = (
                 "upstream_error",
                 f"upstream: HTTP {response.status_code}",
@@ -214,7 +217,7 @@ def create_guard_app(
             return JSONResponse(_json_or_error(response), status_code=response.status_code)
 
         async def events() -> AsyncIterator[str]:
-            chunks = _ChunkMaker(model_name)
+            chunks, done = _ChunkMaker(model_name), False
             try:
                 yield _sse(chunks.make({"role": "assistant", "content": ""}))
                 async for event in _guarded(
@@ -239,9 +242,16 @@ def create_guard_app(
                         }
                     }
                 )
+            else:
+                done = True
             finally:
-                await response.aclose()
-                await finish(record, start)
+                if not done and record.decision == "allowed":
+                    record.decision = "client_closed"
+                # Shielded: when the client hangs up this runs while the task is cancelled, and
+                # the upstream must still be closed and the request still logged.
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
+                    await finish(record, start)
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -376,7 +386,7 @@ class _Metrics:
         "flagged_inputs": "Requests refused because the input classifier flagged them.",
         "flagged_outputs": "Responses stopped because the output classifier flagged them.",
         "classifier_errors": "Classifier calls that raised (handled by the fail-open/closed policy).",
-        "upstream_errors": "Requests whose upstream model could not be reached.",
+        "upstream_errors": "Requests the upstream model failed (unreachable, error status, cut off).",
     }
 
     def __init__(self) -> None:
