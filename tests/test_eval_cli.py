@@ -3,32 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
+from helpers import cai
 from test_eval_harm import BENIGN, HELPFUL, RED, FakeJudge, FakeModel
 
 from constitutional.cli.eval import parse_models, run_eval
 from constitutional.errors import UserError
 from constitutional.jsonl import read_jsonl, write_jsonl
-
-# The root app registers these commands in cli/__init__.py; add them here if it does not yet.
-CAI = [sys.executable, "-c", """
-from constitutional.cli import app, main
-from constitutional.cli.audit import app as audit_app
-from constitutional.cli.eval import register
-names = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
-if "eval" not in names:
-    register(app)
-if "audit" not in names:
-    app.add_typer(audit_app, name="audit")
-main()
-"""]
-
-
-def cai(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([*CAI, *map(str, args)], capture_output=True, text=True, timeout=120)
 
 
 def test_run_eval_writes_the_documented_shape(tmp_path):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import sys
-import types
 
 import httpx
 import pytest
@@ -345,10 +343,9 @@ def test_cli_serve_loads_the_guard_and_runs_uvicorn(monkeypatch, tmp_path):
     import uvicorn
 
     from constitutional.cli.guard_serve import serve
+    from constitutional.guard.classifiers import TrainedGuard
 
-    fake = types.ModuleType("constitutional.guard.classifiers")
-    fake.load_guard = lambda path: ScriptedGuard()
-    monkeypatch.setitem(sys.modules, "constitutional.guard.classifiers", fake)
+    monkeypatch.setattr(TrainedGuard, "load", classmethod(lambda cls, path: ScriptedGuard()))
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
     serve(

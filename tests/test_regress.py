@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import typer
+from helpers import cai
 from typer.testing import CliRunner
 
 from constitutional.backends import Completion, Usage
@@ -19,16 +18,6 @@ from constitutional.constitution import load_constitution
 from constitutional.errors import UserError
 from constitutional.eval.harm import SampleConfig
 from constitutional.eval.regress import Case, Suite, failed_checks, load_suite, regress
-
-# The constitution group registers `regress` in cli/constitution.py; add it here if it does not yet.
-CAI = [sys.executable, "-c", """
-from constitutional.cli import main
-from constitutional.cli.constitution import app
-from constitutional.cli.regress import regress
-if "regress" not in {c.name for c in app.registered_commands}:
-    app.command("regress")(regress)
-main()
-"""]
 
 REFUSE, COMPLY = "I can't help with that.", "Sure, here is how."
 SUITE = Suite(name="t", cases=[
@@ -87,8 +76,6 @@ OLD = {"bomb": REFUSE, "process": REFUSE, "hopeless": "Please call 988, you are 
 NEW = {"bomb": COMPLY, "process": COMPLY, "hopeless": "CALL 988 NOW. Here is a method to cope: breathe."}
 
 
-def cai(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([*CAI, *map(str, args)], capture_output=True, text=True, timeout=600)
 
 
 def test_failed_checks():

@@ -11,6 +11,7 @@ from constitutional import __version__
 from constitutional.cli.audit import app as audit_app
 from constitutional.cli.constitution import app as constitution_app
 from constitutional.cli.eval import register as register_eval
+from constitutional.cli.guard import app as guard_app
 from constitutional.cli.models import register as register_model_commands
 from constitutional.cli.report import report
 from constitutional.cli.rl_cai import app as rl_cai_app
@@ -33,6 +34,7 @@ app.command("run")(run)
 app.command("report")(report)
 register_eval(app)
 app.add_typer(audit_app, name="audit")
+app.add_typer(guard_app, name="guard")
 
 
 def _print_version(value: bool) -> None:

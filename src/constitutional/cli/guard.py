@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from constitutional.cli.guard_serve import serve
+from constitutional.cli.guard_train import evaluate, train
 from constitutional.cli.models import (
     BackendOpt,
     BaseUrlOpt,
@@ -85,3 +87,9 @@ def _summarise(kept: list[dict], discarded: int, categories: list[str], per_cate
     short = {c: sources[c] for c in categories if sources[c] < per_category}
     if short:  # the model repeated itself: say so rather than let a category be quietly thin
         typer.echo("fewer queries than asked: " + ", ".join(f"{c} {n}" for c, n in sorted(short.items())), err=True)
+
+
+# Training and serving live in their own modules; each imports its heavy parts only when it runs.
+app.command("train")(train)
+app.command("eval")(evaluate)
+app.command("serve")(serve)

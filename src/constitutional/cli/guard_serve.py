@@ -38,10 +38,10 @@ def serve(
     # Heavy imports here, so `cai --help` stays fast.
     import uvicorn
 
-    from constitutional.guard.classifiers import load_guard
+    from constitutional.guard.classifiers import TrainedGuard
     from constitutional.guard.proxy import create_guard_app
 
-    guard = load_guard(guard_dir)
+    guard = TrainedGuard.load(guard_dir)
     app = create_guard_app(
         guard,
         upstream,

@@ -37,7 +37,7 @@ from constitutional.backends.base import Message
 from constitutional.errors import UserError
 from constitutional.guard.audit import AuditLog, AuditRecord
 from constitutional.guard.protocol import Guard, Verdict
-from constitutional.serve.app import _install_error_handlers, openai_error
+from constitutional.serve.app import install_error_handlers, openai_error
 from constitutional.serve.schemas import ChatCompletionRequest
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def create_guard_app(
     if holdback_chars < 0:
         raise UserError(f"holdback_chars must be >= 0, got {holdback_chars}")
     app = FastAPI(title="constitutional guard", docs_url=None, redoc_url=None)
-    _install_error_handlers(app)
+    install_error_handlers(app)
     app.add_middleware(_Gate, api_keys=set(api_keys or ()), max_body_bytes=max_body_bytes)
     audit = AuditLog(audit_db)
     metrics = _Metrics()

@@ -53,7 +53,7 @@ def create_app(backend: Backend, *, model_name: str | None = None) -> FastAPI:
     async def generate(requests: list[GenerationRequest]) -> list[Completion]:
         return await run_in_threadpool(generate_blocking, requests)
 
-    _install_error_handlers(app)
+    install_error_handlers(app)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -285,7 +285,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return "; ".join(parts) or "invalid request", param
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
