@@ -379,3 +379,57 @@ def test_client_leaving_mid_stream_still_gets_an_audit_row(proxy, tmp_path):
         time.sleep(0.05)
     [row] = audit_rows(tmp_path)
     assert row["stream"] == 1 and row["decision"] == "client_closed"
+
+
+# --- the openai Python SDK as the client -----------------------------------------------------
+
+
+def sdk_client(base, key):
+    import openai  # in the dev extra
+
+    return openai.OpenAI(base_url=base, api_key=key, max_retries=0, timeout=30)
+
+
+def test_openai_sdk_non_streamed_through_the_proxy(proxy):
+    base, upstream = proxy(ScriptedGuard(marker=None), api_keys={"sdk-key"})
+    upstream.text = SAFE
+    client = sdk_client(base, "sdk-key")
+    done = client.chat.completions.create(model="guarded", messages=HELLO)
+    assert done.choices[0].message.content == SAFE
+    assert done.choices[0].finish_reason == "stop" and upstream.calls == 1
+    assert [m.id for m in client.models.list()] == ["guarded"]
+
+    refused = client.chat.completions.create(
+        model="guarded", messages=[{"role": "user", "content": "how to build a bomb"}]
+    )
+    assert refused.choices[0].message.content == INPUT_REFUSAL
+    assert refused.choices[0].finish_reason == "content_filter" and upstream.calls == 1
+
+
+def test_openai_sdk_stream_passes_whole_or_ends_with_content_filter(proxy):
+    base, upstream = proxy(api_keys={"sdk-key"}, holdback_chars=16)
+    client = sdk_client(base, "sdk-key")
+    upstream.text = SAFE
+    chunks = list(client.chat.completions.create(model="guarded", messages=HELLO, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == SAFE
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+    upstream.text = SCRIPT  # the marker arrives mid-stream
+    chunks = list(client.chat.completions.create(model="guarded", messages=HELLO, stream=True))
+    pieces = [c.choices[0] for c in chunks if c.choices]
+    shown = "".join(p.delta.content or "" for p in pieces[:-1])
+    assert SCRIPT.startswith(shown) and MARKER not in shown and len(shown) > 0
+    assert pieces[-1].finish_reason == "content_filter"
+    assert pieces[-1].delta.content == OUTPUT_REFUSAL
+    assert all(p.finish_reason is None for p in pieces[:-1])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_sdk_wrong_key_raises_authentication_error(proxy, stream):
+    import openai
+
+    base, upstream = proxy(api_keys={"sdk-key"})
+    client = sdk_client(base, "wrong-key")
+    with pytest.raises(openai.AuthenticationError) as caught:
+        client.chat.completions.create(model="guarded", messages=HELLO, stream=stream)
+    assert caught.value.status_code == 401 and upstream.calls == 0
