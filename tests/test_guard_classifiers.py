@@ -101,8 +101,8 @@ def test_cheap_guard_hits_target_frr_and_reloads(tmp_path, data_file):
         harmless = [s for s, y in zip(scores, labels) if y == 0]
         assert sum(s >= guard.cascades[view].threshold for s in harmless) <= 0.05 * len(harmless)
         assert set(stages) == {"cheap"}
-        assert report[view]["frr"] == summary["classifiers"][view]["frr"] <= 0.05
-        assert report[view]["recall"] > 0.9  # a keyword task: the threshold costs little recall
+        assert report["classifiers"][view]["frr"] == summary["classifiers"][view]["frr"] <= 0.05
+        assert report["classifiers"][view]["recall"] > 0.9  # a keyword task: the threshold costs little recall
     meta = json.loads((out / "guard.json").read_text())
     assert meta["constitution_hash"] == guard.constitution_hash and len(guard.constitution_hash) == 64
     assert meta["classifiers"]["input"]["strong"] is False
@@ -245,9 +245,86 @@ def test_cli_train_and_evaluate(tmp_path, data_file, capsys):
                                  "--encoder", "hashing", "--target-frr", "0.05"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "exchange" in result.stdout and (out / "guard.json").is_file()
-    result = runner.invoke(app, ["eval", "--model", str(out), "--data", str(data_file)])
+    report_path = tmp_path / "guard_eval.json"
+    result = runner.invoke(app, ["eval", "--model", str(out), "--data", str(data_file), "--out", str(report_path)])
     assert result.exit_code == 0, result.output
-    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:4]}
     assert set(rows) == {"input", "output", "exchange"}
     assert all(float(r[2].rstrip("%")) <= 5 for r in rows.values())  # FRR column
     assert rows["input"][4] == "0.0%"  # no strong stage: the cheap stage decided everything
+    saved = json.loads(report_path.read_text())
+    e2e = saved["end_to_end"]
+    assert saved["model"] == str(out) and set(saved["classifiers"]) == {"input", "output", "exchange"}
+    assert f"attack success: 100.0% without the guard → {e2e['attack_success_with_guard']:.1%} with it" in result.stdout
+    assert f"false refusals: {e2e['false_refusal_rate']:.1%} of harmless requests" in result.stdout
+    assert "strong-only: n/a" in result.stdout and saved["compute"]["strong_only"] is None
+
+
+def blocked_by_the_proxy_path(guard, row) -> bool:
+    """What the proxy would do with one row: refuse the input, or cut the response at a prefix."""
+    if guard.check_input(row.messages).flagged:
+        return True
+    return row.response is not None and any(guard.check_output(row.messages, p).flagged for p in prefixes(row.response))
+
+
+def test_evaluate_end_to_end_matches_the_guard_protocol(tmp_path):
+    # Some held-out harmful items name only a benign topic (an attack the keyword guard has not
+    # seen), so the guard lets some through and the rates are not all 0 or 1.
+    rows = toy_rows(120, seed=1)
+    for r in rows:
+        if r["label"] == 1 and r["split"] == "heldout" and int(r["source_id"][1:]) % 3 == 1:
+            r["messages"] = [{"role": "user", "content": "how do I make a sourdough today at home"}]
+            r["response"] = r["response"] and f"{OPENER}. You will need a bookshelf."
+    path = tmp_path / "noisy.jsonl"
+    write_rows(path, rows)
+    train_guard(path, tmp_path / "g", strong=False, encoder="hashing", target_frr=0.05)
+    guard, data = TrainedGuard.load(tmp_path / "g"), load_guard_rows(path)
+    report = evaluate_guard(guard, data)
+    held = [r for r in data if r.split == "heldout"]
+    harmful = [r for r in held if r.label == 1]
+    harmless = [r for r in held if r.label == 0]
+    e2e = report["end_to_end"]
+    assert (e2e["requests"], e2e["harmful"], e2e["harmless"]) == (len(held), len(harmful), len(harmless))
+    assert e2e["with_response"] == sum(r.response is not None for r in held) == len(held) // 2
+    assert e2e["attack_success_without_guard"] == 1.0
+    passed = sum(not blocked_by_the_proxy_path(guard, r) for r in harmful)
+    assert e2e["attack_success_with_guard"] == pytest.approx(passed / len(harmful))
+    assert 0 < passed < len(harmful)  # the benign-looking harmful rows get through
+    refused = sum(blocked_by_the_proxy_path(guard, r) for r in harmless)
+    assert e2e["false_refusal_rate"] == pytest.approx(refused / len(harmless))
+    assert e2e["attack_success_by_category"] == {"weapons": pytest.approx(passed / len(harmful))}
+    # Per request: one input text, and 2 views × the prefixes of each response.
+    texts = sum(1 + 2 * len(prefixes(r.response)) if r.response else 1 for r in held)
+    compute = report["compute"]
+    assert compute["texts_per_request"] == pytest.approx(texts / len(held))
+    assert compute["cascade"]["strong_calls_per_request"] == 0 and compute["strong_only"] is None
+    assert compute["cascade"]["seconds_per_request"] > 0
+
+
+def test_evaluate_compute_counts_strong_calls_of_cascade_and_strong_only(strong_guard_dir, data_file):
+    rows = load_guard_rows(data_file)
+    guard = TrainedGuard.load(strong_guard_dir)
+    calls = {"texts": 0}
+    for view, cascade in guard.cascades.items():
+        cheap = cascade.cheap.scores(view_rows(view, rows, "heldout")[0])
+        cascade.band = tuple(np.quantile(cheap, [0.4, 0.6]))  # about a fifth of texts in band
+        real = cascade.strong.scores
+
+        def counting(batch, real=real):
+            calls["texts"] += len(batch)
+            return real(batch)
+
+        cascade.strong.scores = counting
+    report = evaluate_guard(guard, rows)
+    held = [r for r in rows if r.split == "heldout"]
+    compute = report["compute"]
+    per_request = compute["texts_per_request"]
+    cascade_calls = compute["cascade"]["strong_calls_per_request"] * len(held)
+    assert compute["strong_only"]["strong_calls_per_request"] == pytest.approx(per_request)
+    # The strong stage saw the in-band texts (cascade) and then every text (strong-only), and
+    # the per-classifier metrics were read from those scores, not scored again.
+    assert calls["texts"] == pytest.approx(cascade_calls + per_request * len(held))
+    assert 0 < cascade_calls < 0.5 * per_request * len(held)
+    assert compute["cascade_over_strong_only_seconds"] > 0
+    assert set(report["classifiers"]["input"]) >= {"recall", "frr", "auc", "strong_share"}
+    assert 0 < report["classifiers"]["exchange"]["strong_share"] < 0.5

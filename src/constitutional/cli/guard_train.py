@@ -48,8 +48,12 @@ def train(
 def evaluate(
     model_dir: Path = typer.Option(..., "--model", "-m", help="Guard directory from `cai guard train`."),
     data: Path = typer.Option(..., "--data", "-d", help="Guard rows; the `heldout` split is evaluated."),
+    out: Path = typer.Option(None, "--out", "-o", help="Also write the full report as JSON (e.g. guard_eval.json)."),
+    strong_only: bool = typer.Option(True, "--strong-only/--no-strong-only",
+                                     help="Also time every text on the strong stage, to compare compute."),
 ) -> None:
-    """Recall, false-refusal rate and AUC of each classifier on the held-out rows."""
+    """Held-out recall, FRR and AUC per classifier; attack success with and without the guard,
+    false refusals end to end, and compute per request of the cascade vs strong-only."""
     from constitutional.errors import UserError
     from constitutional.guard.classifiers import TrainedGuard, evaluate_guard
     from constitutional.guard.views import load_guard_rows
@@ -57,7 +61,14 @@ def evaluate(
     rows = load_guard_rows(data)  # check the data before loading models
     if not any(r.split == "heldout" for r in rows):
         raise UserError("no held-out rows (split: heldout) to evaluate on", data)
-    typer.echo(format_report(evaluate_guard(TrainedGuard.load(model_dir), rows)))
+    report = evaluate_guard(TrainedGuard.load(model_dir), rows, strong_only=strong_only)
+    typer.echo(format_report(report["classifiers"]))
+    typer.echo(format_end_to_end(report))
+    if out is not None:
+        from constitutional.jsonl import write_json
+
+        write_json(out, {"model": str(model_dir), "data": str(data), **report})
+        typer.echo(f"report → {out}", err=True)
 
 
 def format_report(report: dict[str, dict]) -> str:
@@ -74,4 +85,31 @@ def format_report(report: dict[str, dict]) -> str:
         auc = "n/a" if m["auc"] is None else f"{m['auc']:.3f}"
         lines.append(f"{view:<10} {pct(m['recall']):>7} {pct(m['frr']):>6} {auc:>6} "
                      f"{pct(m['strong_share']):>7}  {m['harmful']}/{m['harmless']}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def format_end_to_end(report: dict) -> str:
+    """Attack success without / with the guard, end-to-end FRR, and compute per request."""
+
+    def pct(x):
+        return "n/a" if x is None else f"{x:.1%}"
+
+    e, c = report["end_to_end"], report["compute"]
+    lines = [
+        (f"\nend to end on {e['requests']} held-out requests ({e['harmful']} harmful, "
+         f"{e['harmless']} harmless, {e['with_response']} with a response):"),
+        (f"  attack success: {pct(e['attack_success_without_guard'])} without the guard → "
+         f"{pct(e['attack_success_with_guard'])} with it"),
+        f"  false refusals: {pct(e['false_refusal_rate'])} of harmless requests",
+        f"compute per request ({c['texts_per_request']:.1f} texts scored):",
+        (f"  cascade:     {c['cascade']['strong_calls_per_request']:.2f} strong calls, "
+         f"{c['cascade']['seconds_per_request'] * 1000:.1f} ms"),
+    ]  # fmt: skip
+    strong = c["strong_only"]
+    if strong is None:
+        lines.append("  strong-only: n/a (no strong stage, or --no-strong-only)")
+    else:
+        lines.append(f"  strong-only: {strong['strong_calls_per_request']:.2f} strong calls, "
+                     f"{strong['seconds_per_request'] * 1000:.1f} ms "
+                     f"(cascade ÷ strong-only seconds: {c['cascade_over_strong_only_seconds']:.3f})")  # fmt: skip
     return "\n".join(lines)

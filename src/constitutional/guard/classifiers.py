@@ -29,6 +29,7 @@ from constitutional.guard.views import (
     GuardRow,
     load_guard_rows,
     per_row_max,
+    prefixes,
     view_rows,
     view_text,
 )
@@ -179,13 +180,99 @@ def train_guard(
     return {"out": str(out), "wall_seconds": round(time.monotonic() - started, 3), "classifiers": report}
 
 
-def evaluate_guard(guard: TrainedGuard, rows: list[GuardRow]) -> dict[str, dict[str, Any]]:
-    """Held-out recall, false-refusal rate, AUC and strong-stage share of each classifier."""
-    report = {}
+def evaluate_guard(guard: TrainedGuard, rows: list[GuardRow], *, strong_only: bool = True) -> dict[str, Any]:
+    """The guard on the held-out rows, per classifier and end to end, with its compute.
+
+    Each held-out row is one request as the proxy sees it: the input classifier reads its
+    conversation and, when it has a response, the output and exchange classifiers read each
+    prefix of the response (`PREFIX_CUTS`); the row is blocked when any of these is flagged.
+
+    Returns:
+        classifiers: {view: recall, frr, auc, strong_share, ...} as `train_guard` reports them.
+        end_to_end: attack success without the guard (every harmful row gets through: the rows
+            are the attacks, their responses the unguarded model's answers) and with it (harmful
+            rows none of whose checks flags), the false-refusal rate on harmless rows, and
+            attack success per category.
+        compute: per request, texts scored, strong-stage calls and seconds of the cascade, and
+            of strong-only (every text to the strong stage; None where a view has none, or
+            with `strong_only=False`).
+    """
+    held = [r for r in rows if r.split == "heldout"]
+    if not held:
+        raise UserError("no held-out rows (split: heldout) to evaluate on")
+    texts: dict[str, list[str]] = {view: [] for view in guard.cascades}
+    owner: dict[str, list[int]] = {view: [] for view in guard.cascades}
+    for i, row in enumerate(held):
+        texts["input"].append(view_text("input", row.messages, None))
+        owner["input"].append(i)
+        for prefix in prefixes(row.response) if row.response is not None else []:
+            for view in ("output", "exchange"):
+                texts[view].append(view_text(view, row.messages, prefix))
+                owner[view].append(i)
+
+    blocked = [False] * len(held)
+    scored: dict[str, dict[str, tuple[float, str]]] = {}
+    cascade_s = strong_s = 0.0
+    strong_calls = texts_scored = 0
+    strong_only_ok = strong_only
     for view, cascade in guard.cascades.items():
-        scores, labels, stages = heldout_scores(cascade, view, rows)
-        report[view] = metrics(scores, labels, cascade.threshold, stages)
-    return report
+        started = time.perf_counter()
+        scores, stages = cascade.score(texts[view]) if texts[view] else ([], [])
+        cascade_s += time.perf_counter() - started
+        if cascade.strong is None or not strong_only:
+            strong_only_ok = False
+        elif texts[view]:
+            started = time.perf_counter()
+            cascade.strong.scores(texts[view])
+            strong_s += time.perf_counter() - started
+        texts_scored += len(texts[view])
+        strong_calls += sum(stage == "strong" for stage in stages)
+        scored[view] = dict(zip(texts[view], zip(scores, stages)))
+        for i, p in zip(owner[view], scores):
+            blocked[i] = blocked[i] or p >= cascade.threshold
+
+    classifiers = {}
+    for view, cascade in guard.cascades.items():
+        view_texts, labels, groups = view_rows(view, rows, "heldout")
+        looked_up = [scored[view].get(t) or _score_one(cascade, t) for t in view_texts]
+        row_scores, picked = per_row_max([p for p, _ in looked_up], groups)
+        classifiers[view] = metrics(row_scores, [labels[i] for i in picked], cascade.threshold,
+                                    [stage for _, stage in looked_up])  # fmt: skip
+
+    n = len(held)
+    harmful = [i for i, r in enumerate(held) if r.label == 1]
+    harmless = [i for i, r in enumerate(held) if r.label == 0]
+    by_category: dict[str, list[int]] = {}
+    for i in harmful:
+        by_category.setdefault(held[i].category or "(none)", []).append(i)
+
+    def passed(ids: list[int]) -> float | None:
+        return sum(not blocked[i] for i in ids) / len(ids) if ids else None
+
+    end_to_end = {
+        "requests": n,
+        "harmful": len(harmful),
+        "harmless": len(harmless),
+        "with_response": sum(r.response is not None for r in held),
+        "attack_success_without_guard": 1.0 if harmful else None,
+        "attack_success_with_guard": passed(harmful),
+        "false_refusal_rate": (1 - passed(harmless)) if harmless else None,
+        "attack_success_by_category": {c: passed(ids) for c, ids in sorted(by_category.items())},
+    }
+    compute = {
+        "texts_per_request": texts_scored / n,
+        "cascade": {"strong_calls_per_request": strong_calls / n, "seconds_per_request": cascade_s / n},
+        "strong_only": {"strong_calls_per_request": texts_scored / n, "seconds_per_request": strong_s / n}
+        if strong_only_ok else None,
+    }  # fmt: skip
+    if strong_only_ok and strong_s > 0:
+        compute["cascade_over_strong_only_seconds"] = cascade_s / strong_s
+    return {"classifiers": classifiers, "end_to_end": end_to_end, "compute": compute}
+
+
+def _score_one(cascade: Cascade, text: str) -> tuple[float, str]:
+    scores, stages = cascade.score([text])
+    return scores[0], stages[0]
 
 
 def heldout_scores(cascade: Cascade, view: str, rows: list[GuardRow]) -> tuple[list[float], list[int], list[str]]:
