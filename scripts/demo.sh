@@ -11,7 +11,7 @@ echo "== 1. The constitution: validate and hash the packaged default"
 $cai constitution validate default
 
 echo "== 2. The tiny recipe: SL-CAI -> SFT -> AI-feedback labels -> preference model -> DPO -> eval"
-$cai run tiny --check
+$cai run tiny --check --out "$out"
 $cai run tiny --out "$out"
 
 echo "== 3. One critique -> revision chain from the SL-CAI traces"
