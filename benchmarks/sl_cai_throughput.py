@@ -1,10 +1,11 @@
 """SL-CAI generation throughput: batched pipeline vs raw `model.generate` vs a sequential chain.
 
-    .venv/bin/python benchmarks/sl_cai_throughput.py [--model embedded] [--n 8] [--rounds 1]
-    .venv/bin/python benchmarks/sl_cai_throughput.py --rounds 2 --max-tokens 64 --fewshot 2  # ~9 min
+    .venv/bin/python benchmarks/sl_cai_throughput.py --threads 2   # ~4 min on two idle cores
+    .venv/bin/python benchmarks/sl_cai_throughput.py --threads 2 --rounds 2 --max-tokens 64
 
-The defaults are cut down (1 round, 32 tokens, 1 exemplar) to finish in about 3 minutes on two
-CPU cores; the second line is the `cai sl-cai generate` prompt shape at two rounds.
+Prompt shape and batching are `cai sl-cai generate`'s defaults (2 exemplars, batch 16, 16
+prompts so a batch is full); rounds and tokens are cut down (1 round, 32 tokens) to finish in a
+few minutes.
 
 One process, one loaded model, one warm-up, three timed paths:
   (a) pipeline: `generate_sl_data` (responses, then per round a batched critique call and a
@@ -100,11 +101,11 @@ def sequential(backend, calls: list[list[GenerationRequest]], n_fewshot: int) ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="embedded")
-    ap.add_argument("--n", type=int, default=8, help="red-team prompts from builtin:advbench")
+    ap.add_argument("--n", type=int, default=16, help="red-team prompts from builtin:advbench")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--max-tokens", type=int, default=32, help="for responses, critiques, revisions")
-    ap.add_argument("--fewshot", type=int, default=1, help="constitution exemplars per request")
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--fewshot", type=int, default=2, help="constitution exemplars per request (the CLI default)")
+    ap.add_argument("--batch-size", type=int, default=16, help="the CLI default")
     ap.add_argument("--greedy", action="store_true",
                     help="all temperatures 0, so (a) and (b) decode identical tokens")
     ap.add_argument("--seed", type=int, default=0)
