@@ -13,7 +13,7 @@ def serve(
         ..., "--guard", help="Directory written by `cai guard train` (the classifiers)."
     ),
     upstream: str = typer.Option(
-        ..., "--upstream", help="The model's API root, e.g. http://127.0.0.1:8000/v1."
+        ..., "--upstream", help="The model's API root (e.g. http://127.0.0.1:8000/v1), or a local model ('embedded', .gguf, HF/LoRA dir) served in-process."
     ),
     api_key: list[str] = typer.Option(
         [], "--api-key", help="Bearer token clients must send; repeat for several. None: open."
@@ -39,12 +39,18 @@ def serve(
     import uvicorn
 
     from constitutional.guard.classifiers import TrainedGuard
-    from constitutional.guard.proxy import create_guard_app
+    from constitutional.guard.proxy import create_guard_app, local_upstream
 
     guard = TrainedGuard.load(guard_dir)
+    transport = None
+    if not upstream.startswith(("http://", "https://")):  # a local model spec, served in-process
+        upstream_url, transport = local_upstream(upstream)
+    else:
+        upstream_url = upstream
     app = create_guard_app(
         guard,
-        upstream,
+        upstream_url,
+        transport=transport,
         api_keys=set(api_key),
         audit_db=audit_db,
         fail_closed=not fail_open,

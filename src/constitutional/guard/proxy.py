@@ -65,6 +65,7 @@ def create_guard_app(
     upstream_api_key: str | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     timeout: float = 120.0,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
     """Build the guard proxy app.
 
@@ -72,6 +73,8 @@ def create_guard_app(
         guard: the classifiers; only `check_input` and `check_output` are called.
         upstream_url: the upstream API root including /v1, e.g. "http://127.0.0.1:8000/v1".
         audit_db: SQLite file receiving one row per chat request.
+        transport: how to reach the upstream; default the network. `local_upstream` gives an
+            in-process one, so the guard can front the local backend without a second server.
         api_keys: bearer tokens accepted on /v1/*; None or empty: no authentication.
         fail_closed: when the classifier raises, refuse (True) or let the text through (False).
         holdback_chars: characters of a stream kept back until the classifier has seen past
@@ -99,7 +102,7 @@ def create_guard_app(
     def http() -> httpx.AsyncClient:
         if not client:
             limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-            client.append(httpx.AsyncClient(timeout=timeout, headers=headers, limits=limits))
+            client.append(httpx.AsyncClient(timeout=timeout, headers=headers, limits=limits, transport=transport))
         return client[0]
 
     async def judge(record: AuditRecord, check: Callable[[], Verdict]) -> Verdict | None:
@@ -469,3 +472,13 @@ class _Gate:
         return scheme.lower() == "bearer" and any(
             hmac.compare_digest(token.strip(), key) for key in self.api_keys
         )
+
+
+def local_upstream(model: str) -> tuple[str, httpx.AsyncBaseTransport]:
+    """(upstream_url, transport) for guarding a local model in this process: our own
+    OpenAI-compatible app over the local backend, reached through ASGI instead of a socket."""
+    from constitutional.backends import make_backend
+    from constitutional.serve.app import create_app
+
+    app = create_app(make_backend("local", model))
+    return "http://local-upstream/v1", httpx.ASGITransport(app=app)
