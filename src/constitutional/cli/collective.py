@@ -1,0 +1,67 @@
+"""`cai collective analyze`: opinion groups, consensus and division from exported votes.
+
+`run_analyze` is the Python entry point; the typer command only parses options and calls it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from constitutional.errors import UserError
+
+app = typer.Typer(help="Collective constitution: public input, opinion groups, consensus.", no_args_is_help=True)
+
+
+def parse_k(text: str) -> tuple[int, int]:
+    """`"2..5"` → (2, 5); `"3"` → (3, 3). Both ends at least 2."""
+    low, sep, high = text.partition("..")
+    try:
+        k_min, k_max = int(low), int(high if sep else low)
+    except ValueError:
+        raise UserError(f"--k must be N or MIN..MAX, got {text!r}") from None
+    if k_min < 2 or k_max < k_min:
+        raise UserError(f"--k needs 2 <= MIN <= MAX, got {text!r}")
+    return k_min, k_max
+
+
+def run_analyze(votes: str | Path, comments: str | Path | None = None, out: str | Path | None = None,
+                **config: Any) -> dict[str, Any]:
+    """Load votes (and texts), analyse them with `AnalysisConfig(**config)`, write `out` atomically."""
+    from constitutional.collective import AnalysisConfig, analyze, load_votes
+    from constitutional.jsonl import write_json
+
+    result = analyze(load_votes(votes, comments), AnalysisConfig(**config))
+    if out is not None:
+        write_json(out, result)
+    return result
+
+
+@app.command()
+def analyze(
+    votes: Path = typer.Argument(..., help="Votes CSV: participant,statement,vote (1/-1/0) or a Polis votes.csv export."),
+    comments: Path = typer.Argument(None, help="Statement texts: Polis comments.csv or statement,text."),
+    out: Path = typer.Option(None, "--out", "-o", help="JSON file to write (default: print the JSON on stdout)."),
+    min_votes: int = typer.Option(7, "--min-votes", help="Leave out participants with fewer votes."),
+    k: str = typer.Option("2..5", "--k", help="Numbers of opinion groups to try, MIN..MAX; best silhouette wins."),
+    seed: int = typer.Option(0, "--seed", help="k-means seed."),
+    consensus_threshold: float = typer.Option(0.5, "--consensus-threshold", help="Product of group agree probabilities for consensus, 0..1."),
+    divisive_threshold: float = typer.Option(0.3, "--divisive-threshold", help="Spread of group agree probabilities for division, 0..1."),
+    min_rep_votes: int = typer.Option(3, "--min-rep-votes", help="Votes a group needs on a statement for it to be representative."),
+    top: int = typer.Option(10, "--top", help="Longest consensus, divisive and representative lists."),
+) -> None:
+    """Find opinion groups (PCA + k-means), per-group agreement, consensus and divisive statements."""
+    k_min, k_max = parse_k(k)
+    result = run_analyze(votes, comments, out, min_votes=min_votes, k_min=k_min, k_max=k_max, seed=seed,
+                         consensus_threshold=consensus_threshold, divisive_threshold=divisive_threshold,
+                         min_rep_votes=min_rep_votes, top=top)
+    if out is None:
+        typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
+        return
+    people = result["participants"]
+    typer.echo(f"{people['kept']}/{people['total']} participants, {result['statements']} statements, "
+               f"{result['votes']} votes → k={result['k']}, {len(result['consensus'])} consensus, "
+               f"{len(result['divisive'])} divisive → {out}", err=True)
