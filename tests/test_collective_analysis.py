@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import cai
 
 from constitutional.collective import AnalysisConfig, analyze, load_votes, smoothed
 from constitutional.errors import UserError
 
 pytest.importorskip("sklearn")
 from sklearn.metrics import adjusted_rand_score
-
-# Register the group on the root app in-process, so the test sees main()'s error handling.
-COLLECTIVE = [sys.executable, "-c", ("from constitutional.cli import app, main; "
-                                     "from constitutional.cli.collective import app as c; "
-                                     "app.add_typer(c, name='collective'); main()")]
 
 
 def electorate(seed: int = 0, per_group: int = 20, missing: float = 0.25, noise: float = 0.05):
@@ -141,8 +135,7 @@ def test_analyze_command_writes_json(tmp_path):
     rows, _ = electorate()
     votes = write_simple(tmp_path / "votes.csv", rows)
     out = tmp_path / "analysis.json"
-    done = subprocess.run([*COLLECTIVE, "collective", "analyze", str(votes), "--out", str(out), "--k", "2..3"],
-                          capture_output=True, text=True, timeout=300)
+    done = cai("collective", "analyze", votes, "--out", out, "--k", "2..3", timeout=300)
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
     assert result["k"] == 2 and set(result["silhouette"]) == {"2", "3"}
@@ -161,7 +154,7 @@ def test_bad_row_names_file_and_line(tmp_path, body, line, message):
     with pytest.raises(UserError, match=message) as e:
         load_votes(path)
     assert e.value.line == line
-    done = subprocess.run([*COLLECTIVE, "collective", "analyze", str(path)], capture_output=True, text=True, timeout=300)
+    done = cai("collective", "analyze", path, timeout=300)
     assert done.returncode == 2
     assert done.stderr.startswith(f"cai: error: {path}:{line}: {message}")
 

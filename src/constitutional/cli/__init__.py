@@ -9,6 +9,7 @@ import typer
 
 from constitutional import __version__
 from constitutional.cli.audit import app as audit_app
+from constitutional.cli.collective import app as collective_app
 from constitutional.cli.constitution import app as constitution_app
 from constitutional.cli.eval import register as register_eval
 from constitutional.cli.guard import app as guard_app
@@ -35,6 +36,7 @@ app.command("report")(report)
 register_eval(app)
 app.add_typer(audit_app, name="audit")
 app.add_typer(guard_app, name="guard")
+app.add_typer(collective_app, name="collective")
 
 
 def _print_version(value: bool) -> None:
