@@ -34,8 +34,7 @@ from constitutional.guard.views import (
     view_text,
 )
 from constitutional.jsonl import write_json
-from constitutional.train.preference_model import _staging_dir
-from constitutional.train.sft import base_reference, publish_dir, sha256_file
+from constitutional.train.sft import base_reference, publish_dir, sha256_file, staging_dir
 
 SCHEMA = "cai.guard/1"
 
@@ -141,7 +140,7 @@ def train_guard(
     enc = make_encoder(encoder) if isinstance(encoder, str) else encoder
     chash = _constitution_hash(data, constitution)
 
-    tmp = _staging_dir(out)
+    tmp = staging_dir(out)
     try:
         cascades, report = {}, {}
         for view in VIEWS:

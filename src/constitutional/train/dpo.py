@@ -32,9 +32,7 @@ step), `loss.svg` and `cai_checkpoint.json`.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -50,6 +48,7 @@ from constitutional.train.sft import (
     publish_dir,
     save_model_dir,
     sha256_file,
+    staging_dir,
     trainer_args,
     write_loss_svg,
 )
@@ -155,11 +154,7 @@ def train_dpo(
         if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise UserError("the reference model's tokenizer differs from the policy's", reference)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    umask = os.umask(0o22)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
+    tmp = staging_dir(out)
     try:
         config = DPOConfig(
             **trainer_args(tmp, seed, cuda),

@@ -39,6 +39,7 @@ from constitutional.train.sft import (
     base_reference,
     publish_dir,
     save_model_dir,
+    staging_dir,
     trainer_args,
     write_loss_svg,
 )
@@ -130,9 +131,7 @@ def train_grpo(
     model = model.to(torch.bfloat16 if cuda and lora else torch.float32).requires_grad_(not lora)
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}]} for r in rows])
 
-    from constitutional.train.preference_model import _staging_dir
-
-    tmp = _staging_dir(out)
+    tmp = staging_dir(out)
     try:
         config = GRPOConfig(
             **trainer_args(tmp, seed, cuda),

@@ -49,6 +49,7 @@ from constitutional.train.sft import (
     base_reference,
     publish_dir,
     save_model_dir,
+    staging_dir,
     write_loss_svg,
 )
 
@@ -190,9 +191,7 @@ def train_ppo(
         kl_ctl.update(entry["kl"], batch_size)
 
     # Save: an adapter over the policy spec, or the full (merged) model; see dpo.py.
-    from constitutional.train.preference_model import _staging_dir
-
-    tmp = _staging_dir(out)
+    tmp = staging_dir(out)
     try:
         saved_adapter = lora and not policy_is_adapter
         trained = model.merge_and_unload() if lora and not saved_adapter else model

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +39,7 @@ from constitutional.train.sft import (
     publish_dir,
     save_model_dir,
     sha256_file,
+    staging_dir,
     trainer_args,
     write_loss_svg,
 )
@@ -140,7 +139,7 @@ def train_preference_model(
     ]
 
     # 3. Train into a hidden directory beside `out`: a killed run leaves no half checkpoint.
-    tmp = _staging_dir(out)
+    tmp = staging_dir(out)
     try:
         args = TrainingArguments(
             **trainer_args(tmp, seed, cuda),
@@ -356,16 +355,6 @@ def _load(model_dir: Path, tokenizer_dir: Path, dtype, *, fresh_head: bool):
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last non-pad token
     return model, tokenizer
-
-
-def _staging_dir(out: Path) -> Path:
-    """A hidden directory beside `out`, with ordinary permissions, to build the checkpoint in."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    umask = os.umask(0o22)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private
-    return tmp
 
 
 def conversation(prompt: Any, response: Any) -> tuple[Messages, str | None]:

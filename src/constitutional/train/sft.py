@@ -122,11 +122,7 @@ def train_sft(
         tokenizer.pad_token = tokenizer.eos_token
 
     # 3. Train into a hidden directory beside `out`: a killed run leaves no half checkpoint.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    umask = os.umask(0o22)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a checkpoint is an ordinary directory
+    tmp = staging_dir(out)
     try:
         config = SFTConfig(
             **trainer_args(tmp, seed, cuda),
@@ -253,6 +249,17 @@ def messages_problem(messages: Any) -> str | None:
     if not any(m["role"] == "user" for m in messages[:-1]):
         return "no user turn before the assistant response"
     return None
+
+
+def staging_dir(out: Path) -> Path:
+    """A hidden directory beside `out`, with ordinary permissions, to build a checkpoint in;
+    `publish_dir` moves it into place, so a killed run leaves no half checkpoint."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    umask = os.umask(0o22)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a checkpoint is an ordinary directory
+    return tmp
 
 
 def publish_dir(tmp: Path, out: Path) -> None:
