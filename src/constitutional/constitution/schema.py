@@ -27,12 +27,47 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class GroupSupport(_Model):
+    """How one opinion group voted on a source statement."""
+
+    group: int = Field(ge=0)
+    p_agree: float = Field(ge=0, le=1, description="smoothed (agree + 1) / (votes + 2)")
+    votes: int = Field(ge=0)
+    agree: int = Field(ge=0)
+    disagree: int = Field(ge=0)
+
+
+class SourceStatement(_Model):
+    """A statement from public input that a principle was written from, with its support."""
+
+    id: Text
+    text: Text
+    consensus: float = Field(ge=0, le=1, description="product of the groups' p_agree")
+    groups: list[GroupSupport] = Field(min_length=1)
+
+
+class Provenance(_Model):
+    """Where a principle came from (e.g. `cai collective to-constitution`) and how it was drafted."""
+
+    source: Text
+    drafted_by: Literal["template", "model"]
+    model: str | None = None  # backend:model when drafted_by is "model"
+    fallback: str | None = None  # why a model draft was replaced by the template
+    statements: list[SourceStatement] = Field(min_length=1)
+
+
+# Optional and left out of dumps when absent, so constitutions without provenance keep the
+# canonical JSON, and therefore the hash, they had before the field existed.
+OptionalProvenance = Annotated[Provenance | None, Field(exclude_if=lambda v: v is None)]
+
+
 class CritiqueRevision(_Model):
     """One principle for SL-CAI: ask for a critique, then for a revision that answers it."""
 
     id: Slug
     critique: Text
     revision: Text
+    provenance: OptionalProvenance = None
 
 
 class ComparisonPrinciple(_Model):
@@ -40,6 +75,7 @@ class ComparisonPrinciple(_Model):
 
     id: Slug
     text: Text
+    provenance: OptionalProvenance = None
 
 
 class CritiqueRevisionExample(_Model):
