@@ -65,3 +65,33 @@ def analyze(
     typer.echo(f"{people['kept']}/{people['total']} participants, {result['statements']} statements, "
                f"{result['votes']} votes → k={result['k']}, {len(result['consensus'])} consensus, "
                f"{len(result['divisive'])} divisive → {out}", err=True)
+
+
+@app.command()
+def serve(
+    db: str = typer.Option("collective.sqlite", "--db", envvar="CAI_COLLECTIVE_DB",
+                           help="SQLAlchemy URL (postgresql+psycopg://user@host/db) or a SQLite file path."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 for all)."),
+    port: int = typer.Option(8090, "--port", help="TCP port to listen on."),
+    admin_token: str = typer.Option(None, "--admin-token", envvar="CAI_ADMIN_TOKEN",
+                                    help="Secret that opens /admin (default: a new random one, printed)."),
+    seed: int = typer.Option(0, "--seed", help="Orders each participant's statements; stored per conversation."),
+    min_votes: int = typer.Option(7, "--min-votes", help="Votes a participant needs to count in the results."),
+) -> None:
+    """Serve the voting web app: conversations, moderation, one-at-a-time voting, live results."""
+    import secrets
+
+    import uvicorn
+
+    from constitutional.collective.web import Store, create_app, open_engine
+
+    if admin_token is not None and len(admin_token) < 16:
+        raise UserError("--admin-token must be at least 16 characters")
+    token = admin_token or secrets.token_urlsafe(24)
+    engine = open_engine(db)
+    app_ = create_app(Store(engine), admin_token=token, seed=seed, min_votes=min_votes)
+    base = f"http://{host}:{port}"
+    typer.echo(f"collective: database {engine.url.render_as_string(hide_password=True)}\n"
+               f"collective: participants at {base}/\n"
+               f"collective: admin at {base}/admin?token={token}", err=True)
+    uvicorn.run(app_, host=host, port=port, log_level="info")

@@ -1,0 +1,277 @@
+"""`cai collective serve`: the voting web app, driven in-process through FastAPI's TestClient.
+
+Each `Visitor` is its own TestClient, so it has its own cookie jar: its own participant.
+The browser test (a real server, headless Chromium) is tests/test_collective_browser.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+pytest.importorskip("sqlalchemy")
+pytest.importorskip("multipart")  # python-multipart: FastAPI's form parser
+from fastapi.testclient import TestClient
+from helpers import cai
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from constitutional.cli.collective import run_analyze
+from constitutional.collective.web import Store, create_app, open_engine
+from constitutional.collective.web.results import results
+from constitutional.collective.web.store import Base, Vote, order_key
+
+TOKEN = "admin-token-for-tests-0123456789"
+SEEDS = ["Models should refuse to help with weapons.", "Models should admit uncertainty.",
+         "Models should never give medical advice.", "Models should follow local laws.",
+         "Models should be allowed to write fiction with violence.", "Models should cite sources."]
+
+
+class Visitor:
+    """One browser: its own cookies, forms posted with the CSRF token read from the page."""
+
+    def __init__(self, app, admin: bool = False):
+        self.client = TestClient(app, follow_redirects=False)
+        if admin:
+            assert self.client.get(f"/admin?token={TOKEN}").status_code == 303
+
+    def csrf(self, page: str) -> str:
+        return re.search(r'name="csrf" value="([0-9a-f]+)"', self.client.get(page).text)[1]
+
+    def post(self, path: str, form_page: str, **data):
+        return self.client.post(path, data={"csrf": self.csrf(form_page), **data})
+
+    def current(self, cid: int) -> int | None:
+        """The id of the statement this visitor is asked to vote on next."""
+        found = re.search(r'data-statement="(\d+)"', self.client.get(f"/c/{cid}").text)
+        return int(found[1]) if found else None
+
+    def vote(self, cid: int, statement: int, choice: str):
+        return self.post(f"/c/{cid}/vote", f"/c/{cid}", statement=statement, choice=choice)
+
+
+def make_app(url: str, **kwargs):
+    store = Store(open_engine(url))
+    return store, create_app(store, admin_token=TOKEN, **kwargs)
+
+
+@pytest.fixture
+def site(tmp_path):
+    return make_app(str(tmp_path / "collective.sqlite"), min_votes=4)
+
+
+def new_conversation(admin: Visitor, seeds=SEEDS) -> int:
+    response = admin.post("/admin/conversations", "/admin", topic="How should AI behave?",
+                          description="Vote on each statement.", seeds="\n".join(seeds))
+    assert response.status_code == 303
+    return int(response.headers["location"].rsplit("/", 1)[1])
+
+
+def vote_rows(store: Store) -> list[tuple[int, int, int]]:
+    with store.session() as s:
+        return [tuple(r) for r in s.execute(select(Vote.participant_id, Vote.statement_id, Vote.value))]
+
+
+def two_camps(app, cid: int, people: int = 6) -> list[Visitor]:
+    """`people` participants vote on every statement: the first half agree with all, the rest disagree."""
+    visitors = [Visitor(app) for _ in range(people)]
+    for i, v in enumerate(visitors):
+        while (sid := v.current(cid)) is not None:
+            assert v.vote(cid, sid, "agree" if i < people // 2 else "disagree").status_code == 303
+    return visitors
+
+
+def test_revote_updates_the_one_row(site):
+    store, app = site
+    cid = new_conversation(Visitor(app, admin=True))
+    alice = Visitor(app)
+    first = alice.current(cid)
+    alice.vote(cid, first, "agree")
+    assert alice.current(cid) != first  # the next statement comes up
+    alice.vote(cid, first, "disagree")  # e.g. the back button, then another choice
+    alice.vote(cid, first, "disagree")
+    assert vote_rows(store) == [(1, first, -1)]
+    with store.session.begin() as s, pytest.raises(IntegrityError):  # the database itself refuses a second row
+        s.execute(insert(Vote).values(participant_id=1, statement_id=first, value=1))
+    assert "You have voted on 1 of 6 statements" in alice.client.get(f"/c/{cid}").text
+
+
+def test_script_statement_is_escaped_everywhere(site):
+    store, app = site
+    admin = Visitor(app, admin=True)
+    cid = new_conversation(admin)
+    hostile = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+    assert Visitor(app).post(f"/c/{cid}/statements", f"/c/{cid}", text=hostile).status_code == 303
+    sid = max(st.id for st, _ in store.statements(cid))
+    assert admin.post(f"/admin/statements/{sid}", f"/admin/c/{cid}", decision="accept").status_code == 303
+    two_camps(app, cid)
+    for page in (f"/admin/c/{cid}", f"/c/{cid}/results"):
+        text = admin.client.get(page).text
+        assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in text, page
+        assert "<script" not in text and "<img" not in text, page
+    assert admin.client.get("/").headers["content-security-policy"].startswith("default-src 'none'")  # no script
+
+
+def test_post_without_or_with_a_foreign_csrf_token_is_refused(site):
+    store, app = site
+    cid = new_conversation(Visitor(app, admin=True))
+    alice, mallory = Visitor(app), Visitor(app)
+    sid = alice.current(cid)
+    assert alice.client.post(f"/c/{cid}/vote", data={"statement": sid, "choice": "agree"}).status_code == 403
+    stolen = mallory.csrf(f"/c/{cid}")  # a valid token, but for another participant
+    response = alice.client.post(f"/c/{cid}/vote", data={"statement": sid, "choice": "agree", "csrf": stolen})
+    assert response.status_code == 403 and "security token" in response.text
+    assert alice.client.post(f"/c/{cid}/statements", data={"text": "hello"}).status_code == 403
+    assert vote_rows(store) == [] and len(store.statements(cid)) == len(SEEDS)
+
+
+def test_admin_routes_need_the_token(site):
+    store, app = site
+    admin = Visitor(app, admin=True)
+    cid = new_conversation(admin)
+    bob = Visitor(app)
+    bob.post(f"/c/{cid}/statements", f"/c/{cid}", text="A statement from Bob.")
+    sid = max(st.id for st, _ in store.statements(cid))
+    # Bob has a valid CSRF token of his own: only the admin check stands in his way.
+    assert bob.post(f"/admin/statements/{sid}", f"/c/{cid}", decision="accept").status_code == 403
+    assert bob.post(f"/admin/c/{cid}/state", f"/c/{cid}", state="closed").status_code == 403
+    assert bob.post("/admin/conversations", f"/c/{cid}", topic="mine").status_code == 403
+    for page in ("/admin", f"/admin/c/{cid}", f"/admin/c/{cid}/votes.csv", "/admin?token=wrong-token"):
+        assert bob.client.get(page).status_code == 403, page
+    assert bob.client.get(f"/admin/c/{cid}/votes.csv", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    assert store.statements(cid, "pending")[0][0].id == sid and store.conversation(cid).is_open
+
+
+def test_request_size_limit(tmp_path):
+    store, app = make_app(str(tmp_path / "c.sqlite"), max_body_bytes=2048)
+    cid = new_conversation(Visitor(app, admin=True), seeds=["one"])
+    alice = Visitor(app)
+    token = alice.csrf(f"/c/{cid}")
+    big = {"csrf": token, "text": "x" * 5000}
+    assert alice.client.post(f"/c/{cid}/statements", data=big).status_code == 413
+
+    def chunks():  # no Content-Length: the limit must hold while reading
+        yield f"csrf={token}&text=".encode()
+        for _ in range(10):
+            yield b"y" * 1000
+
+    assert alice.client.post(f"/c/{cid}/statements", content=chunks(),
+                             headers={"content-type": "application/x-www-form-urlencoded"}).status_code == 413
+    long = {"csrf": token, "text": "z" * 281}  # under the body limit, over the statement limit
+    assert alice.client.post(f"/c/{cid}/statements", data=long).status_code == 400
+    assert len(store.statements(cid)) == 1
+
+
+def test_vote_order_is_per_participant_seeded_and_stable(tmp_path):
+    orders = {}
+    for seed in (0, 0, 1):
+        store = Store(open_engine(str(tmp_path / f"{seed}-{len(orders)}.sqlite")))
+        cid = store.create_conversation("t", "", [f"statement {i}" for i in range(8)], seed)
+        for token in ("participant-token-aaaa", "participant-token-bbbb"):
+            order = []
+            while (st := store.next_statement(cid, token)[0]) is not None:
+                order.append(st.id)
+                store.vote(token, st.id, 0)
+            orders[(seed, token, len(orders) // 2)] = order
+    (a0, b0, a0_again, b0_again, a1, _) = orders.values()
+    assert a0 == a0_again and b0 == b0_again  # same seed and participant: same order
+    assert sorted(a0) == list(range(1, 9)) and a0 != b0 and a0 != a1  # a shuffle per participant and seed
+    assert a0 == sorted(range(1, 9), key=lambda sid: order_key(0, "participant-token-aaaa", sid))
+
+
+def test_export_feeds_analyze_and_matches_the_results_page(site, tmp_path):
+    store, app = site
+    admin = Visitor(app, admin=True)
+    cid = new_conversation(admin)
+    two_camps(app, cid)
+    (tmp_path / "votes.csv").write_text(admin.client.get(f"/admin/c/{cid}/votes.csv").text)
+    (tmp_path / "comments.csv").write_text(admin.client.get(f"/admin/c/{cid}/comments.csv").text)
+    offline = run_analyze(tmp_path / "votes.csv", tmp_path / "comments.csv", min_votes=4)
+    online = results(store, cid, min_votes=4)
+    assert {k: v for k, v in online.items() if not k.endswith("_svg")} == offline
+    assert offline["k"] == 2 and offline["participants"]["kept"] == 6 and offline["statements"] == len(SEEDS)
+    assert offline["statement_stats"][0]["text"] == SEEDS[0]
+    page = admin.client.get(f"/c/{cid}/results").text
+    assert page.count('class="group"') == 2 and page.count("<svg") == 2 and "Divisive statements" in page
+
+
+def test_closed_conversation_takes_no_votes(site):
+    store, app = site
+    admin = Visitor(app, admin=True)
+    cid = new_conversation(admin)
+    alice = Visitor(app)
+    sid = alice.current(cid)
+    token = alice.csrf(f"/c/{cid}")
+    assert admin.post(f"/admin/c/{cid}/state", f"/admin/c/{cid}", state="closed").status_code == 303
+    response = alice.client.post(f"/c/{cid}/vote", data={"csrf": token, "statement": sid, "choice": "agree"})
+    assert response.status_code == 409 and vote_rows(store) == []
+    assert "Voting is closed" in alice.client.get(f"/c/{cid}").text
+
+
+def test_invite_link_makes_this_browser_the_invited_participant(site):
+    store, app = site
+    admin = Visitor(app, admin=True)
+    cid = new_conversation(admin)
+    page = admin.post(f"/admin/c/{cid}/invites", f"/admin/c/{cid}", count=2).text
+    links = re.findall(rf"http://testserver(/c/{cid}/join/[\w-]+)", page)
+    assert len(links) == 2
+    guest = Visitor(app)
+    assert guest.client.get(links[0]).status_code == 303
+    guest.vote(cid, guest.current(cid), "agree")
+    assert guest.client.get(f"/c/{cid}/join/not-an-invite-token-000").status_code == 404
+    assert vote_rows(store)[0][0] == 1  # the first invited participant, not a new anonymous one
+
+
+def test_results_page_waits_for_enough_votes(site):
+    _, app = site
+    cid = new_conversation(Visitor(app, admin=True))
+    assert "no votes yet" in Visitor(app).client.get(f"/c/{cid}/results").text
+    two_camps(app, cid, people=2)
+    assert "need 3" in Visitor(app).client.get(f"/c/{cid}/results").text
+
+
+def test_cli_rejects_a_bad_database_in_one_line(tmp_path):
+    for url, message in [("mysql://u@h/db", "only sqlite and postgresql"),
+                         ("postgresql+psycopg://nobody:secret@127.0.0.1:1/x", "cannot open the database")]:
+        done = cai("collective", "serve", "--db", url, "--admin-token", TOKEN, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith("cai: error: --db") and message in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and "secret" not in done.stderr
+
+
+def postgres_url() -> str:
+    url = os.environ.get("CAI_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("set CAI_TEST_POSTGRES_URL=postgresql+psycopg://USER@HOST/DB to test PostgreSQL")
+    pytest.importorskip("psycopg", reason="PostgreSQL needs the psycopg (v3) driver")
+    from sqlalchemy import create_engine, text
+
+    try:
+        with create_engine(url).connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as e:  # noqa: BLE001 (any failure to connect means: skip, saying why)
+        pytest.skip(f"PostgreSQL at CAI_TEST_POSTGRES_URL is not reachable: {str(e).splitlines()[0]}")
+    return url
+
+
+def test_postgresql(tmp_path):
+    url = postgres_url()
+    Base.metadata.drop_all(open_engine(url))  # a clean slate: this database is the test's own
+    try:
+        store, app = make_app(url, min_votes=4)
+        admin = Visitor(app, admin=True)
+        cid = new_conversation(admin)
+        visitors = two_camps(app, cid)
+        sid = store.statements(cid)[0][0].id
+        visitors[0].vote(cid, sid, "pass")  # a re-vote: still one row, now 0
+        assert sum(1 for _, s, _ in vote_rows(store) if s == sid) == 6
+        with store.session() as s:
+            assert s.scalar(select(func.count()).select_from(Vote)) == 6 * len(SEEDS)
+        (tmp_path / "votes.csv").write_text(admin.client.get(f"/admin/c/{cid}/votes.csv").text)
+        assert run_analyze(tmp_path / "votes.csv", min_votes=4)["k"] == 2
+        assert admin.client.get(f"/c/{cid}/results").text.count('class="group"') == 2
+        assert store.engine.dialect.name == "postgresql"
+    finally:
+        Base.metadata.drop_all(open_engine(url))
