@@ -10,9 +10,15 @@ from constitutional.cli.models import (
     BackendOpt,
     BaseUrlOpt,
     ModelOpt,
-    backend_from_options,
     stage_progress,
 )
+
+SCALE = "Scale-out"
+ExecutorOpt = typer.Option("local", "--executor", help="local: model calls in this process; ray: fanned out over Ray workers (same output).", rich_help_panel=SCALE)
+RayAddressOpt = typer.Option(None, "--ray-address", help="ray: 'auto', host:port or ray://host:port of a running cluster (default: start a local one).", rich_help_panel=SCALE)
+WorkersOpt = typer.Option(2, "--workers", help="ray: workers, each with its own backend (a model each, or a client of --base-url).", rich_help_panel=SCALE)
+WorkerCpusOpt = typer.Option(1, "--worker-cpus", help="ray: CPUs (and torch threads) per worker.", rich_help_panel=SCALE)
+WorkerGpusOpt = typer.Option(0.0, "--worker-gpus", help="ray: GPUs per worker (1 for a model per GPU).", rich_help_panel=SCALE)
 
 app = typer.Typer(help="SL-CAI: critique → revision data, then supervised fine-tuning.", no_args_is_help=True)
 
@@ -43,6 +49,11 @@ def generate(
     concurrency: int = typer.Option(16, help="openai backend: requests in flight."),
     cache: Path = typer.Option(None, help="Response cache file (default $CAI_CACHE_DIR/responses.sqlite)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the response cache."),
+    executor: str = ExecutorOpt,
+    ray_address: str = RayAddressOpt,
+    workers: int = WorkersOpt,
+    worker_cpus: int = WorkerCpusOpt,
+    worker_gpus: float = WorkerGpusOpt,
 ) -> None:
     """Generate critique → revision traces and TRL-ready SFT rows from red-team prompts."""
     import time
@@ -52,6 +63,7 @@ def generate(
     from constitutional.generate import load_prompts
     from constitutional.jsonl import write_jsonl
     from constitutional.provenance import RunManifest
+    from constitutional.scale import ExecutorConfig, executor_backend
     from constitutional.sl_cai import SLConfig, generate_sl_data, to_sft_rows
 
     if not 0 <= helpful_ratio < 1:
@@ -61,10 +73,11 @@ def generate(
     helpful = load_prompts(helpful_prompts, chat_allowed=False) if helpful_ratio > 0 else []
     config = SLConfig(rounds=rounds, temperature_start=temperature_start, temperature_end=temperature_end,
                       max_tokens=max_tokens, fewshot=fewshot, helpful_ratio=helpful_ratio, seed=seed)
-    llm = backend_from_options(backend, model, base_url, batch_size, concurrency, cache, no_cache)
+    where = ExecutorConfig(executor, ray_address, workers, worker_cpus, worker_gpus)
+    options = {"batch_size": batch_size} if backend == "local" else {"base_url": base_url, "concurrency": concurrency}
 
     start = time.perf_counter()
-    with stage_progress() as progress:
+    with executor_backend(where, backend, model, options, cache=cache, use_cache=not no_cache) as llm, stage_progress() as progress:
         traces = generate_sl_data(rules, red, helpful, llm, config, progress)
     write_jsonl(out, traces)
     sft = to_sft_rows(traces)
@@ -73,7 +86,7 @@ def generate(
     RunManifest(Path(f"{out}.manifest.json")).record(
         "sl_cai_generate", backend=llm, wall_seconds=time.perf_counter() - start, seed=seed,
         constitution={"hash": rules.hash, "version": rules.version}, params=vars(config),
-        outputs=[str(out), str(sft_path(out))],
+        executor=where.describe(), outputs=[str(out), str(sft_path(out))],
     )
     typer.echo(f"{kept}/{len(red)} red-team prompts kept, {len(sft)} SFT rows → {sft_path(out)}", err=True)
 
