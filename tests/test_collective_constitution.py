@@ -1,0 +1,221 @@
+"""`cai collective to-constitution`: planted consensus → principles with provenance, template or model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import cai
+
+from constitutional.backends import Completion
+from constitutional.collective.drafting import DraftError, model_drafts, parse_draft, template_draft
+from constitutional.collective.to_constitution import load_analysis, principle_ids, select
+from constitutional.constitution import load_constitution
+from constitutional.constitution.schema import Provenance
+
+pytest.importorskip("sklearn")
+
+# `to-constitution` is registered in cli/collective.py by the lead; until then this adds it.
+CAI_TC = [sys.executable, "-c", (
+    "from constitutional.cli import main\n"
+    "from constitutional.cli.collective import app\n"
+    "from constitutional.cli.collective_constitution import to_constitution\n"
+    "if not any(c.name == 'to-constitution' for c in app.registered_commands):\n"
+    "    app.command('to-constitution')(to_constitution)\n"
+    "main()")]
+CONSENSUS = {f"s{i}" for i in range(15, 20)}  # both planted groups agree with these
+
+
+def to_constitution(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([*CAI_TC, "collective", "to-constitution", *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> tuple[Path, Path]:
+    """Two groups of 20: A agrees s0-s9 and rejects s10-s14, B the reverse; both agree s15-s19."""
+    root = tmp_path_factory.mktemp("votes")
+    rng = np.random.default_rng(0)
+    stance = {"A": [1] * 10 + [-1] * 5 + [1] * 5, "B": [-1] * 10 + [1] * 5 + [1] * 5}
+    with (root / "votes.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["participant", "statement", "vote"])
+        for name, votes in stance.items():
+            for i in range(20):
+                w.writerows((f"{name}{i}", f"s{s}", v) for s, v in enumerate(votes) if rng.random() > 0.25)
+    with (root / "comments.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["statement", "text"])
+        w.writerows((f"s{s}", f"The assistant should honour value {s}.") for s in range(20))
+    return root / "votes.csv", root / "comments.csv"
+
+
+def provenance_ids(constitution) -> list[str]:
+    return [s.id for p in constitution.critique_revision for s in p.provenance.statements]
+
+
+def test_template_path_gives_a_valid_constitution_from_the_planted_consensus(planted, tmp_path):
+    votes, comments = planted
+    out = tmp_path / "collective.yaml"
+    result = to_constitution(votes, comments, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "5 principles (template)" in result.stderr
+
+    check = cai("constitution", "validate", out)
+    assert check.returncode == 0 and "5 critique/revision pairs, 5 comparison principles" in check.stdout
+    c = load_constitution(out)
+    assert set(provenance_ids(c)) == CONSENSUS and len(provenance_ids(c)) == 5
+    assert [p.id for p in c.critique_revision] == [p.id for p in c.comparison]
+    for pair, question in zip(c.critique_revision, c.comparison, strict=True):
+        origin = pair.provenance
+        assert origin == question.provenance and origin.drafted_by == "template" and origin.model is None
+        (statement,) = origin.statements
+        assert pair.id == f"collective-{statement.id}"
+        assert statement.text in pair.critique and statement.text in question.text
+        assert len(statement.groups) == 2 and all(g.p_agree > 0.8 for g in statement.groups)
+        assert statement.consensus == pytest.approx(np.prod([g.p_agree for g in statement.groups]))
+    consensus = [p.provenance.statements[0].consensus for p in c.critique_revision]
+    assert consensus == sorted(consensus, reverse=True)
+
+    diff = cai("constitution", "diff", "default", out, "--json")
+    assert diff.returncode == 0, diff.stderr
+    sections = json.loads(diff.stdout)["sections"]
+    assert {p["id"] for p in sections["critique_revision"]["added"]} == {f"collective-{s}" for s in CONSENSUS}
+    assert len(sections["comparison"]["removed"]) == len(load_constitution().comparison)
+
+    again = tmp_path / "again.yaml"  # seeded and deterministic: the same bytes twice
+    assert to_constitution(votes, comments, "--out", again).returncode == 0
+    assert again.read_bytes() == out.read_bytes()
+    manifest = json.loads(Path(f"{out}.manifest.json").read_text())
+    assert manifest["stages"]["collective_to_constitution"]["constitution"]["hash"] == c.hash
+
+
+def test_analysis_json_input_threshold_and_limit(planted, tmp_path):
+    votes, comments = planted
+    analysis = tmp_path / "analysis.json"
+    assert cai("collective", "analyze", votes, comments, "--out", analysis).returncode == 0
+    loaded = load_analysis(analysis)
+    chosen = select(loaded)
+    assert {r.statement for r in chosen} == CONSENSUS
+    assert select(loaded, threshold=0.01) != chosen and len(select(loaded, 0.01, limit=7)) == 7
+
+    out = tmp_path / "c.yaml"
+    result = to_constitution(analysis, "--out", out, "--limit", 2, "--name", "town-hall", "--version", "0.2")
+    assert result.returncode == 0, result.stderr
+    c = load_constitution(out)
+    assert (c.name, c.version, len(c.comparison)) == ("town-hall", "0.2", 2)
+    assert set(provenance_ids(c)) <= CONSENSUS
+    assert c.critique_revision[0].provenance.source == "collective:analysis.json"
+
+
+def test_provenance_is_optional_and_leaves_existing_hashes_alone(tmp_path):
+    default = load_constitution()
+    dumped = default.model_dump(mode="json")
+    assert all("provenance" not in p for p in dumped["critique_revision"] + dumped["comparison"])
+
+    origin = Provenance(source="collective:x", drafted_by="template", statements=[{
+        "id": "7", "text": "Be kind.", "consensus": 0.6,
+        "groups": [{"group": 0, "p_agree": 0.6, "votes": 3, "agree": 2, "disagree": 1}]}])
+    first = default.comparison[0].model_copy(update={"provenance": origin})
+    changed = default.model_copy(update={"comparison": [first, *default.comparison[1:]]})
+    assert changed.hash != default.hash  # provenance, once present, is part of the content
+    path = tmp_path / "with.yaml"
+    path.write_text(changed.to_yaml())
+    assert load_constitution(path).hash == changed.hash
+    assert load_constitution(path).comparison[0].provenance == origin
+
+
+def test_parse_draft_reads_the_three_lines_and_rejects_what_it_cannot_use():
+    reply = ("Sure!\n**Critique:** Point out where the reply ignores the user's stated needs.\n"
+             "Revision: Rewrite the reply so that it answers what the user actually asked.\n"
+             "- Comparison: Which response pays closer attention to what the user asked for?\n")
+    draft = parse_draft(reply)
+    assert draft.critique == "Point out where the reply ignores the user's stated needs."
+    assert draft.comparison.endswith("asked for?")
+    for broken, reason in [
+        (reply.replace("Revision", "Rewrite"), "no Revision: line"),
+        (reply.replace("asked for?", "asked for."), "not a question"),
+        (reply.replace("Point out where the reply ignores the user's stated needs.", "<ask>"), "outside"),
+        ("Critique: <ask where the assistant's last reply falls short>\n" + reply, "placeholder"),
+    ]:
+        with pytest.raises(DraftError, match=reason):
+            parse_draft(broken)
+
+
+class Scripted:
+    """Drafts well for statements that mention 'kind', badly for the rest."""
+
+    name, model = "fake", "scripted"
+
+    def fingerprint(self) -> str:
+        return "scripted"
+
+    def generate(self, requests, on_result=None):
+        good = ("Critique: Say where the reply was unkind to anyone.\nRevision: Rewrite the reply so "
+                "that it is kind throughout.\nComparison: Which of these responses is kinder?")
+        return [Completion(good if "kind" in r.messages[-1]["content"] else "I like turtles.", "stop", 9, 9)
+                for r in requests]
+
+
+def test_model_drafts_fall_back_per_statement():
+    drafts = model_drafts([("1", "Be kind."), ("2", "Be brief.")], Scripted(), seed=0)
+    (kind, kind_reason), (brief, brief_reason) = drafts
+    assert kind_reason is None and kind.comparison == "Which of these responses is kinder?"
+    assert brief_reason == "no Critique: line" and brief == template_draft("Be brief.")
+
+
+def test_model_path_on_a_tiny_random_model(planted, tiny_model_dir, tmp_path):
+    votes, comments = planted
+    out = tmp_path / "drafted.yaml"
+    result = to_constitution(votes, comments, "--out", out, "--draft", "model", "--model", tiny_model_dir,
+                             "--no-cache", "--max-tokens", 24, "--limit", 3)
+    assert result.returncode == 0, result.stderr
+    assert cai("constitution", "validate", out).returncode == 0
+    c = load_constitution(out)
+    origins = [p.provenance for p in c.critique_revision]
+    # Random weights write gibberish: every draft falls back, and each says why.
+    assert all(o.drafted_by == "template" and o.fallback and o.model.startswith("local:") for o in origins)
+    assert c.metadata["collective"]["drafted"] == {"model": 0, "template": 3}
+    assert "0 drafted by the model, 3 by the template" in result.stderr
+    stage = json.loads(Path(f"{out}.manifest.json").read_text())["stages"]["collective_to_constitution"]
+    assert stage["tokens"]["calls"] == 3
+
+
+def test_principle_ids_are_unique_slugs():
+    assert principle_ids(["S 1", "s-1", "Über/2", "x" * 80]) == [
+        "collective-s-1", "collective-s-1-2", "collective-ber-2", "collective-" + "x" * 45]
+
+
+def test_bad_input_exits_2_naming_file_and_line(planted, tmp_path):
+    votes, _ = planted
+    out = tmp_path / "never.yaml"
+    broken = tmp_path / "broken.json"
+    broken.write_text('{\n  "k": 2,\n  "config": {oops}\n}\n')
+    missing_key = tmp_path / "short.json"
+    missing_key.write_text('{"participants": {"total": 3, "kept": 3}, "k": 2,\n'
+                           ' "config": {"consensus_threshold": 0.5},\n'
+                           ' "statement_stats": [\n'
+                           '  {"statement": "a", "text": "A.", "consensus": 0.7}\n'
+                           ']}\n')
+    untitled = tmp_path / "untitled.json"
+    assert cai("collective", "analyze", votes, "--out", untitled).returncode == 0
+    bad_votes = tmp_path / "votes.csv"
+    bad_votes.write_text("participant,statement,vote\np1,s1,1\np1,s2,yes\n")
+    for args, expected in [
+        ((broken,), f"{broken}:3: invalid JSON"),
+        ((missing_key,), f"{missing_key}:4: missing required key 'groups'"),
+        ((untitled,), f"{untitled}:"),
+        ((votes,), f"{votes}: consensus statement"),
+        ((bad_votes,), f"{bad_votes}:3: vote must be"),
+        ((untitled, "--consensus-threshold", 1.5), "--consensus-threshold must be in (0, 1)"),
+        ((votes, "--draft", "llm"), "--draft must be one of"),
+    ]:
+        result = to_constitution(*args, "--out", out)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.startswith("cai: error: " + expected) and result.stderr.count("\n") == 1, result.stderr
+    assert not out.exists() and not list(tmp_path.glob(".never*"))
