@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from constitutional.cli.collective import run_analyze
 from constitutional.collective.web import Store, create_app, open_engine
 from constitutional.collective.web.results import results
-from constitutional.collective.web.store import Base, Vote, order_key
+from constitutional.collective.web.store import Base, Participant, Vote, order_key
 
 TOKEN = "admin-token-for-tests-0123456789"
 SEEDS = ["Models should refuse to help with weapons.", "Models should admit uncertainty.",
@@ -96,6 +96,25 @@ def test_revote_updates_the_one_row(site):
     with store.session.begin() as s, pytest.raises(IntegrityError):  # the database itself refuses a second row
         s.execute(insert(Vote).values(participant_id=1, statement_id=first, value=1))
     assert "You have voted on 1 of 6 statements" in alice.client.get(f"/c/{cid}").text
+
+
+def racing_votes(store: Store, cid: int) -> None:
+    """Eight threads cast one new participant's vote on one statement at once: one row remains."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sid = store.statements(cid)[0][0].id
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: store.vote("racing-participant-token", sid, i % 3 - 1), range(16)))
+    with store.session() as s:
+        mine = select(Vote.value).join(Participant).where(Participant.token == "racing-participant-token")
+        assert len(s.execute(mine.where(Vote.statement_id == sid)).all()) == 1
+        assert s.scalar(select(func.count()).select_from(Participant)
+                        .where(Participant.token == "racing-participant-token")) == 1
+
+
+def test_racing_votes_leave_one_row(site):
+    store, app = site
+    racing_votes(store, new_conversation(Visitor(app, admin=True)))
 
 
 def test_script_statement_is_escaped_everywhere(site):
@@ -273,5 +292,6 @@ def test_postgresql(tmp_path):
         assert run_analyze(tmp_path / "votes.csv", min_votes=4)["k"] == 2
         assert admin.client.get(f"/c/{cid}/results").text.count('class="group"') == 2
         assert store.engine.dialect.name == "postgresql"
+        racing_votes(store, cid)
     finally:
         Base.metadata.drop_all(open_engine(url))
