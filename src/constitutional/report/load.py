@@ -2,9 +2,9 @@
 
 A run directory collects the artifacts of one experiment: `manifest.json` (and the
 `OUT.manifest.json` files each CLI command writes beside its output), `eval.json`, `audit.json`,
-`principles.json`, `sl.jsonl`, and checkpoint directories with a `train_log.json`. A file that is
-present but unreadable is a `UserError` naming it: a report that silently dropped a section
-would hide exactly the problem its reader is looking for.
+`principles.json`, `sl.jsonl`, `self_play.json`, and checkpoint directories with a
+`train_log.json`. A file that is present but unreadable is a `UserError` naming it: a report that
+silently dropped a section would hide exactly the problem its reader is looking for.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class RunArtifacts:
     audit: dict[str, Any] | None = None
     principles: dict[str, Any] | None = None
     traces: list[dict[str, Any]] | None = None
+    self_play: dict[str, Any] | None = None
     checkpoints: list[Checkpoint] = field(default_factory=list)
 
 
@@ -51,6 +52,7 @@ def load_run(run_dir: Path) -> RunArtifacts:
     run.eval = read_json(run_dir / "eval.json", "eval_results")
     run.audit = read_json(run_dir / "audit.json", "judge_audit")
     run.principles = read_json(run_dir / "principles.json", "principle_audit")
+    run.self_play = read_json(run_dir / "self_play.json", "self_play")
     if (run_dir / "sl.jsonl").is_file():
         run.traces = read_jsonl(run_dir / "sl.jsonl")
     run.checkpoints = load_checkpoints(run_dir)

@@ -146,3 +146,23 @@ def curves(log: Sequence[dict], metrics: Sequence[str], key: str) -> str:
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
     return to_svg(fig, key)
+
+
+def per_iteration(series: Mapping[str, Sequence[tuple[int, float]]], threshold: float | None, key: str) -> str:
+    """Lines of (iteration, value in [0, 1]) per named series; `threshold` as a dashed red rule.
+
+    Self-play draws its win rates against the starting model and its judge agreement here: the
+    rule is the agreement below which the loop stops.
+    """
+    fig, ax = _figure(5.6, 3.6)
+    for (name, points), color in zip(series.items(), (BLUE, ORANGE, GREEN, GREY)):
+        if points:
+            ax.plot([x for x, _ in points], [y for _, y in points], color=color, marker="o", label=name)
+    if threshold is not None:
+        ax.axhline(threshold, color="#D55E00", linestyle="--", linewidth=1, label="stop threshold")
+    ax.axhline(0.5, color=GREY, linestyle=":", linewidth=0.8)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("iteration")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(loc="best", frameon=False, fontsize=8)
+    return to_svg(fig, key)

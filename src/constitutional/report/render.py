@@ -6,12 +6,21 @@ from pathlib import Path
 
 from constitutional import __version__
 from constitutional.jsonl import atomic_path
-from constitutional.report import audit, evaluation, manifest, principles, traces, training
+from constitutional.report import (
+    audit,
+    evaluation,
+    manifest,
+    principles,
+    self_play,
+    traces,
+    training,
+)
 from constitutional.report.html import page
 from constitutional.report.load import RunArtifacts, load_run
 
-# Page order: what ran, how good it is, whether the judge can be trusted, then the raw material.
-SECTIONS = (manifest, evaluation, audit, principles, traces, training)
+# Page order: what ran, how good it is (and how self-play moved it), whether the judge can be
+# trusted, then the raw material.
+SECTIONS = (manifest, evaluation, self_play, audit, principles, traces, training)
 
 
 def build_html(run: RunArtifacts) -> str:
@@ -25,7 +34,8 @@ def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Render the static HTML report of a run directory.
 
     Every known artifact present in `run_dir` (manifest, eval.json, audit.json, principles.json,
-    sl.jsonl, checkpoint train logs) gets a section; absent ones get a one-line "not run" note.
+    sl.jsonl, self_play.json, checkpoint train logs) gets a section; absent ones get a one-line
+    "not run" note.
     The page needs no network: styles and SVG charts are inline and it loads nothing.
 
     Args:
