@@ -39,8 +39,9 @@ def server(tmp_path):
     port = free_port()
     db = tmp_path / "collective.sqlite"
     log = (tmp_path / "serve.log").open("w")
-    args = ["collective", "serve", "--db", db, "--port", port, "--admin-token", TOKEN, "--min-votes", 3]
-    proc = subprocess.Popen([*CAI, *map(str, args)], stdout=log, stderr=subprocess.STDOUT)
+    args = ["collective", "serve", "--db", db, "--port", port, "--min-votes", 3]
+    proc = subprocess.Popen([*CAI, *map(str, args)], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "CAI_ADMIN_TOKEN": TOKEN})
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 60

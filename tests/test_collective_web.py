@@ -22,6 +22,7 @@ from constitutional.cli.collective import run_analyze
 from constitutional.collective.web import Store, create_app, open_engine
 from constitutional.collective.web.results import results
 from constitutional.collective.web.store import Base, Participant, Vote, order_key
+from constitutional.errors import UserError
 
 TOKEN = "admin-token-for-tests-0123456789"
 SEEDS = ["Models should refuse to help with weapons.", "Models should admit uncertainty.",
@@ -252,12 +253,15 @@ def test_results_page_waits_for_enough_votes(site):
 
 
 def test_cli_rejects_a_bad_database_in_one_line(tmp_path):
-    for url, message in [("mysql://u@h/db", "only sqlite and postgresql"),
-                         ("postgresql+psycopg://nobody:secret@127.0.0.1:1/x", "cannot open the database")]:
-        done = cai("collective", "serve", "--db", url, "--admin-token", TOKEN, timeout=60)
-        assert done.returncode == 2, done.stderr
-        assert done.stderr.startswith("cai: error: --db") and message in done.stderr
-        assert len(done.stderr.strip().splitlines()) == 1 and "secret" not in done.stderr
+    with pytest.raises(UserError, match="only sqlite and postgresql"):
+        open_engine("mysql://u@h/db")
+    done = cai("collective", "serve", "--db", "postgresql+psycopg://nobody:secret@127.0.0.1:1/x",
+               "--admin-token", TOKEN, timeout=60)
+    assert done.returncode == 2 and done.stderr.startswith("cai: error: --db postgresql+psycopg://nobody:***@")
+    assert "cannot open the database" in done.stderr and "secret" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    done = cai("collective", "serve", "--db", tmp_path / "c.sqlite", "--admin-token", "short", timeout=60)
+    assert done.returncode == 2 and "at least 16 characters" in done.stderr
 
 
 def postgres_url() -> str:

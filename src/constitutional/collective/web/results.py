@@ -37,12 +37,12 @@ def results(store: Store, cid: int, min_votes: int) -> dict[str, Any]:
         result = analyze(votes, config)
     except UserError as e:
         return {"error": str(e)}
-    result["map_svg"] = opinion_map(result["points"], result["k"])
+    result["map_svg"] = opinion_map(result["points"], result["k"], result["explained_variance"])
     result["agreement_svg"] = agreement(result["statement_stats"], result["k"])
     return result
 
 
-def opinion_map(points: list[dict[str, Any]], k: int) -> str:
+def opinion_map(points: list[dict[str, Any]], k: int, explained: list[float]) -> str:
     """Participants on the first two principal components, coloured by opinion group."""
     from matplotlib.figure import Figure
 
@@ -51,12 +51,14 @@ def opinion_map(points: list[dict[str, Any]], k: int) -> str:
     fig = Figure(figsize=(5.6, 4.2), layout="constrained")
     ax = fig.add_subplot()
     for g in range(k):
-        xs = [p["x"] for p in points if p["group"] == g]
-        ys = [p["y"] for p in points if p["group"] == g]
+        # Rounded: a component with no variance would otherwise plot float noise on a 1e-16 axis.
+        xs = [round(p["x"], 9) for p in points if p["group"] == g]
+        ys = [round(p["y"], 9) for p in points if p["group"] == g]
         ax.scatter(xs, ys, s=36, color=GROUP_COLOURS[g % len(GROUP_COLOURS)], alpha=0.8,
                    edgecolors="white", linewidths=0.6, label=f"group {group_name(g)} ({len(xs)})")
-    ax.set_xlabel("first principal component")
-    ax.set_ylabel("second principal component")
+    share = [*explained, 0.0, 0.0]
+    ax.set_xlabel(f"first principal component ({share[0]:.0%} of variance)")
+    ax.set_ylabel(f"second principal component ({share[1]:.0%})")
     ax.legend(loc="best", frameon=False, fontsize=9)
     ax.grid(True, color="#e5e5e5", linewidth=0.8)
     ax.set_axisbelow(True)
