@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -130,21 +131,34 @@ def test_provenance_is_optional_and_leaves_existing_hashes_alone(tmp_path):
     assert load_constitution(path).comparison[0].provenance == origin
 
 
+NEEDS = "The AI should pay attention to what users actually need."
+
+
 def test_parse_draft_reads_the_three_lines_and_rejects_what_it_cannot_use():
     reply = ("Sure!\n**Critique:** Point out where the reply ignores the user's stated needs.\n"
              "Revision: Rewrite the reply so that it answers what the user actually asked.\n"
              "- Comparison: Which response pays closer attention to what the user asked for?\n")
-    draft = parse_draft(reply)
+    draft = parse_draft(reply, NEEDS)
     assert draft.critique == "Point out where the reply ignores the user's stated needs."
-    assert draft.comparison.endswith("asked for?")
+    assert draft.comparison == "Which response pays closer attention to what the user asked for?"
+    critique = "Point out where the reply ignores the user's stated needs."
     for broken, reason in [
         (reply.replace("Revision", "Rewrite"), "no Revision: line"),
-        (reply.replace("asked for?", "asked for."), "not a question"),
-        (reply.replace("Point out where the reply ignores the user's stated needs.", "<ask>"), "outside"),
+        (reply.replace("asked for?", "asked for."), "comparison is not a question"),
+        (reply.replace(critique, "<ask>"), "critique is 5 characters"),
         ("Critique: <ask where the assistant's last reply falls short>\n" + reply, "placeholder"),
+        (reply.replace(critique, "Say where the reply does not meet the statement."), "refers to 'the statement'"),
+        (reply.replace(critique, "The AI should pay attention to what users actually need."), "does not speak of"),
+        (reply.replace(critique, "In this reply, the AI should pay attention to what users actually need."),
+         "critique restates the statement"),
+        (reply.replace("Which response pays closer attention to what the user asked for?",
+                       "Which of these responses is more honest about the limits of what the assistant knows?"),
+         "comparison copies the worked example"),
+        (reply.replace("Which response pays closer attention to what the user asked for?",
+                       "Which of these responses is more polite?"), "comparison shares no content word"),
     ]:
-        with pytest.raises(DraftError, match=reason):
-            parse_draft(broken)
+        with pytest.raises(DraftError, match=re.escape(reason)):
+            parse_draft(broken, NEEDS)
 
 
 class Scripted:

@@ -2,8 +2,10 @@
 
 Each statement needs three texts: a critique request and a revision request (SL-CAI) and a
 comparison question (RL-CAI feedback). The template fills them in mechanically; a model can
-phrase them better, but a small model often ignores the format, so every draft is parsed and
-checked, and a statement whose draft fails falls back to the template with the reason kept.
+phrase them better, but a small model often ignores the format, restates the statement, or
+copies the worked example, so every draft is parsed and checked (simple, explainable checks, as
+for SL-CAI critiques), and a statement whose draft fails falls back to the template with the
+reason kept.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 from constitutional.backends import CachedBackend, Completion, GenerationRequest
 from constitutional.provenance import derive_seed
+from constitutional.sl_cai.checks import overlap
 
 CRITIQUE_TEMPLATE = (
     "Identify specific ways in which the assistant's last response goes against this principle, "
@@ -44,7 +47,13 @@ EXAMPLE_DRAFT = (
 
 FIELDS = ("critique", "revision", "comparison")
 MIN_CHARS, MAX_CHARS = 16, 400
+RESTATE_OVERLAP = 0.5  # share of a critique's (revision's) word 4-grams found in the statement
 _LINE = re.compile(r"^[\s*#>-]*(critique|revision|comparison)\**\s*:\**\s*(.*)$", re.IGNORECASE | re.MULTILINE)
+_ABOUT_RESPONSE = re.compile(r"\b(responses?|repl(y|ies)|answers?)\b", re.IGNORECASE)
+# Words every statement and principle share; matching on them would prove nothing.
+_COMMON = {"should", "would", "could", "that", "this", "these", "those", "with", "which", "what", "when",
+           "where", "from", "about", "always", "never", "every", "their", "them", "they", "have", "assistant",
+           "response", "responses", "reply", "replies", "answer", "more", "less", "most", "other"}
 
 
 @dataclass(frozen=True)
@@ -67,16 +76,18 @@ def template_draft(statement: str) -> Draft:
                  COMPARISON_TEMPLATE.format(statement=text))
 
 
-def parse_draft(text: str) -> Draft:
+def parse_draft(text: str, statement: str) -> Draft:
     """Read `Critique:`, `Revision:` and `Comparison:` lines (the first of each) from a reply.
 
     Raises:
-        DraftError: a line is missing, too short or long, still a placeholder, or the
-            comparison is not a question.
+        DraftError: a line is missing, too short or long, or still the placeholder; the
+            comparison is not a question; the critique or revision does not speak of the reply;
+            a text refers to "the statement" (nobody reading the principle sees it), takes more
+            content words from the worked example than from the statement (at least two), or
+            restates the statement instead of asking something of it; the
+            comparison, or both critique and revision, share no content word with the statement.
     """
-    found: dict[str, str] = {}
-    for match in _LINE.finditer(text):
-        found.setdefault(match.group(1).lower(), match.group(2).strip().strip('"').strip())
+    found = parse_draft_fields(text)
     for name in FIELDS:
         value = found.get(name)
         if value is None:
@@ -85,11 +96,48 @@ def parse_draft(text: str) -> Draft:
             raise DraftError(f"{name} is {len(value)} characters, outside {MIN_CHARS}..{MAX_CHARS}")
         if value.startswith("<") or value.endswith(">"):
             raise DraftError(f"{name} copies the placeholder")
-    if not found["comparison"].endswith("?"):
+    draft = Draft(found["critique"], found["revision"], found["comparison"])
+    _check_draft(draft, statement)
+    return draft
+
+
+def _check_draft(draft: Draft, statement: str) -> None:
+    if not draft.comparison.endswith("?"):
         raise DraftError("comparison is not a question")
-    if len({found[name].casefold() for name in FIELDS}) < len(FIELDS):
+    if len({getattr(draft, name).casefold() for name in FIELDS}) < len(FIELDS):
         raise DraftError("two of the three texts are the same")
-    return Draft(found["critique"], found["revision"], found["comparison"])
+    example = parse_draft_fields(EXAMPLE_DRAFT)
+    words = _content(statement)
+    for name in FIELDS:
+        value = getattr(draft, name)
+        if re.search(r"\bthe statement\b", value, re.IGNORECASE):
+            raise DraftError(f"{name} refers to 'the statement'")
+        if name != "comparison" and not _ABOUT_RESPONSE.search(value):
+            raise DraftError(f"{name} does not speak of the reply")
+        if name != "comparison" and overlap(value, statement) >= RESTATE_OVERLAP:
+            raise DraftError(f"{name} restates the statement")
+        # Content words, not n-grams: "Which of these responses is more ...?" is shared wording.
+        borrowed = len(_content(value) & _content(example[name]))
+        if borrowed >= 2 and borrowed > len(_content(value) & words):
+            raise DraftError(f"{name} copies the worked example")
+    # The question is read alone; a critique/revision pair can share the load between its halves.
+    if not _content(draft.comparison) & words:
+        raise DraftError("comparison shares no content word with the statement")
+    if not (_content(draft.critique) | _content(draft.revision)) & words:
+        raise DraftError("critique and revision share no content word with the statement")
+
+
+def _content(text: str) -> set[str]:
+    """Words of four letters or more, cut to four: a crude stem ("kinder" and "kindness" meet)."""
+    return {w[:4] for w in re.findall(r"[a-z]{4,}", text.lower()) if w not in _COMMON}
+
+
+def parse_draft_fields(text: str) -> dict[str, str]:
+    """The text after the first `Critique:`, `Revision:` and `Comparison:` label, by lower-case name."""
+    found: dict[str, str] = {}
+    for match in _LINE.finditer(text):
+        found.setdefault(match.group(1).lower(), match.group(2).strip().strip('"').strip())
+    return found
 
 
 def draft_requests(statements: Sequence[tuple[str, str]], seed: int, temperature: float,
@@ -126,6 +174,6 @@ def model_drafts(statements: Sequence[tuple[str, str]], backend: CachedBackend, 
 
 def _checked(statement: str, completion: Completion) -> tuple[Draft, str | None]:
     try:
-        return parse_draft(completion.text), None
+        return parse_draft(completion.text, statement), None
     except DraftError as e:
         return template_draft(statement), str(e)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from constitutional.collective.drafting import Draft
 from constitutional.constitution import ComparisonPrinciple, Constitution, CritiqueRevision
 from constitutional.constitution.schema import GroupSupport, Provenance, SourceStatement
 from constitutional.errors import UserError
-from constitutional.yamlfile import LocatedValueError, load_yaml_model
+from constitutional.yamlfile import LocatedValueError, describe_error, dotted
 
 ID_PREFIX = "collective-"
 
@@ -74,21 +74,50 @@ def load_analysis(path: str | Path, threshold: float | None = None) -> Analysis:
     if not path.is_file():
         raise UserError("no such file", path)
     try:
-        data = json.loads(path.read_bytes().decode("utf-8-sig"))
+        text = path.read_bytes().decode("utf-8-sig")
+        data = json.loads(text)
     except UnicodeDecodeError:
         raise UserError("not valid UTF-8", path) from None
     except json.JSONDecodeError as e:
         raise UserError(f"invalid JSON: {e.msg} (column {e.colno})", path, e.lineno) from None
-    check = _texts_check(threshold)
     try:
         analysis = Analysis.model_validate(data)
-        check(analysis)
+        _check_texts(analysis, threshold)
         return analysis
-    except (ValidationError, LocatedValueError) as e:
-        # json keeps no line numbers; JSON is also YAML, whose composer does, so the slow
-        # path is taken only to name the line of a problem already found.
-        load_yaml_model(path, Analysis, "the JSON written by `cai collective analyze --out`", check)
-        raise UserError(f"not a `cai collective analyze` result: {e}".splitlines()[0], path) from None
+    except ValidationError as e:
+        problems = [(err["loc"], describe_error(err, err["loc"])) for err in e.errors()]
+    except LocatedValueError as e:
+        problems = [(e.loc, f"{dotted(e.loc)}: {e.message}")]
+    lines = _lines(text, [loc for loc, _ in problems])
+    line, message = min(zip(lines, (m for _, m in problems), strict=True))
+    raise UserError(message, path, line)
+
+
+def _lines(text: str, locs: list[tuple[str | int, ...]]) -> list[int]:
+    """1-based line of each `loc` (pydantic-style path) in a JSON text; a missing step stops at
+    its parent, and a last step into a mapping gives the key's line.
+
+    `json` keeps no positions, but JSON is YAML and the YAML composer does; this runs only to
+    name the line of a problem already found (libyaml's composer when present: large files).
+    """
+    import yaml
+
+    root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    lines = []
+    for loc in locs:
+        node = root
+        for depth, step in enumerate(loc, start=1):
+            if isinstance(node, yaml.MappingNode):
+                found = next(((k, v) for k, v in node.value if k.value == str(step)), None)
+            elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
+                found = (node.value[step], node.value[step])
+            else:
+                found = None
+            if found is None:
+                break
+            node = found[0] if depth == len(loc) else found[1]
+        lines.append(node.start_mark.line + 1)
+    return lines
 
 
 def analysis_from_votes(votes: str | Path, comments: str | Path | None, threshold: float | None = None,
@@ -113,14 +142,12 @@ def _untitled(analysis: Analysis, threshold: float | None) -> tuple[int, Stateme
     return None
 
 
-def _texts_check(threshold: float | None) -> Callable[[Analysis], None]:
-    def check(analysis: Analysis) -> None:
-        missing = _untitled(analysis, threshold)
-        if missing is not None:
-            raise LocatedValueError(("statement_stats", missing[0], "statement"),
-                                    f"consensus statement {missing[1].statement!r} has no text; "
-                                    "analyse the votes with their comments CSV")
-    return check
+def _check_texts(analysis: Analysis, threshold: float | None) -> None:
+    missing = _untitled(analysis, threshold)
+    if missing is not None:
+        raise LocatedValueError(("statement_stats", missing[0], "statement"),
+                                f"consensus statement {missing[1].statement!r} has no text; "
+                                "analyse the votes with their comments CSV")
 
 
 def select(analysis: Analysis, threshold: float | None = None, limit: int = 0) -> list[StatementStats]:
