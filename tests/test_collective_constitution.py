@@ -15,9 +15,14 @@ from helpers import cai
 
 from constitutional.backends import Completion
 from constitutional.collective.drafting import DraftError, model_drafts, parse_draft, template_draft
-from constitutional.collective.to_constitution import load_analysis, principle_ids, select
-from constitutional.constitution import load_constitution
-from constitutional.constitution.schema import Provenance
+from constitutional.collective.to_constitution import (
+    Analysis,
+    build_constitution,
+    load_analysis,
+    principle_ids,
+    select,
+)
+from constitutional.constitution import Provenance, load_constitution
 
 pytest.importorskip("sklearn")
 
@@ -176,11 +181,23 @@ class Scripted:
                 for r in requests]
 
 
-def test_model_drafts_fall_back_per_statement():
+def test_model_drafts_fall_back_per_statement_and_provenance_says_which():
     drafts = model_drafts([("1", "Be kind."), ("2", "Be brief.")], Scripted(), seed=0)
     (kind, kind_reason), (brief, brief_reason) = drafts
     assert kind_reason is None and kind.comparison == "Which of these responses is kinder?"
     assert brief_reason == "no Critique: line" and brief == template_draft("Be brief.")
+
+    group = {"group": 0, "p_agree": 0.75, "votes": 2, "agree": 2, "disagree": 0}
+    analysis = Analysis.model_validate({
+        "participants": {"total": 9, "kept": 8}, "k": 1, "config": {"consensus_threshold": 0.5},
+        "statement_stats": [{"statement": sid, "text": text, "consensus": 0.75, "groups": [group]}
+                            for sid, text in (("1", "Be kind."), ("2", "Be brief."))]})
+    c = build_constitution(analysis, select(analysis), drafts, source="collective:x", model="fake:scripted")
+    origins = [p.provenance for p in c.comparison]
+    assert [(o.drafted_by, o.model, o.fallback) for o in origins] == [
+        ("model", "fake:scripted", None), ("template", "fake:scripted", "no Critique: line")]
+    assert c.comparison[0].text == kind.comparison and c.critique_revision[1].critique == brief.critique
+    assert c.metadata["collective"]["drafted"] == {"model": 1, "template": 1}
 
 
 def test_model_path_on_a_tiny_random_model(planted, tiny_model_dir, tmp_path):

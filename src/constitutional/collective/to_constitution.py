@@ -18,8 +18,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from constitutional.collective.drafting import Draft
-from constitutional.constitution import ComparisonPrinciple, Constitution, CritiqueRevision
-from constitutional.constitution.schema import GroupSupport, Provenance, SourceStatement
+from constitutional.constitution import (
+    ComparisonPrinciple,
+    Constitution,
+    CritiqueRevision,
+    GroupSupport,
+    Provenance,
+    SourceStatement,
+)
 from constitutional.errors import UserError
 from constitutional.yamlfile import LocatedValueError, describe_error, dotted
 

@@ -21,6 +21,9 @@ from constitutional.constitution.schema import (
     CritiqueRevision,
     CritiqueRevisionExample,
     FewShot,
+    GroupSupport,
+    Provenance,
+    SourceStatement,
 )
 
 __all__ = [
@@ -32,6 +35,9 @@ __all__ = [
     "CritiqueRevision",
     "CritiqueRevisionExample",
     "FewShot",
+    "GroupSupport",
+    "Provenance",
+    "SourceStatement",
     "canonical_json",
     "constitution_hash",
     "default_constitution_path",
