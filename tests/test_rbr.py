@@ -198,7 +198,7 @@ class ScriptedGrader:
 
 def test_grader_asks_every_question_reply_major(tmp_path):
     props = load_propositions(write(tmp_path / "mini.yaml", MINI))
-    answer = lambda pid, reply: None if reply == "???" else (pid == "apology") == ("sorry" in reply)  # noqa: E731
+    answer = lambda pid, reply: None if reply == "???" else (pid == "apology") == ("sorry" in reply)
     backend = ScriptedGrader(props, answer)
     assert isinstance(backend, Backend)
     grader = Grader(backend, props)
@@ -245,6 +245,7 @@ def test_perfect_grader_on_gold_data():
     model, m = evaluate(props, "default", [replies[i] for i in train], [replies[i] for i in test],
                         truth[train], truth[test])  # fmt: skip
     assert m["proposition_accuracy_mean"] == 1.0
+    assert model.weights and all(len(w) == len(props.ids) + len(props.rules[c]) for c, w in model.weights.items())
     rank = m["ranking"]["all"]["pairs"]
     assert rank["n"] > 100 and rank["accuracy"] > 0.9
     assert rank["accuracy"] == pytest.approx(m["ranking_with_gold_labels"]["pairs"]["accuracy"])

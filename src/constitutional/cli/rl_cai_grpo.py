@@ -15,10 +15,13 @@ def grpo(
     prompts: str = typer.Option(..., "--prompts", "-p", help="JSONL with `prompt`, or builtin:advbench|harmbench|strongreject|self_instruct|mt_bench."),
     policy: str = typer.Option("embedded", "--policy", help="Model to train and KL reference, usually the SL-CAI checkpoint ('embedded', .gguf, HF or LoRA dir)."),
     out: Path = typer.Option(..., "--out", "-o", help="Checkpoint directory (loads with --model OUT)."),
-    reward: str = typer.Option("pm", "--reward", help="pm: the preference model scores; judge: the feedback model rates each response (d-RLAIF)."),
+    reward: str = typer.Option("pm", "--reward", help="pm: the preference model scores; judge: the feedback model rates each response (d-RLAIF); pm+rbr: PM + weighted rule-based reward graded by --feedback."),
     reward_model: Path = typer.Option(None, "--reward-model", help="--reward pm: preference model directory from `cai rl-cai train-pm`."),
-    feedback: str = typer.Option(None, "--feedback", help="--reward judge: the model that rates each response ('embedded', HF dir, or server model)."),
+    feedback: str = typer.Option(None, "--feedback", help="--reward judge: the model that rates each response; pm+rbr: grades the propositions ('embedded', HF dir, or server model)."),
     constitution: str = typer.Option("default", "--constitution", "-c", help="--reward judge: constitution YAML whose comparison principles it rates against."),
+    rbr: Path = typer.Option(None, "--rbr", help="--reward pm+rbr: rule-based reward weights from `cai rbr fit`."),
+    rbr_weight: float = typer.Option(1.0, "--rbr-weight", help="--reward pm+rbr: reward = PM + this × RBR score."),
+    rbr_class: str = typer.Option("hard_refuse", "--rbr-class", help="--reward pm+rbr: response class of every prompt (a class of the RBR rules)."),
     backend: str = BackendOpt,
     base_url: str = BaseUrlOpt,
     judge_batch_size: int = typer.Option(16, help="--reward judge, local backend: responses rated together."),
@@ -36,9 +39,10 @@ def grpo(
     """Train the policy with GRPO (group-relative advantages, no value head), KL-regularised to the reference."""
     from constitutional.train.grpo import train_grpo
 
-    judge = judge_from_options(reward, reward_model, feedback, constitution, backend, base_url, judge_batch_size)
+    judge = judge_from_options(reward, reward_model, feedback, constitution, backend, base_url, judge_batch_size, rbr)
     s = train_grpo(prompts, policy, out, reward=reward, reward_model=reward_model, judge=judge,
-                   constitution=constitution, beta=beta, steps=steps, prompts_per_step=prompts_per_step,
+                   constitution=constitution, rbr=rbr, rbr_weight=rbr_weight, rbr_class=rbr_class, beta=beta,
+                   steps=steps, prompts_per_step=prompts_per_step,
                    num_generations=num_generations, max_new_tokens=max_new_tokens, temperature=temperature,
                    learning_rate=lr, lora=lora, seed=seed, overwrite=overwrite)  # fmt: skip
     first, last, kl = ("n/a" if v is None else f"{v:.3f}" for v in (s["reward_first"], s["reward_last"], s["kl_last"]))

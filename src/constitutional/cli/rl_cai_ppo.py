@@ -14,10 +14,13 @@ from constitutional.cli.models import BackendOpt, BaseUrlOpt, backend_from_optio
 def ppo(
     prompts: str = typer.Option(..., "--prompts", "-p", help="JSONL with `prompt`, or builtin:advbench|harmbench|strongreject|self_instruct|mt_bench."),
     policy: str = typer.Option("embedded", "--policy", help="Model to train and KL reference, usually the SL-CAI checkpoint ('embedded', .gguf, HF or LoRA dir)."),
-    reward: str = typer.Option("pm", "--reward", help="pm: the preference model scores; judge: the feedback model rates each response (d-RLAIF)."),
+    reward: str = typer.Option("pm", "--reward", help="pm: the preference model scores; judge: the feedback model rates each response (d-RLAIF); pm+rbr: PM + weighted rule-based reward graded by --feedback."),
     reward_model: Path = typer.Option(None, "--reward-model", help="--reward pm: preference model directory from `cai rl-cai train-pm`."),
-    feedback: str = typer.Option(None, "--feedback", help="--reward judge: the model that rates each response ('embedded', HF dir, or server model)."),
+    feedback: str = typer.Option(None, "--feedback", help="--reward judge: the model that rates each response; pm+rbr: grades the propositions ('embedded', HF dir, or server model)."),
     constitution: str = typer.Option("default", "--constitution", "-c", help="--reward judge: constitution YAML whose comparison principles it rates against."),
+    rbr: Path = typer.Option(None, "--rbr", help="--reward pm+rbr: rule-based reward weights from `cai rbr fit`."),
+    rbr_weight: float = typer.Option(1.0, "--rbr-weight", help="--reward pm+rbr: reward = PM + this × RBR score."),
+    rbr_class: str = typer.Option("hard_refuse", "--rbr-class", help="--reward pm+rbr: response class of every prompt (a class of the RBR rules)."),
     backend: str = BackendOpt,
     base_url: str = BaseUrlOpt,
     judge_batch_size: int = typer.Option(16, help="--reward judge, local backend: responses rated together."),
@@ -35,24 +38,30 @@ def ppo(
     """Train the policy with PPO against the preference model (or the judge), with a KL penalty to the reference."""
     from constitutional.train.ppo import train_ppo
 
-    judge = judge_from_options(reward, reward_model, feedback, constitution, backend, base_url, judge_batch_size)
+    judge = judge_from_options(reward, reward_model, feedback, constitution, backend, base_url, judge_batch_size, rbr)
     s = train_ppo(prompts, policy, reward_model, out, reward=reward, judge=judge, constitution=constitution,
-                  beta=beta, adaptive_kl=adaptive_kl, target_kl=target_kl, steps=steps, batch_size=batch_size,
+                  rbr=rbr, rbr_weight=rbr_weight, rbr_class=rbr_class, beta=beta, adaptive_kl=adaptive_kl,
+                  target_kl=target_kl, steps=steps, batch_size=batch_size,
                   max_new_tokens=max_new_tokens, learning_rate=lr, seed=seed, overwrite=overwrite)  # fmt: skip
     typer.echo(f"trained {s['steps']} steps, {reward} reward {s['reward_first']:.3f} → {s['reward_last']:.3f}, "
                f"KL {s['kl_last']:.3f}, β {s['beta']:.4g} → {out}", err=True)  # fmt: skip
 
 
 def judge_from_options(reward: str, reward_model: Path | None, feedback: str | None, constitution: str, backend: str,
-                       base_url: str | None, batch_size: int):  # fmt: skip
-    """The feedback Backend for `--reward judge` (None for pm), after checking the options: a bad
-    choice or constitution fails before any model loads. Used by `ppo` and `grpo`."""
+                       base_url: str | None, batch_size: int, rbr: Path | None = None):  # fmt: skip
+    """The feedback Backend for `--reward judge` or `pm+rbr` (None for pm), after checking the
+    options: a bad choice, constitution or RBR file fails before any model loads. Used by `ppo`
+    and `grpo`."""
     from constitutional.constitution import load_constitution
+    from constitutional.rbr.model import load_rbr
     from constitutional.train.rewards import check_reward
 
-    check_reward(reward, reward_model, feedback)
-    if reward != "judge":
+    check_reward(reward, reward_model, feedback, rbr)
+    if reward not in ("judge", "pm+rbr"):
         return None
-    load_constitution(constitution)
+    if reward == "judge":
+        load_constitution(constitution)
+    else:
+        load_rbr(rbr)
     # Every rating is of a freshly sampled response, so a response cache would only grow.
     return backend_from_options(backend, feedback, base_url, batch_size, batch_size, None, True)

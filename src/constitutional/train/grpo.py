@@ -57,6 +57,9 @@ def train_grpo(
     reward_model: str | Path | None = None,
     judge: Backend | None = None,
     constitution: str = "default",
+    rbr: str | Path | None = None,
+    rbr_weight: float = 1.0,
+    rbr_class: str = "hard_refuse",
     beta: float = 0.04,
     steps: int = 20,
     prompts_per_step: int = 4,
@@ -77,10 +80,12 @@ def train_grpo(
         policy: the model to train, usually the SL-CAI checkpoint; also the KL reference.
         out: checkpoint directory to create (refused if it exists and is not empty).
         reward: "pm" (preference model), "judge" (feedback model's expected rating in [0, 1]),
-            or a RewardFunction(prompts, responses) -> list of floats.
+            "pm+rbr" (the PM plus a weighted rule-based reward), or a RewardFunction(prompts, responses) -> list of floats.
         reward_model: preference model directory (reward "pm" only).
-        judge: the feedback model as a Backend (reward "judge" only).
+        judge: the feedback model as a Backend (reward "judge"; the grader for "pm+rbr").
         constitution: YAML or "default": the principles the judge rates against.
+        rbr / rbr_weight / rbr_class: reward "pm+rbr": weights from `cai rbr fit`, the factor
+            on the RBR score (reward = PM + rbr_weight · RBR) and the prompts' response class.
         beta: KL coefficient to the reference (GRPO's β; 0 drops the reference altogether).
         steps: optimiser steps; each samples `num_generations` responses for `prompts_per_step` prompts.
         num_generations: group size G (>= 2: advantages are relative to the group).
@@ -105,7 +110,7 @@ def train_grpo(
         raise UserError("--beta must be >= 0 and --num-generations >= 2 (advantages are relative to the group)")
     if min(steps, prompts_per_step, max_new_tokens) < 1 or not temperature > 0:
         raise UserError("steps, prompts per step and max new tokens must be >= 1; temperature > 0")
-    check_reward(reward, reward_model, judge)
+    check_reward(reward, reward_model, judge, rbr)
     if learning_rate is None:
         learning_rate = 5e-5 if lora else 1e-6
     try:
@@ -124,7 +129,8 @@ def train_grpo(
     set_seed(seed)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    reward_funcs, reward_tokenizers, record = trl_rewards(reward, reward_model, judge, constitution, seed, device)
+    reward_funcs, reward_tokenizers, record = trl_rewards(reward, reward_model, judge, constitution, seed, device,
+                                                          rbr=rbr, rbr_weight=rbr_weight, rbr_class=rbr_class)
     policy_path = resolve_model(policy)
     policy_is_adapter = (policy_path / "adapter_config.json").is_file()
     model, tokenizer = _load_uncached(policy_path, "cpu")  # a LoRA policy comes back merged
@@ -213,7 +219,7 @@ def train_grpo(
     return summary
 
 
-def trl_rewards(reward, reward_model, judge, constitution: str, seed: int, device: str):
+def trl_rewards(reward, reward_model, judge, constitution: str, seed: int, device: str, **rbr_options):
     """(reward_funcs, reward_processing_classes, record) for GRPOTrainer.
 
     The preference model goes in as the model it is, with its own tokenizer; a RewardFunction
@@ -224,7 +230,8 @@ def trl_rewards(reward, reward_model, judge, constitution: str, seed: int, devic
 
         pm, pm_tokenizer = load_preference_model(reward_model, device)
         return [pm], [pm_tokenizer], {"kind": "pm", "reward_model": str(Path(reward_model).expanduser().resolve())}
-    fn, record = build_reward(reward, judge=judge, constitution=constitution, seed=seed, device=device)
+    fn, record = build_reward(reward, reward_model=reward_model, judge=judge, constitution=constitution,
+                              seed=seed, device=device, **rbr_options)
     return [as_trl_reward(fn, record["kind"])], [None], record
 
 

@@ -68,6 +68,9 @@ def train_ppo(
     reward: str | RewardFunction = "pm",
     judge: Backend | None = None,
     constitution: str = "default",
+    rbr: str | Path | None = None,
+    rbr_weight: float = 1.0,
+    rbr_class: str = "hard_refuse",
     beta: float = 0.05,
     adaptive_kl: bool = False,
     target_kl: float = 6.0,
@@ -104,9 +107,12 @@ def train_ppo(
         seed: seeds LoRA init, prompt order and sampling.
         overwrite: replace an existing non-empty `out`.
         reward: "pm" (the preference model), "judge" (the feedback model's expected rating in
-            [0, 1]), or any RewardFunction(prompts, responses) -> list of floats.
-        judge: the feedback model as a Backend (reward "judge" only).
+            [0, 1]), "pm+rbr" (the PM plus a weighted rule-based reward), or any
+            RewardFunction(prompts, responses) -> list of floats.
+        judge: the feedback model as a Backend (reward "judge"; the grader for "pm+rbr").
         constitution: YAML or "default": the principles the judge rates against.
+        rbr / rbr_weight / rbr_class: reward "pm+rbr": weights from `cai rbr fit`, the factor
+            on the RBR score (reward = PM + rbr_weight · RBR) and the prompts' response class.
 
     Returns:
         {"steps", "reward_first", "reward_last", "kl_last", "beta", "wall_seconds", "out"}: mean
@@ -123,7 +129,7 @@ def train_ppo(
         raise UserError("--beta must be >= 0 (and the target KL > 0 with --adaptive-kl)")
     if min(steps, batch_size, ppo_epochs, minibatch_size, max_new_tokens) < 1 or not temperature > 0:
         raise UserError("steps, batch size, epochs, minibatch size and max new tokens must be >= 1; temperature > 0")
-    check_reward(reward, reward_model, judge)
+    check_reward(reward, reward_model, judge, rbr)
     try:
         import torch
         from peft import LoraConfig, get_peft_model
@@ -135,7 +141,8 @@ def train_ppo(
     set_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     reward_fn, reward_record = build_reward(reward, reward_model=reward_model, judge=judge,
-                                            constitution=constitution, seed=seed, device=device)  # fmt: skip
+                                            constitution=constitution, seed=seed, device=device,
+                                            rbr=rbr, rbr_weight=rbr_weight, rbr_class=rbr_class)  # fmt: skip
     policy_path = resolve_model(policy)
     policy_is_adapter = (policy_path / "adapter_config.json").is_file()
     model, tokenizer = _load_uncached(policy_path, "cpu")  # a LoRA policy comes back merged

@@ -10,8 +10,11 @@ A `RewardFunction` maps (prompts, responses), both lists of strings, to one floa
   https://arxiv.org/abs/2309.00267, section 2.3). It reaches the model through the `Backend`
   protocol only, so the judge can be the embedded model, any local checkpoint or a server.
 
-`build_reward` turns the CLI's `--reward pm|judge` into one of these and a record of it for
-`cai_checkpoint.json`; PPO and GRPO share it.
+- `pm+rbr`: the preference model plus a weighted rule-based reward (`cai rbr fit`; Mu et al. 2024,
+  https://arxiv.org/abs/2411.01111): the feedback model grades propositions about each response.
+
+`build_reward` turns the CLI's `--reward pm|judge|pm+rbr` into one of these and a record of it
+for `cai_checkpoint.json`; PPO and GRPO share it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from constitutional.rl_cai import direct
 from constitutional.rl_cai.feedback import renderer
 
 RewardFunction = Callable[[list[str], list[str]], list[float]]
-REWARDS = ("pm", "judge")
+REWARDS = ("pm", "judge", "pm+rbr")
 
 
 def expected_score(logprobs: Sequence[float], scores: Sequence[float] | None = None) -> float:
@@ -102,17 +105,24 @@ def preference_model_reward(model, tokenizer) -> RewardFunction:
     return pm
 
 
-def check_reward(reward: str | RewardFunction, reward_model: str | Path | None, judge: object | None) -> None:
+def check_reward(reward: str | RewardFunction, reward_model: str | Path | None, judge: object | None,
+                 rbr: str | Path | None = None) -> None:  # fmt: skip
     """Raise UserError for a reward choice no run could honour; loads nothing."""
     if callable(reward):
         return
     if reward not in REWARDS:
         raise UserError(f"--reward must be one of {', '.join(REWARDS)}, got {reward!r}")
+    if reward == "pm+rbr":
+        _check_pm(reward_model, reward)
+        if judge is None:
+            raise UserError("--reward pm+rbr needs --feedback MODEL (the model that grades the RBR propositions)")
+        if rbr is None:
+            raise UserError("--reward pm+rbr needs --rbr FILE (weights from `cai rbr fit`)")
+        return
+    if rbr is not None:
+        raise UserError("--rbr is for --reward pm+rbr")
     if reward == "pm":
-        if reward_model is None:
-            raise UserError("--reward pm needs --reward-model DIR (a preference model from `cai rl-cai train-pm`)")
-        if not Path(reward_model).expanduser().is_dir():
-            raise UserError("no such preference model directory", reward_model)
+        _check_pm(reward_model, reward)
         if judge is not None:
             raise UserError("--feedback is for --reward judge; --reward pm scores with --reward-model")
     else:
@@ -122,28 +132,49 @@ def check_reward(reward: str | RewardFunction, reward_model: str | Path | None, 
             raise UserError("--reward-model is for --reward pm; --reward judge scores with --feedback")
 
 
+def _check_pm(reward_model: str | Path | None, reward: str) -> None:
+    if reward_model is None:
+        raise UserError(f"--reward {reward} needs --reward-model DIR (a preference model from `cai rl-cai train-pm`)")
+    if not Path(reward_model).expanduser().is_dir():
+        raise UserError("no such preference model directory", reward_model)
+
+
 def build_reward(reward: str | RewardFunction, *, reward_model: str | Path | None = None,
                  judge: Backend | None = None, constitution: str = "default", seed: int = 0,
-                 device: str | None = None) -> tuple[RewardFunction, dict[str, Any]]:  # fmt: skip
-    """The reward function for `--reward pm|judge` (or a callable, used as is) and its record.
+                 device: str | None = None, rbr: str | Path | None = None, rbr_weight: float = 1.0,
+                 rbr_class: str = "hard_refuse") -> tuple[RewardFunction, dict[str, Any]]:  # fmt: skip
+    """The reward function for `--reward pm|judge|pm+rbr` (or a callable, used as is) and its record.
 
     Args:
-        reward: "pm", "judge", or a RewardFunction.
-        reward_model: the preference model directory (pm).
-        judge: the feedback model as a Backend (judge).
+        reward: "pm", "judge", "pm+rbr", or a RewardFunction.
+        reward_model: the preference model directory (pm, pm+rbr).
+        judge: the feedback model as a Backend (judge; the proposition grader for pm+rbr).
         constitution: YAML path or "default" (judge: where principles come from).
         seed: judge principle draws.
         device: where the preference model goes (default: cuda if available).
+        rbr / rbr_weight / rbr_class: pm+rbr: weights from `cai rbr fit`, the factor on the RBR
+            score (total = PM + rbr_weight · RBR), and the response class every prompt is given.
     """
-    check_reward(reward, reward_model, judge)
+    check_reward(reward, reward_model, judge, rbr)
     if callable(reward):
         return reward, {"kind": "custom", "function": getattr(reward, "__name__", type(reward).__name__)}
-    if reward == "pm":
+    if reward in ("pm", "pm+rbr"):
         from constitutional.train.preference_model import load_preference_model
 
         model, tokenizer = load_preference_model(reward_model, device)
         path = str(Path(reward_model).expanduser().resolve())
-        return preference_model_reward(model, tokenizer), {"kind": "pm", "reward_model": path}
+        pm, record = preference_model_reward(model, tokenizer), {"kind": "pm", "reward_model": path}
+        if reward == "pm":
+            return pm, record
+        from constitutional.rbr.model import load_rbr
+        from constitutional.rbr.reward import RbrReward, combined
+
+        rbr_model = load_rbr(rbr)
+        if rbr_class not in rbr_model.propositions.rules:
+            raise UserError(f"--rbr-class must be one of {', '.join(rbr_model.propositions.classes)}, got {rbr_class!r}")
+        record.update(kind="pm+rbr", rbr=str(Path(rbr).resolve()), rbr_weight=rbr_weight, rbr_class=rbr_class,
+                      feedback=judge.model, feedback_backend=judge.name)  # fmt: skip
+        return combined(pm, RbrReward(judge, rbr_model, rbr_class), rbr_weight), record
     from constitutional.constitution import load_constitution
 
     rules = load_constitution(constitution)
