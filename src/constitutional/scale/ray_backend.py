@@ -34,9 +34,17 @@ class _Worker:
         if os.path.isdir(cwd):  # relative model paths mean what they mean to the driver
             os.chdir(cwd)
         torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS; torch may have read it late
-        self.backend = make_backend(backend, model, use_cache=False, **options).inner
+        # Ray reports an exception from __init__ without the exception itself, so keep it and
+        # raise it from describe(), where it reaches the driver intact (e.g. a UserError).
+        self.error: Exception | None = None
+        try:
+            self.backend = make_backend(backend, model, use_cache=False, **options).inner
+        except (UserError, BackendError) as e:
+            self.error = e
 
     def describe(self) -> tuple[str, str, str]:
+        if self.error is not None:
+            raise self.error
         return self.backend.name, self.backend.model, self.backend.fingerprint()
 
     def plan(self, requests: list[GenerationRequest], batch_size: int) -> list[list[int]]:
@@ -88,7 +96,11 @@ class RayBackend:
         actor = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(_Worker)
         cwd = os.getcwd()
         self.workers = [actor.remote(backend, model, options, cpus_per_worker, cwd) for _ in range(workers)]
-        described = self._get([w.describe.remote() for w in self.workers])
+        try:
+            described = self._get([w.describe.remote() for w in self.workers])
+        except BaseException:
+            self.close()
+            raise
         self.name, self.model, self._fingerprint = described[0]
 
     def fingerprint(self) -> str:
@@ -142,9 +154,14 @@ class RayBackend:
 
 
 def _user_facing(error: Exception) -> Exception:
-    """A worker's UserError/BackendError as itself; anything else as a one-line BackendError."""
+    """A worker's UserError/BackendError as itself; anything else as a one-line BackendError.
+
+    Ray wraps a task's exception in RayTaskError, which keeps the original in `.cause`.
+    """
     cause = getattr(error, "cause", None)
-    if isinstance(cause, UserError | BackendError):
-        return cause
+    while cause is not None:
+        if isinstance(cause, UserError | BackendError):
+            return cause
+        cause = getattr(cause, "cause", None)
     text = str(error).strip().splitlines()
     return BackendError(f"a Ray worker failed: {text[-1] if text else type(error).__name__}")
