@@ -181,3 +181,16 @@ def test_ppo_cli_with_pm_plus_rbr(pm_dir, rbr_file, tiny_model_dir, tmp_path):
                                                         "--out", tmp_path / "never"]])  # fmt: skip
     assert isinstance(result.exception, UserError) and "not a fitted RBR" in str(result.exception)
     assert not (tmp_path / "never").exists()
+
+
+def test_grpo_gets_pm_plus_rbr_as_one_trl_reward(pm_dir, rbr_file):
+    from constitutional.train.grpo import trl_rewards
+
+    funcs, tokenizers, record = trl_rewards("pm+rbr", pm_dir, sorry_grader(), "default", 0, "cpu",
+                                            rbr=rbr_file, rbr_weight=0.5, rbr_class="hard_refuse")  # fmt: skip
+    assert len(funcs) == 1 and tokenizers == [None] and record["kind"] == "pm+rbr"
+    prompts = [[{"role": "user", "content": p}] for p in PROMPTS[:2]]
+    completions = [[{"role": "assistant", "content": r}] for r in ("sorry", "no")]
+    pm, _ = build_reward("pm", reward_model=pm_dir, device="cpu")
+    base = pm(PROMPTS[:2], ["sorry", "no"])
+    assert funcs[0](prompts, completions) == pytest.approx([base[0] + 0.5 * 2.0, base[1]], abs=1e-5)
