@@ -18,7 +18,7 @@ from constitutional.backends.base import (
 from constitutional.backends.cache import CachedBackend, ResponseCache, Usage
 from constitutional.errors import UserError
 
-BACKENDS = ("local", "openai")
+BACKENDS = ("local", "openai", "vllm")
 
 __all__ = [
     "BACKENDS",
@@ -45,7 +45,8 @@ def make_backend(
     """Build a backend by name, wrapped with the durable response cache and a usage meter.
 
     Args:
-        name: "local" (transformers in this process) or "openai" (any OpenAI-compatible server).
+        name: "local" (transformers in this process), "openai" (any OpenAI-compatible server) or
+            "vllm" (vLLM's offline engine in this process; CUDA only).
         model: model spec; local default "embedded", openai requires a model name.
         cache: SQLite file for the response cache; default `$CAI_CACHE_DIR/responses.sqlite`.
         use_cache: False to neither read nor write the cache (results are still metered).
@@ -61,6 +62,14 @@ def make_backend(
         from constitutional.backends.openai_http import OpenAIBackend
 
         inner = OpenAIBackend(model, **options)
+    elif name == "vllm":
+        if not model:
+            raise UserError("the vllm backend needs --model (an HF directory; see `cai export`)")
+        from constitutional.backends.vllm_offline import VLLMBackend
+
+        # Commands pass every backend's knobs; vLLM schedules its own batches and has no server.
+        own = {k: v for k, v in options.items() if k not in ("base_url", "concurrency", "batch_size")}
+        inner = VLLMBackend(model, **own)
     else:
         raise UserError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if not use_cache:
