@@ -75,6 +75,8 @@ def train_dpo(
     max_steps: int = -1,
     gradient_accumulation_steps: int = 1,
     overwrite: bool = False,
+    bf16: bool | None = None,
+    activation_checkpointing: bool = False,
 ) -> dict[str, Any]:
     """Soft-label DPO on preference pairs; writes a checkpoint directory atomically.
 
@@ -98,6 +100,7 @@ def train_dpo(
         max_steps: stop after this many optimizer steps; -1 trains for `epochs`.
         gradient_accumulation_steps: device steps per optimizer step.
         overwrite: replace an existing non-empty `out`.
+        bf16 / activation_checkpointing: mixed precision and memory switches (`trainer_args`).
 
     Returns:
         {"steps", "final_loss", "reward_margin", "reward_accuracy", "wall_seconds", "out"}:
@@ -157,7 +160,7 @@ def train_dpo(
     tmp = staging_dir(out)
     try:
         config = DPOConfig(
-            **trainer_args(tmp, seed, cuda),
+            **trainer_args(tmp, seed, cuda, bf16=bf16, activation_checkpointing=activation_checkpointing),
             beta=beta,
             loss_type=["sigmoid"],  # the p = 1 case; SoftDPOTrainer replaces the loss itself
             precompute_ref_log_probs=True,
@@ -167,7 +170,6 @@ def train_dpo(
             per_device_train_batch_size=batch_size,
             gradient_accumulation_steps=gradient_accumulation_steps,
             max_length=max_length,
-            activation_checkpointing=False,  # TRL turns it on; small models want speed
             remove_unused_columns=True,  # SoftDPOTrainer lists p_chosen among the columns kept
         )
         peft_config = None

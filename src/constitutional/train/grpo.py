@@ -72,6 +72,8 @@ def train_grpo(
     lora_alpha: int = 32,
     seed: int = 0,
     overwrite: bool = False,
+    bf16: bool | None = None,
+    activation_checkpointing: bool = False,
 ) -> dict[str, Any]:
     """GRPO of `policy` against a reward; writes a checkpoint directory atomically.
 
@@ -94,6 +96,7 @@ def train_grpo(
         lora / lora_r / lora_alpha: a fresh LoRA adapter (default) or full fine-tuning.
         seed: seeds LoRA init, prompt order and sampling.
         overwrite: replace an existing non-empty `out`.
+        bf16 / activation_checkpointing: mixed precision and memory switches (`trainer_args`).
 
     Returns:
         {"steps", "reward_first", "reward_last", "kl_last", "wall_seconds", "out"}: the mean
@@ -140,7 +143,7 @@ def train_grpo(
     tmp = staging_dir(out)
     try:
         config = GRPOConfig(
-            **trainer_args(tmp, seed, cuda),
+            **trainer_args(tmp, seed, cuda, bf16=bf16, activation_checkpointing=activation_checkpointing),
             beta=beta,
             num_generations=num_generations,
             per_device_train_batch_size=prompts_per_step * num_generations,  # counts responses
@@ -149,7 +152,6 @@ def train_grpo(
             temperature=temperature,
             learning_rate=learning_rate,
             disable_dropout=True,  # sampling and update must see the same log-probs
-            activation_checkpointing=False,  # TRL turns it on; small models want speed, not memory
         )
         peft_config = None
         if lora:

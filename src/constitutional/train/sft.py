@@ -53,6 +53,8 @@ def train_sft(
     max_steps: int = -1,
     gradient_accumulation_steps: int = 1,
     overwrite: bool = False,
+    bf16: bool | None = None,
+    activation_checkpointing: bool = False,
 ) -> dict[str, Any]:
     """Supervised fine-tuning on SL-CAI revisions; writes a checkpoint directory atomically.
 
@@ -71,6 +73,8 @@ def train_sft(
         max_steps: stop after this many optimizer steps; -1 trains for `epochs`.
         gradient_accumulation_steps: device steps per optimizer step.
         overwrite: replace an existing non-empty `out`.
+        bf16: bf16 mixed precision (None: on with CUDA); see `trainer_args`.
+        activation_checkpointing: trade compute for memory on large models; see `trainer_args`.
 
     Returns:
         {"steps", "final_loss", "wall_seconds", "out"}.
@@ -90,7 +94,8 @@ def train_sft(
         "lora": lora, "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": LORA_DROPOUT,
         "epochs": epochs, "max_steps": max_steps, "learning_rate": learning_rate,
         "batch_size": batch_size, "gradient_accumulation_steps": gradient_accumulation_steps,
-        "max_length": max_length, "seed": seed, "loss": "completion_only",
+        "max_length": max_length, "seed": seed, "loss": "completion_only", "bf16": bf16,
+        "activation_checkpointing": activation_checkpointing,
     }  # fmt: skip
 
     try:  # the `train` extra: not needed by the rest of the package
@@ -125,7 +130,7 @@ def train_sft(
     tmp = staging_dir(out)
     try:
         config = SFTConfig(
-            **trainer_args(tmp, seed, cuda),
+            **trainer_args(tmp, seed, cuda, bf16=bf16, activation_checkpointing=activation_checkpointing),
             num_train_epochs=epochs,
             max_steps=max_steps,
             learning_rate=learning_rate,
@@ -133,7 +138,6 @@ def train_sft(
             gradient_accumulation_steps=gradient_accumulation_steps,
             max_length=max_length,
             completion_only_loss=True,  # learn the revision, not the red-team prompt
-            activation_checkpointing=False,  # TRL turns it on; small models want speed, not memory
         )
         peft_config = None
         if lora:
@@ -153,6 +157,10 @@ def train_sft(
         )
         trainer.train()
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
+        if not trainer.accelerator.is_main_process:  # `accelerate launch`: rank 0 writes `out`
+            shutil.rmtree(tmp, ignore_errors=True)
+            return {"steps": trainer.state.global_step, "final_loss": None, "out": str(out),
+                    "wall_seconds": round(time.monotonic() - started, 3)}  # fmt: skip
 
         # 4. Save: with LoRA trainer.model is a PeftModel, which writes the adapter only.
         save_model_dir(trainer.model, tokenizer, tmp, base, adapter=lora)
@@ -190,11 +198,24 @@ def train_sft(
     return summary
 
 
-def trainer_args(tmp: Path, seed: int, cuda: bool) -> dict[str, Any]:
+def trainer_args(
+    tmp: Path, seed: int, cuda: bool, *, bf16: bool | None = None, activation_checkpointing: bool = False
+) -> dict[str, Any]:
     """Trainer settings every recipe shares: a scratch output dir (checkpoints are saved by us,
-    atomically), the device, per-step logging, and no external loggers."""
-    return {"output_dir": str(tmp / "trainer"), "bf16": cuda, "use_cpu": not cuda, "seed": seed,
-            "logging_steps": 1, "save_strategy": "no", "report_to": "none"}  # fmt: skip
+    atomically), the device, per-step logging, and no external loggers.
+
+    Args:
+        bf16: bf16 mixed precision; None means on with CUDA, off on CPU.
+        activation_checkpointing: recompute activations in the backward pass (gradient
+            checkpointing): less memory for about 30% more compute. TRL turns it on by default;
+            we keep it off, since small models want speed, not memory.
+
+    Multi-GPU, DeepSpeed ZeRO and FSDP come from `accelerate launch --config_file ...`, which the
+    Trainer reads from the environment; nothing here needs to change for them.
+    """
+    return {"output_dir": str(tmp / "trainer"), "bf16": cuda if bf16 is None else bf16, "use_cpu": not cuda,
+            "seed": seed, "logging_steps": 1, "save_strategy": "no", "report_to": "none",
+            "activation_checkpointing": activation_checkpointing}  # fmt: skip
 
 
 def save_model_dir(model, tokenizer, directory: Path, base: str, adapter: bool) -> None:
