@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 
+from constitutional.cli.collective_constitution import to_constitution
 from constitutional.errors import UserError
 
 app = typer.Typer(help="Collective constitution: public input, opinion groups, consensus.", no_args_is_help=True)
@@ -95,3 +96,6 @@ def serve(
                f"collective: participants at {base}/\n"
                f"collective: admin at {base}/admin?token={token}", err=True)
     uvicorn.run(app_, host=host, port=port, log_level="info")
+
+
+app.command("to-constitution")(to_constitution)
