@@ -94,6 +94,7 @@ def test_two_iterations_end_to_end(two_iterations):
     assert first["agreement"]["rate"] == 1.0 and first["agreement"]["mean_abs_diff"] == 0.0
     assert first["policy"] != second["policy"] == str((out / "iter-1" / "checkpoint").resolve())
     assert second["agreement"]["mean_abs_diff"] > 0
+    assert first["agreement_drift"] == 0.0 and second["agreement_drift"] == second["agreement"]["rate"] - 1.0
     assert doc["final_model"] == str((out / "iter-2" / "checkpoint").resolve())
     # The second iteration's policy is the first's DPO checkpoint, which trained on its own model.
     info = json.loads((out / "iter-2" / "checkpoint" / "cai_checkpoint.json").read_text())

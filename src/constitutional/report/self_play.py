@@ -64,13 +64,19 @@ def _table(iterations: list[dict[str, Any]]) -> str:
         a, counts, dpo, scores = m["agreement"], m.get("counts") or {}, m.get("dpo") or {}, m.get("scores") or {}
         rows.append([
             m["iteration"], counts.get("kept"), counts.get("prefs"),
-            pct(a["rate"]) if a.get("rate") is not None else None, ci(a, percent=True), a.get("mean_abs_diff"),
+            pct(a["rate"]) if a.get("rate") is not None else None, ci(a, percent=True), _drift(m.get("agreement_drift")),
+            a.get("mean_abs_diff"),
             dpo.get("final_loss"), *(_win(scores.get(axis)) for axis in ("harmless", "helpful")),
             Markup('<span class="warn">stopped</span>') if m.get("stopped") else "trained",
         ])  # fmt: skip
-    headers = ["iteration", "pairs kept", "preference pairs", "judge agreement", "95% CI", "mean |Δp|",
-               "DPO final loss", "harmless win rate", "helpful win rate", "status"]  # fmt: skip
-    return table(headers, rows, numeric=[True] * 9 + [False])
+    headers = ["iteration", "pairs kept", "preference pairs", "judge agreement", "95% CI", "drift since iteration 1",
+               "mean |Δp|", "DPO final loss", "harmless win rate", "helpful win rate", "status"]  # fmt: skip
+    return table(headers, rows, numeric=[True] * 10 + [False])
+
+
+def _drift(d: float | None) -> Markup | None:
+    """Agreement change in percentage points, signed: '-12.5 pp'."""
+    return None if d is None else Markup(f"{100 * d:+.1f} pp")
 
 
 def _win(score: dict[str, Any] | None) -> Markup | None:

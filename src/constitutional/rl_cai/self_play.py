@@ -189,7 +189,8 @@ def run_self_play(cfg: SelfPlayConfig, out: str | Path, make_backend: Callable[[
         else:
             say(f"[{n}/{cfg.iterations}] sampling with {step.policy_spec} ...")
             start = time.perf_counter()
-            metrics = step.run()
+            first = doc["iterations"][0]["agreement"]["rate"] if doc["iterations"] else None
+            metrics = step.run(first)
             manifest.record(f"self_play iter-{n}", backend=step.policy, wall_seconds=time.perf_counter() - start,
                             seed=cfg.seed, constitution=doc["constitution"], outputs=[step.dir.name],
                             result=summary(metrics))  # fmt: skip
@@ -256,7 +257,8 @@ class Iteration:
 
         return read_json(self.dir / "metrics.json")
 
-    def run(self) -> dict[str, Any]:
+    def run(self, first_agreement: float | None) -> dict[str, Any]:
+        """Label, check the judge, train, score; `first_agreement` is iteration 1's (drift baseline)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         self.manifest = RunManifest(self.dir / "manifest.json")
         self.policy = self.make_backend(self.policy_spec)
@@ -269,9 +271,13 @@ class Iteration:
             "counts": {"pairs": len(rows), "kept": sum(not r["discarded"] for r in rows), "prefs": len(prefs),
                        "flips": sum(bool(r.get("flip")) for r in rows)},
             "agreement": agreement([r["p_a"] for r in rows], [r["p_a_reference"] for r in rows]),
+            "agreement_drift": None,  # agreement now minus at iteration 1 (0 there by definition)
             "self_p_chosen": fmean(p["p_chosen"] for p in prefs) if prefs else None,
             "stopped": None, "dpo": None, "scores": None, "checkpoint": None,
         }  # fmt: skip
+        rate = m["agreement"]["rate"]
+        if rate is not None:
+            m["agreement_drift"] = rate - (rate if first_agreement is None else first_agreement)
         m["stopped"] = self.stop_reason(m)
         if m["stopped"] is None:
             m["dpo"] = self.train()
