@@ -244,7 +244,7 @@ def test_perfect_grader_on_gold_data():
     assert sorted(train + test) == list(range(150)) and 35 <= len(test) <= 55
     model, m = evaluate(props, "default", [replies[i] for i in train], [replies[i] for i in test],
                         truth[train], truth[test])  # fmt: skip
-    assert m["proposition_accuracy_mean"] == 1.0
+    assert m["proposition_accuracy_mean"] == 1.0 and m["proposition_auc_mean"] == 1.0
     assert model.weights and all(len(w) == len(props.ids) + len(props.rules[c]) for c, w in model.weights.items())
     rank = m["ranking"]["all"]["pairs"]
     assert rank["n"] > 100 and rank["accuracy"] > 0.9

@@ -111,19 +111,25 @@ def _print_metrics(m: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"proposition grading on {m['replies']['test']} held-out replies")
-    for col in ("proposition", "accuracy", "majority", "positives", "n"):
+    for col in ("proposition", "accuracy", "majority", "auc", "positives", "n"):
         table.add_column(col, justify="left" if col == "proposition" else "right")
     for name, v in m["propositions"].items():
-        table.add_row(name, f"{v['accuracy']:.3f}", f"{v['majority']:.3f}", str(v["positives"]), str(v["n"]))
+        auc = "n/a" if v["auc"] is None else f"{v['auc']:.3f}"
+        table.add_row(name, f"{v['accuracy']:.3f}", f"{v['majority']:.3f}", auc, str(v["positives"]), str(v["n"]))
     console = Console(stderr=True)
     console.print(table)
     rank = m["ranking"]["all"]
-    lines = [f"mean proposition accuracy {m['proposition_accuracy_mean'] or float('nan'):.3f}",
+    accuracy, majority, auc = (_num(m[f"proposition_{k}_mean"]) for k in ("accuracy", "majority", "auc"))
+    lines = [f"mean proposition accuracy {accuracy} (always the majority label: {majority}), mean AUC {auc}",
              f"ranking accuracy (pairs of different grade) {_fmt(rank['pairs'])}",
              f"ranking accuracy (best grade vs worse) {_fmt(rank['ideal_pairs'])}"]  # fmt: skip
     if "ranking_with_gold_labels" in m:
         lines.append(f"same fit on the human labels (perfect grader) {_fmt(m['ranking_with_gold_labels']['pairs'])}")
     console.print("\n".join(lines))
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def _fmt(v: dict) -> str:

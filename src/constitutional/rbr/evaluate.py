@@ -57,7 +57,11 @@ def fit_model(props: Propositions, source: str, replies: Sequence[Reply], probs:
 
 def proposition_accuracy(props: Propositions, replies: Sequence[Reply], probs: np.ndarray) -> dict[str, Any]:
     """Per proposition: agreement of P(yes) > 0.5 with the human label, over labelled replies;
-    `majority` is the agreement of always answering the more common label, for scale."""
+    `majority` is the agreement of always answering the more common label, for scale, and `auc`
+    the ROC AUC of P(yes) (threshold-free: a grader can separate well yet sit on the wrong side
+    of 0.5; None when only one label occurs)."""
+    from sklearn.metrics import roc_auc_score
+
     out = {}
     for k, name in enumerate(props.ids):
         rows = [i for i, r in enumerate(replies) if name in r.labels]
@@ -65,8 +69,9 @@ def proposition_accuracy(props: Propositions, replies: Sequence[Reply], probs: n
             continue
         truth = np.array([replies[i].labels[name] for i in rows])
         said = probs[rows, k] > 0.5
-        out[name] = {"accuracy": float((said == truth).mean()), "n": len(rows),
-                     "positives": int(truth.sum()), "majority": float(max(truth.mean(), 1 - truth.mean()))}  # fmt: skip
+        auc = float(roc_auc_score(truth, probs[rows, k])) if 0 < truth.sum() < len(truth) else None
+        out[name] = {"accuracy": float((said == truth).mean()), "n": len(rows), "positives": int(truth.sum()),
+                     "majority": float(max(truth.mean(), 1 - truth.mean())), "auc": auc}  # fmt: skip
     return out
 
 
@@ -113,8 +118,9 @@ def evaluate(props: Propositions, source: str, train: Sequence[Reply], test: Seq
         "propositions": proposition_accuracy(props, test, test_probs),
         "ranking": ranking_accuracy(model, test, test_probs),
     }
-    accs = [v["accuracy"] for v in metrics["propositions"].values()]
-    metrics["proposition_accuracy_mean"] = float(np.mean(accs)) if accs else None
+    for key in ("accuracy", "majority", "auc"):
+        values = [v[key] for v in metrics["propositions"].values() if v[key] is not None]
+        metrics[f"proposition_{key}_mean"] = float(np.mean(values)) if values else None
     if oracle is not None:
         metrics["ranking_with_gold_labels"] = ranking_accuracy(oracle, test, gold_probs(props, test))["all"]
     return model, metrics
