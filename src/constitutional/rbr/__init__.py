@@ -2,7 +2,13 @@
 yes/no propositions about each reply, rules say which answers make a reply ideal for each kind of
 request, and fitted weights turn the answers into one reward."""
 
-from constitutional.rbr.evaluate import evaluate, fit_model, grade, proposition_accuracy, ranking_accuracy
+from constitutional.rbr.evaluate import (
+    evaluate,
+    fit_model,
+    grade,
+    proposition_accuracy,
+    ranking_accuracy,
+)
 from constitutional.rbr.fit import features, fit_weights, pairwise_accuracy
 from constitutional.rbr.gold import Reply, load_replies
 from constitutional.rbr.grader import Grader, p_yes
