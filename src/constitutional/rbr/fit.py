@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from constitutional.errors import UserError
 from constitutional.rbr.propositions import Propositions
 
 
@@ -58,7 +59,10 @@ def fit_weights(x: np.ndarray, ranks: Sequence[int], *, c: float = 1.0, seed: in
     Returns:
         (d,) weights, or None when no two replies differ in grade (nothing to learn from).
     """
-    from sklearn.linear_model import LogisticRegression
+    try:
+        from sklearn.linear_model import LogisticRegression
+    except ImportError:
+        raise UserError("fitting RBR weights needs scikit-learn: pip install 'constitutional[eval]'") from None
 
     pairs = ranked_pairs(ranks, max_pairs, seed)
     if not pairs:
