@@ -64,22 +64,22 @@ class SelfPlayConfig:
     constitution: str = "default"
     iterations: int = 2
     prompts: str = "builtin:harmbench"
-    limit: int | None = 8
+    limit: int | None = 4
     pairs_per_prompt: int = 2
     temperature: float = 1.0
-    max_tokens: int = 64
+    max_tokens: int = 48
     fewshot: int = 1
     principles_per_pair: int = 1
     swap_average: bool = True
     beta: float = 0.1
-    dpo_steps: int = 4
+    dpo_steps: int = 2
     batch_size: int = 4
     learning_rate: float | None = None
     lora: bool = True
     eval_red_team: str = "builtin:strongreject"
     eval_helpful: str = "builtin:mt_bench"
-    eval_limit: int = 6
-    eval_max_tokens: int = 64
+    eval_limit: int = 4
+    eval_max_tokens: int = 48
     min_agreement: float = 0.5
     seed: int = 0
 
