@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--ray-first", action="store_true", help="run the Ray path first")
     args = parser.parse_args()
 
     import torch
@@ -55,15 +56,24 @@ def main() -> None:
 
     torch.set_num_threads(args.workers)
     options = {"batch_size": args.batch_size}
-    one = make_backend("local", args.model, use_cache=False, **options)
-    single, single_s = run(one, args)
 
-    started = time.perf_counter()
-    where = ExecutorConfig("ray", workers=args.workers, cpus_per_worker=1)
-    with executor_backend(where, "local", args.model, options, use_cache=False) as fanned:
-        ready_s = time.perf_counter() - started
-        spread, ray_s = run(fanned, args)
-    total_s = time.perf_counter() - started
+    def one_process():
+        return run(make_backend("local", args.model, use_cache=False, **options), args)
+
+    def on_ray():
+        started = time.perf_counter()
+        where = ExecutorConfig("ray", workers=args.workers, cpus_per_worker=1)
+        with executor_backend(where, "local", args.model, options, use_cache=False) as fanned:
+            ready_s = time.perf_counter() - started
+            traces, seconds = run(fanned, args)
+        return traces, seconds, ready_s, time.perf_counter() - started
+
+    if args.ray_first:  # on a shared machine, swap the order to see how much the load moved
+        spread, ray_s, ready_s, total_s = on_ray()
+        single, single_s = one_process()
+    else:
+        single, single_s = one_process()
+        spread, ray_s, ready_s, total_s = on_ray()
 
     tokens = sum(t["tokens"]["prompt"] + t["tokens"]["completion"] for t in single)
     new = sum(t["tokens"]["completion"] for t in single)
