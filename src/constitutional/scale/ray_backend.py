@@ -2,10 +2,11 @@
 
 Each worker owns a model (a local transformers model per worker, a vLLM engine per GPU) or a
 client of a shared server. The driver keeps the response cache and the stage's own logic, and
-only the model calls travel. For the `local` backend, requests are cut into exactly the batches
-one process would decode (`plan_batches`, same rows, same order); since every request samples
-with its own seed, the output is identical to a single-process run, bit for bit, whichever
-worker takes which batch. Other backends are cut into contiguous chunks.
+only the model calls travel. For the `local` backend, requests are cut into the batches that
+`plan_batches` gives (similar lengths together, rows in the single-process order). A request's
+output does not depend on the rows it shares a batch with (its own seed, its own positions), so
+the output is identical to a single-process run, bit for bit, whichever worker takes which
+batch; tests/test_scale_ray.py holds us to that. Other backends get contiguous chunks.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ class _Worker:
     """One Ray actor: a backend built in the worker process, driven batch by batch."""
 
     def __init__(self, backend: str, model: str | None, options: dict[str, Any], threads: int, cwd: str):
-        import os
-
         import torch
 
         from constitutional.backends import make_backend
@@ -48,7 +47,7 @@ class _Worker:
         return self.backend.name, self.backend.model, self.backend.fingerprint()
 
     def plan(self, requests: list[GenerationRequest], batch_size: int) -> list[list[int]]:
-        """The batches a single process would decode, as lists of request indices."""
+        """Batches of request indices: similar prompt lengths together, as one process groups them."""
         if self.backend.name != "local":
             return [list(range(i, min(i + SERVER_CHUNK, len(requests)))) for i in range(0, len(requests), SERVER_CHUNK)]
         from constitutional.backends.local import plan_batches
