@@ -57,3 +57,30 @@ def test_sl_cai_on_embedded_model_then_sft_raises_likelihood_of_revisions(tmp_pa
     assert sum(after) > sum(before)
     assert sum(a > b for a, b in zip(after, before)) >= len(rows) * 3 // 4
     assert not torch.equal(tuned.lm.model.layers[0].self_attn.q_proj.weight, embedded.lm.model.layers[0].self_attn.q_proj.weight)
+
+
+def test_int8_precision_stays_close_to_fp32(embedded):
+    """`--precision int8` is a speed switch, not a different judge: on a fixed prompt set the greedy
+    first token mostly agrees with fp32 and the A/B judge probability moves little (README bounds:
+    first-token agreement >= 80 %, mean |delta p(A)| <= 0.05)."""
+    from constitutional.generate import load_prompts
+    from constitutional.rl_cai.feedback import answer_prompt, judge_messages, renderer
+
+    int8 = LocalBackend("embedded", batch_size=8, precision="int8")
+    prompts = [r["prompt"] for r in load_prompts("builtin:self_instruct")[:10] + load_prompts("builtin:advbench")[:10]]
+    first = [GenerationRequest(messages=[{"role": "user", "content": p}], max_tokens=1) for p in prompts]
+    agree = [a.text == b.text for a, b in zip(embedded.generate(first), int8.generate(first))]
+
+    refusal, comply = "I can't help with that, but I can point you to safer resources.", "Sure, here is how."
+    judged = [answer_prompt(renderer(embedded), judge_messages([], p, *pair, "Which response is less harmful?"))
+              for p in prompts for pair in ((refusal, comply), (comply, refusal))]
+
+    def p_a(backend):
+        lp = torch.tensor(backend.choice_logprobs(judged, ["A", "B"]))
+        return torch.softmax(lp, dim=-1)[:, 0]
+
+    delta = (p_a(embedded) - p_a(int8)).abs()
+    print(f"int8 vs fp32: first-token agreement {sum(agree)}/{len(agree)}, "
+          f"mean |dp(A)| {delta.mean():.4f}, max {delta.max():.4f}")
+    assert sum(agree) / len(agree) >= 0.8
+    assert delta.mean() <= 0.05

@@ -114,3 +114,34 @@ def test_shared_prefix_is_prefilled_once_and_changes_nothing(backend):
     alone = [backend.choice_logprobs([p], [" A", " B"])[0] for p in prompts]
     for got, want in zip(together, alone, strict=True):
         assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_continuous_batching_returns_what_one_by_one_decoding_returns(tiny_model_dir):
+    """More requests than slots, mixed prompt lengths and max_tokens: rows finish at different
+    steps, waiting ones take their slots mid-flight (longer prompts widen the shared timeline),
+    and still every row matches decoding it alone, greedy or sampled."""
+    slots = LocalBackend(str(tiny_model_dir), batch_size=3)
+    alone = LocalBackend(str(tiny_model_dir), batch_size=1)
+    words = "the quick brown fox jumps over a lazy dog near the river bank at dawn".split()
+    requests = [
+        GenerationRequest(prompt=" ".join(words[: 2 + 3 * i]), max_tokens=3 + (5 * i) % 11,
+                          temperature=0.9 if i % 3 == 0 else 0.0, seed=i)
+        for i in range(8)
+    ]
+    together = slots.generate(requests)
+    one_by_one = [alone.generate([r])[0] for r in requests]
+    assert [c.text for c in together] == [c.text for c in one_by_one]
+    assert [c.completion_tokens for c in together] == [r.max_tokens for r in requests]
+
+
+def test_slots_shrink_to_fit_the_kv_memory_budget():
+    from types import SimpleNamespace
+
+    from constitutional.backends.continuous import slots_for_budget
+
+    config = SimpleNamespace(num_hidden_layers=2, num_key_value_heads=1, num_attention_heads=4,
+                             head_dim=8, hidden_size=32)
+    per_slot = 2 * 100 * (2 * 2 * 1 * 8 * 4)  # growth headroom x context x bytes per token
+    assert slots_for_budget(config, 100, 64, budget=5 * per_slot) == 5
+    assert slots_for_budget(config, 100, 3, budget=5 * per_slot) == 3  # never above the request
+    assert slots_for_budget(config, 100, 64, budget=1) == 1  # always at least one

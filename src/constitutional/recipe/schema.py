@@ -23,6 +23,7 @@ class BackendSection(_Section):
     name: Literal["local", "openai"] = "local"
     base_url: str | None = None
     batch_size: int = Field(default=16, ge=1)  # local: rows decoded together
+    precision: Literal["fp32", "int8"] | None = None  # local: None = `cai --precision` or fp32
     concurrency: int = Field(default=16, ge=1)  # openai: requests in flight
     cache: bool = True  # the run's own response cache: a killed run resumes where it stopped
 

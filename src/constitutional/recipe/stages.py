@@ -50,7 +50,7 @@ class RunContext:
 
             b = self.recipe.backend
             options = (
-                {"batch_size": b.batch_size}
+                {"batch_size": b.batch_size, "precision": b.precision}
                 if b.name == "local"
                 else {"base_url": b.base_url, "concurrency": b.concurrency}
             )

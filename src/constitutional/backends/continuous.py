@@ -1,0 +1,232 @@
+"""Continuous batching for the local backend.
+
+`model.generate` decodes a batch until its longest row is done: rows that finished early decode
+padding, which on a CPU is most of the work when response lengths vary (critiques, refusals). Here
+a fixed number of slots decode together; when a row finishes, the next waiting request is
+prefilled and takes its slot, so every step does useful work for nearly every slot.
+
+All slots share one KV "timeline" of columns. A newly admitted row's prompt KV is copied in
+right-aligned at the current column, and a per-slot mask says which columns belong to it, so the
+decode step is one forward pass of shape (slots, 1) whatever mix of rows it holds. Each row gets
+its own position ids (its own count of tokens), so it computes what it would compute alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
+
+from constitutional.backends.base import GenerationRequest
+from constitutional.backends.decoding import sample_token
+
+
+def kv_budget_bytes() -> int:
+    """Memory the KV cache may take: $CAI_KV_BUDGET_GB, default 4 GiB."""
+    return int(float(os.environ.get("CAI_KV_BUDGET_GB", "4")) * 2**30)
+
+
+def slots_for_budget(config, context: int, max_slots: int, budget: int) -> int:
+    """As many slots as `max_slots` allows and whose KV cache for `context` tokens each fits in
+    `budget` bytes (the timeline may hold up to twice the context while it grows)."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    per_token = 2 * config.num_hidden_layers * heads * head_dim * 4  # keys + values, fp32
+    return max(1, min(max_slots, budget // max(1, 2 * context * per_token)))
+
+
+class TimelineLayer(DynamicLayer):
+    """One layer's KV for every slot, in a buffer that grows by doubling instead of by `torch.cat`
+    on every step (the copy of the whole cache per token that dominates plain CPU decoding)."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int):
+        super().__init__()
+        self.key_buf, self.value_buf, self.length = keys, values, length
+        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+        self._expose()
+
+    def _expose(self) -> None:
+        self.keys = self.key_buf[:, :, : self.length]
+        self.values = self.value_buf[:, :, : self.length]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        n = key_states.shape[-2]
+        if self.length + n > self.key_buf.shape[2]:
+            self.reserve(2 * (self.length + n))
+        self.key_buf[:, :, self.length : self.length + n] = key_states
+        self.value_buf[:, :, self.length : self.length + n] = value_states
+        self.length += n
+        self._expose()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def reserve(self, capacity: int) -> None:
+        """Make room for `capacity` columns (one copy; amortised over many steps)."""
+        def grown(buf):
+            new = buf.new_zeros(*buf.shape[:2], capacity, buf.shape[3])
+            new[:, :, : self.length] = buf[:, :, : self.length]
+            return new
+
+        self.key_buf, self.value_buf = grown(self.key_buf), grown(self.value_buf)
+        self._expose()
+
+    def shift(self, left_drop: int, right_pad: int = 0) -> None:
+        """Drop `left_drop` leading columns (no slot uses them) or, with `right_pad`, insert empty
+        columns at the front so a longer prompt fits before the current column."""
+        keep = self.length - left_drop
+        capacity = max(self.key_buf.shape[2], keep + right_pad + 1)
+
+        def moved(buf):
+            new = buf.new_zeros(*buf.shape[:2], capacity, buf.shape[3])
+            new[:, :, right_pad : right_pad + keep] = buf[:, :, left_drop : self.length]
+            return new
+
+        self.key_buf, self.value_buf = moved(self.key_buf), moved(self.value_buf)
+        self.length = keep + right_pad
+        self._expose()
+
+
+@dataclass
+class Row:
+    """A request being decoded in a slot."""
+
+    index: int  # position in the caller's request list
+    request: GenerationRequest
+    n_prompt: int
+    generator: torch.Generator
+    tokens: list[int] = field(default_factory=list)
+    logits: list[torch.Tensor] = field(default_factory=list)  # per step, only if logprobs wanted
+
+
+# (prompt token rows) -> (DynamicCache, attention mask (b, width), last logits (b, vocab))
+Prefill = Callable[[list[list[int]]], tuple[DynamicCache, torch.Tensor, torch.Tensor]]
+# (row, finished) -> None; called once per request as soon as it is done
+OnFinished = Callable[[Row], None]
+
+
+class ContinuousBatcher:
+    """Decode `requests` in `slots` slots, admitting waiting requests as rows finish.
+
+    Args:
+        lm: a causal LM from transformers.
+        prefill: runs prompts (already tokenised) and returns their cache, mask and last logits.
+        slots: rows decoded together.
+        is_done: (row) -> bool, the row's stop rule (EOS, max_tokens, stop strings).
+    """
+
+    def __init__(self, lm, prefill: Prefill, slots: int, is_done: Callable[[Row], bool]):
+        self.lm, self.prefill, self.slots, self.is_done = lm, prefill, slots, is_done
+        self.layers: list[TimelineLayer] = []
+        self.mask = torch.zeros(0, 0, dtype=torch.bool)  # (slots, columns in use)
+        self.rows: list[Row | None] = []
+
+    @torch.inference_mode()
+    def run(self, requests: Sequence[GenerationRequest], prompt_ids: Sequence[list[int]],
+            order: Sequence[int], on_finished: OnFinished) -> None:
+        """Decode every request; `order` is the admission order (similar lengths together)."""
+        waiting = list(order)
+        self.rows = [None] * self.slots
+        while waiting or any(self.rows):
+            free = [s for s, r in enumerate(self.rows) if r is None]
+            # Admit in groups: one batched prefill per group costs far less than one per row.
+            if waiting and (len(free) >= max(1, self.slots // 4) or not any(self.rows)):
+                take, waiting = waiting[: len(free)], waiting[len(free) :]
+                self._admit(free, take, requests, prompt_ids, on_finished)
+                continue
+            self._shrink_if_draining(bool(waiting))
+            self._step(on_finished)
+
+    def _admit(self, free, take, requests, prompt_ids, on_finished) -> None:
+        cache, mask, logits = self.prefill([prompt_ids[i] for i in take])
+        if not self.layers:
+            self._start_timeline(cache, mask.shape[1])
+        width = mask.shape[1]
+        self._make_room(width)
+        end = self.layers[0].length
+        for j, (slot, i) in enumerate(zip(free, take)):
+            req = requests[i]
+            row = Row(i, req, len(prompt_ids[i]), torch.Generator().manual_seed(req.seed))
+            for layer, new in zip(self.layers, cache.layers):
+                layer.key_buf[slot, :, end - width : end] = new.keys[j]
+                layer.value_buf[slot, :, end - width : end] = new.values[j]
+            self.mask[slot] = False
+            self.mask[slot, end - width : end] = mask[j].bool()
+            self.rows[slot] = row
+            self._append(slot, row, logits[j], on_finished)
+
+    def _start_timeline(self, cache: DynamicCache, width: int) -> None:
+        def empty(t):
+            return t.new_zeros(self.slots, t.shape[1], 2 * width, t.shape[3])
+
+        self.layers = [TimelineLayer(empty(c.keys), empty(c.values), width) for c in cache.layers]
+        self.mask = torch.zeros(self.slots, width, dtype=torch.bool, device=cache.layers[0].keys.device)
+
+    def _make_room(self, width: int) -> None:
+        """Insert columns in front if a prompt is wider than the timeline so far; drop leading
+        columns no live row uses once they are a quarter of it (each step attends over them)."""
+        length = self.layers[0].length
+        live = self.mask[[s for s, r in enumerate(self.rows) if r is not None]]
+        first_used = int(live.any(0).int().argmax()) if live.any() else length
+        pad = max(0, width - (length - first_used))
+        if pad == 0 and first_used < max(1, length // 4):
+            return
+        for layer in self.layers:
+            layer.shift(first_used, pad)
+        self.mask = torch.cat([self.mask.new_zeros(self.slots, pad), self.mask[:, first_used:]], dim=1)
+
+    def _step(self, on_finished: OnFinished) -> None:
+        """One decode step for every slot: feed each row's last token, pick its next one."""
+        live = [s for s, r in enumerate(self.rows) if r is not None]
+        last = torch.zeros(len(self.rows), 1, dtype=torch.long, device=self.mask.device)
+        for s in live:
+            last[s, 0] = self.rows[s].tokens[-1]
+        positions = self.mask.sum(-1, keepdim=True)  # each row's own count of tokens so far
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
+        blocked = torch.finfo(self.layers[0].dtype).min
+        additive = torch.zeros(self.mask.shape, dtype=self.layers[0].dtype, device=self.mask.device)
+        additive.masked_fill_(~self.mask, blocked)
+        out = self.lm(
+            input_ids=last,
+            attention_mask=additive[:, None, None, :],  # 4-D: used as given, no causal rebuild
+            position_ids=positions,
+            past_key_values=self._cache(),
+            use_cache=True,
+        )
+        logits = out.logits[:, -1].float()
+        for s in live:
+            self._append(s, self.rows[s], logits[s], on_finished)
+
+    def _cache(self) -> Cache:
+        return Cache(layers=self.layers)
+
+    def _append(self, slot: int, row: Row, logits: torch.Tensor, on_finished: OnFinished) -> None:
+        req = row.request
+        if req.temperature > 0:
+            token = sample_token(logits, req.temperature, req.top_p, row.generator)
+        else:
+            token = int(logits.argmax())
+        row.tokens.append(token)
+        if req.logprobs is not None:
+            row.logits.append(logits.clone())  # a view would keep the whole step's logits alive
+        if self.is_done(row):
+            self.rows[slot] = None
+            on_finished(row)
+
+    def _shrink_if_draining(self, waiting: bool) -> None:
+        """With nothing left to admit, drop empty slots so the tail of the run does not decode
+        padding rows."""
+        live = [s for s, r in enumerate(self.rows) if r is not None]
+        if waiting or len(live) == len(self.rows) or len(live) > len(self.rows) // 2:
+            return
+        index = torch.tensor(live, device=self.mask.device)
+        for layer in self.layers:
+            layer.key_buf, layer.value_buf = layer.key_buf[index], layer.value_buf[index]
+            layer._expose()
+        self.mask = self.mask[index]
+        self.rows = [self.rows[s] for s in live]
