@@ -122,7 +122,8 @@ def test_continuous_batching_returns_what_one_by_one_decoding_returns(tiny_model
     and still every row matches decoding it alone, greedy or sampled."""
     slots = LocalBackend(str(tiny_model_dir), batch_size=3)
     alone = LocalBackend(str(tiny_model_dir), batch_size=1)
-    words = "the quick brown fox jumps over a lazy dog near the river bank at dawn".split()
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "near", "the",
+             "river", "bank", "at", "dawn"]
     requests = [
         GenerationRequest(prompt=" ".join(words[: 2 + 3 * i]), max_tokens=3 + (5 * i) % 11,
                           temperature=0.9 if i % 3 == 0 else 0.0, seed=i)

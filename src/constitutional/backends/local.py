@@ -169,7 +169,11 @@ class LocalBackend:
     def generate(
         self, requests: Sequence[GenerationRequest], on_result: OnResult | None = None
     ) -> list[Completion]:
-        from constitutional.backends.continuous import ContinuousBatcher, kv_budget_bytes, slots_for_budget
+        from constitutional.backends.continuous import (
+            ContinuousBatcher,
+            kv_budget_bytes,
+            slots_for_budget,
+        )
 
         prompt_ids = self._encode([self.render(r.messages or r.prompt) for r in requests])
         results: list[Completion | None] = [None] * len(requests)
