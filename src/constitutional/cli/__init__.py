@@ -19,6 +19,7 @@ from constitutional.cli.rbr import app as rbr_app
 from constitutional.cli.report import report
 from constitutional.cli.rl_cai import app as rl_cai_app
 from constitutional.cli.run import run
+from constitutional.cli.self_play import self_play
 from constitutional.cli.sl_cai import app as sl_cai_app
 from constitutional.errors import BackendError, UserError
 
@@ -32,6 +33,7 @@ app = typer.Typer(
 app.add_typer(constitution_app, name="constitution")
 app.add_typer(sl_cai_app, name="sl-cai")
 app.add_typer(rl_cai_app, name="rl-cai")
+app.command("self-play")(self_play)
 register_model_commands(app)
 app.command("run")(run)
 app.command("report")(report)
