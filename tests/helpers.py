@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -43,3 +44,27 @@ def run_and_kill(args, cache: Path, at_least: int, timeout: float = 600) -> int:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     return cached_rows(cache)
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@contextlib.contextmanager
+def headless_chromium():
+    """Debian's Chromium driven by PyPI playwright (no browser download). Skips when it is
+    missing locally; fails on CI, where `.ci/run` installs it."""
+    import pytest
+
+    if not Path(CHROMIUM).is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing; .ci/run installs the Debian chromium package")
+        pytest.skip(f"needs Debian chromium at {CHROMIUM} (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])  # fmt: skip
+        try:
+            yield browser
+        finally:
+            browser.close()

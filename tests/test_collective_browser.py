@@ -17,9 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import CAI
+from helpers import CAI, headless_chromium
 
-CHROMIUM = "/usr/bin/chromium"
 TOKEN = "browser-test-admin-token-0123456789"
 SEEDS = ["Assistants should refuse to help build weapons.", "Assistants should say when they are unsure.",
          "Assistants should never discuss politics.", "Assistants should put the user's wishes first."]
@@ -75,62 +74,51 @@ def vote_all(page, base: str, choice: str) -> int:
 
 
 def test_conversation_in_headless_chromium(server, tmp_path):
-    if not Path(CHROMIUM).is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing; .ci/run installs the Debian chromium package")
-        pytest.skip(f"needs Debian chromium at {CHROMIUM} (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
     base, admin_url = server
     shots = Path(os.environ.get("CAI_TEST_ARTIFACTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     foreign, errors = [], []
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])  # fmt: skip
-        try:
-            def person():
-                page = browser.new_context().new_page()  # a context each: separate cookies
-                page.on("request", lambda r: None if r.url.startswith(base) else foreign.append(r.url))
-                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-                return page
+    with headless_chromium() as browser:
+        def person():
+            page = browser.new_context().new_page()  # a context each: separate cookies
+            page.on("request", lambda r: None if r.url.startswith(base) else foreign.append(r.url))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            return page
 
-            admin = person()
-            admin.goto(admin_url)
-            assert admin.url == f"{base}/admin"  # the token left the address bar
-            admin.fill("input[name=topic]", "How should AI assistants behave?")
-            admin.fill("textarea[name=seeds]", "\n".join(SEEDS))
-            admin.click("#new-conversation button")
-            assert admin.url == f"{base}/admin/c/1"
+        admin = person()
+        admin.goto(admin_url)
+        assert admin.url == f"{base}/admin"  # the token left the address bar
+        admin.fill("input[name=topic]", "How should AI assistants behave?")
+        admin.fill("textarea[name=seeds]", "\n".join(SEEDS))
+        admin.click("#new-conversation button")
+        assert admin.url == f"{base}/admin/c/1"
 
-            alice, bob = person(), person()
-            assert vote_all(alice, base, "agree") == len(SEEDS)
-            assert vote_all(bob, base, "disagree") == len(SEEDS)
-            alice.fill("textarea[name=text]", NEW)
-            alice.click("text=Submit for moderation")
-            assert alice.locator("#submitted").is_visible()
+        alice, bob = person(), person()
+        assert vote_all(alice, base, "agree") == len(SEEDS)
+        assert vote_all(bob, base, "disagree") == len(SEEDS)
+        alice.fill("textarea[name=text]", NEW)
+        alice.click("text=Submit for moderation")
+        assert alice.locator("#submitted").is_visible()
 
-            admin.goto(f"{base}/admin/c/1")
-            assert NEW in admin.locator("#moderation").inner_text()
-            admin.locator("#moderation button.agree").click()
-            assert "Nothing to moderate" in admin.locator("#moderation").inner_text()
-            assert vote_all(alice, base, "agree") == 1 and vote_all(bob, base, "disagree") == 1
-            carol = person()
-            carol.goto(f"{base}/c/1")
-            carol.screenshot(path=shots / "collective-vote.png", full_page=True)  # a statement to vote on
-            assert vote_all(carol, base, "agree") == len(SEEDS) + 1
-            assert vote_all(person(), base, "disagree") == len(SEEDS) + 1
-            assert "voted on 5 of 5" in alice.locator("#progress").inner_text()
+        admin.goto(f"{base}/admin/c/1")
+        assert NEW in admin.locator("#moderation").inner_text()
+        admin.locator("#moderation button.agree").click()
+        assert "Nothing to moderate" in admin.locator("#moderation").inner_text()
+        assert vote_all(alice, base, "agree") == 1 and vote_all(bob, base, "disagree") == 1
+        carol = person()
+        carol.goto(f"{base}/c/1")
+        carol.screenshot(path=shots / "collective-vote.png", full_page=True)  # a statement to vote on
+        assert vote_all(carol, base, "agree") == len(SEEDS) + 1
+        assert vote_all(person(), base, "disagree") == len(SEEDS) + 1
+        assert "voted on 5 of 5" in alice.locator("#progress").inner_text()
 
-            results = person()
-            results.goto(f"{base}/c/1/results")
-            for plot in ("map", "agreement"):
-                box = results.locator(f"figure[data-plot={plot}] > svg").bounding_box()
-                assert box and box["width"] > 150 and box["height"] > 80, plot
-            assert results.locator("h3.group").all_inner_texts() == ["Group A (2 participants)", "Group B (2 participants)"]
-            assert NEW in results.locator("#divisive").inner_text()  # the two camps split on every statement
-            results.screenshot(path=shots / "collective-results.png", full_page=True)
-        finally:
-            browser.close()
+        results = person()
+        results.goto(f"{base}/c/1/results")
+        for plot in ("map", "agreement"):
+            box = results.locator(f"figure[data-plot={plot}] > svg").bounding_box()
+            assert box and box["width"] > 150 and box["height"] > 80, plot
+        assert results.locator("h3.group").all_inner_texts() == ["Group A (2 participants)", "Group B (2 participants)"]
+        assert NEW in results.locator("#divisive").inner_text()  # the two camps split on every statement
+        results.screenshot(path=shots / "collective-results.png", full_page=True)
     assert errors == [] and foreign == []
     assert (shots / "collective-results.png").stat().st_size > 10_000

@@ -13,11 +13,11 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import headless_chromium
 
 from constitutional.errors import UserError
 from constitutional.report import render_report
 
-CHROMIUM = "/usr/bin/chromium"
 HOSTILE = "<script>window.__pwned = 1</script><img src=x onerror=\"window.__pwned = 2\">"
 MODELS = ("base", "sl-cai", "rl-cai")
 
@@ -237,39 +237,28 @@ def test_cli_writes_the_report(tmp_path):
 
 
 def test_page_in_headless_chromium(report):
-    if not Path(CHROMIUM).is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing; .ci/run installs the Debian chromium package")
-        pytest.skip(f"needs Debian chromium at {CHROMIUM} (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
     path, _ = report
     url = path.resolve().as_uri()
     requests, errors = [], []
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])  # fmt: skip
-        try:
-            page = browser.new_page()
-            page.on("request", lambda r: requests.append(r.url))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url, wait_until="load")
-            plots = page.locator("figure[data-plot] > svg")
-            assert plots.count() == 8  # pareto, 3 rate bars, reliability, length bias, 2 training
-            for i in range(plots.count()):
-                box = plots.nth(i).bounding_box()
-                assert box and box["width"] > 100 and box["height"] > 50, i
-            assert page.locator("table").count() >= 8
-            assert all(page.locator("table").nth(i).is_visible() for i in range(page.locator("table").count()))
-            assert page.locator("details.trace[open]").count() == 1
-            assert page.evaluate("window.__pwned") is None  # the hostile prompt stayed text
-            assert HOSTILE in page.locator("#sl-cai").inner_text()
-            page.locator("#sl-cai summary").nth(1).click()
-            assert page.locator("details.trace").nth(1).evaluate("d => d.open")
-            if os.environ.get("CAI_REPORT_SCREENSHOT"):  # for a human to look at the page
-                page.screenshot(path=os.environ["CAI_REPORT_SCREENSHOT"], full_page=True)
-        finally:
-            browser.close()
+    with headless_chromium() as browser:
+        page = browser.new_page()
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url, wait_until="load")
+        plots = page.locator("figure[data-plot] > svg")
+        assert plots.count() == 8  # pareto, 3 rate bars, reliability, length bias, 2 training
+        for i in range(plots.count()):
+            box = plots.nth(i).bounding_box()
+            assert box and box["width"] > 100 and box["height"] > 50, i
+        assert page.locator("table").count() >= 8
+        assert all(page.locator("table").nth(i).is_visible() for i in range(page.locator("table").count()))
+        assert page.locator("details.trace[open]").count() == 1
+        assert page.evaluate("window.__pwned") is None  # the hostile prompt stayed text
+        assert HOSTILE in page.locator("#sl-cai").inner_text()
+        page.locator("#sl-cai summary").nth(1).click()
+        assert page.locator("details.trace").nth(1).evaluate("d => d.open")
+        if os.environ.get("CAI_REPORT_SCREENSHOT"):  # for a human to look at the page
+            page.screenshot(path=os.environ["CAI_REPORT_SCREENSHOT"], full_page=True)
     assert errors == []
     assert requests == [url]
