@@ -13,6 +13,7 @@ from constitutional.cli.audit import app as audit_app
 from constitutional.cli.collective import app as collective_app
 from constitutional.cli.constitution import app as constitution_app
 from constitutional.cli.eval import register as register_eval
+from constitutional.cli.export import register as register_export
 from constitutional.cli.guard import app as guard_app
 from constitutional.cli.models import register as register_model_commands
 from constitutional.cli.rbr import app as rbr_app
@@ -35,6 +36,7 @@ app.add_typer(sl_cai_app, name="sl-cai")
 app.add_typer(rl_cai_app, name="rl-cai")
 app.command("self-play")(self_play)
 register_model_commands(app)
+register_export(app)
 app.command("run")(run)
 app.command("report")(report)
 register_eval(app)

@@ -10,7 +10,7 @@ import typer
 
 from constitutional.cli.serve import serve
 
-BackendOpt = typer.Option("local", "--backend", "-b", help="local (transformers) or openai (any OpenAI-compatible server).")
+BackendOpt = typer.Option("local", "--backend", "-b", help="local (transformers), openai (any OpenAI-compatible server) or vllm (in-process, GPU).")
 ModelOpt = typer.Option(None, "--model", "-m", help="local: 'embedded', a .gguf file or an HF dir; openai: the server's model name.")
 BaseUrlOpt = typer.Option(None, "--base-url", help="openai backend: server URL (default $OPENAI_BASE_URL).")
 
