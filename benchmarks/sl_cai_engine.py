@@ -10,7 +10,7 @@ libraries and differ only in the package's code. Each side runs
 
 in a subprocess with the same seed and options, one after the other, in the order baseline,
 fp32, int8, then fp32 and baseline again (so a drift of the machine's load shows as a gap between
-the two runs of one side). Prints wall seconds per run, the speed-up of each precision over the
+the two runs of one side; --no-repeat skips the second pair). Prints wall seconds per run, the speed-up of each precision over the
 baseline, and how many rows' final revisions are identical to the baseline's.
 """
 
@@ -66,13 +66,16 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", action=argparse.BooleanOptionalAction, default=True,
+                    help="run fp32 and the baseline a second time (drift check)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="cai-sl-engine-"))
     base = worktree(args.baseline, tmp)
     try:
-        plan = [("baseline", base, None), ("fp32", REPO, "fp32"), ("int8", REPO, "int8"),
-                ("fp32", REPO, "fp32"), ("baseline", base, None)]
+        plan = [("baseline", base, None), ("fp32", REPO, "fp32"), ("int8", REPO, "int8")]
+        if args.repeat:
+            plan += [("fp32", REPO, "fp32"), ("baseline", base, None)]
         seconds: dict[str, list[float]] = {}
         outputs: dict[str, Path] = {}
         for k, (name, src, precision) in enumerate(plan):
