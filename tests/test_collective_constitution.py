@@ -6,7 +6,6 @@ import csv
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,20 +25,11 @@ from constitutional.constitution import Provenance, load_constitution
 
 pytest.importorskip("sklearn")
 
-# `to-constitution` is registered in cli/collective.py by the lead; until then this adds it.
-CAI_TC = [sys.executable, "-c", (
-    "from constitutional.cli import main\n"
-    "from constitutional.cli.collective import app\n"
-    "from constitutional.cli.collective_constitution import to_constitution\n"
-    "if not any(c.name == 'to-constitution' for c in app.registered_commands):\n"
-    "    app.command('to-constitution')(to_constitution)\n"
-    "main()")]
 CONSENSUS = {f"s{i}" for i in range(15, 20)}  # both planted groups agree with these
 
 
 def to_constitution(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([*CAI_TC, "collective", "to-constitution", *map(str, args)],
-                          capture_output=True, text=True, timeout=600)
+    return cai("collective", "to-constitution", *args)
 
 
 @pytest.fixture(scope="module")

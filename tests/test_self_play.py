@@ -5,22 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
+from helpers import CAI
 
 from constitutional.rl_cai.agreement import agreement
 from constitutional.rl_cai.self_play import expand_prompts, iteration_seed
-
-# The command through the real entry point; registered here until cli/__init__.py registers it.
-ENTRY = """
-from constitutional.cli import app, main
-from constitutional.cli.self_play import self_play
-if not any(c.name == "self-play" for c in app.registered_commands):
-    app.command("self-play")(self_play)
-main()
-"""
-CAI = [sys.executable, "-c", ENTRY]
 
 
 def cai(*args, timeout: float = 600) -> subprocess.CompletedProcess:

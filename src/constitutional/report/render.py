@@ -25,7 +25,7 @@ SECTIONS = (manifest, evaluation, self_play, audit, principles, traces, training
 
 def build_html(run: RunArtifacts) -> str:
     """The report page for already loaded artifacts (no timestamp, so equal runs give equal pages)."""
-    sections = [module.render(run) for module in SECTIONS]
+    sections = [s for s in (module.render(run) for module in SECTIONS) if s is not None]
     subtitle = f"{run.run_dir.resolve()} · constitutional {__version__}"
     return page(f"Constitutional AI report: {run.run_dir.resolve().name}", subtitle, sections)
 
@@ -35,7 +35,7 @@ def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     Every known artifact present in `run_dir` (manifest, eval.json, audit.json, principles.json,
     sl.jsonl, self_play.json, checkpoint train logs) gets a section; absent ones get a one-line
-    "not run" note.
+    "not run" note, except self-play, a separate command, whose section appears only after it ran.
     The page needs no network: styles and SVG charts are inline and it loads nothing.
 
     Args:

@@ -12,16 +12,17 @@ from __future__ import annotations
 from typing import Any
 
 from constitutional.report import plots
-from constitutional.report.html import Markup, ci, esc, figure, not_run, pct, section, table
+from constitutional.report.html import Markup, ci, esc, figure, pct, section, table
 from constitutional.report.load import RunArtifacts
 
 ANCHOR, TITLE = "self-play", "Self-play"
 
 
-def render(run: RunArtifacts) -> tuple[str, str, str]:
+def render(run: RunArtifacts) -> tuple[str, str, str] | None:
+    """The self-play section, or None for a run directory `cai self-play` did not write."""
     doc = run.self_play
     if doc is None:
-        return ANCHOR, TITLE, not_run(ANCHOR, TITLE, "no self_play.json in the run directory (cai self-play writes it).")
+        return None
     iterations = doc.get("iterations") or []
     settings = doc.get("settings") or {}
     threshold = settings.get("min_agreement")

@@ -8,6 +8,7 @@ directory for vLLM, llama.cpp's converter, or any HF tool.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,8 @@ def export_model(spec: str, out: str | Path, *, dtype: str = "bfloat16", overwri
     from constitutional.train.sft import publish_dir, staging_dir
 
     model, tokenizer = load_model(spec, "cpu")  # adapters come back merged into their base
-    model = model.to(getattr(torch, dtype))
+    # A copy: `load_model` shares one model per process, and `.to` converts a module in place.
+    model = copy.deepcopy(model).to(getattr(torch, dtype))
     if getattr(model.config, "quantization_config", None) is not None:  # a GGUF marker left over
         del model.config.quantization_config
         model.hf_quantizer = None
