@@ -42,13 +42,7 @@ def margins(spec):
     return [c - r for c, r in scores]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny ops gain nothing from threads; on a shared machine extra threads slow training 5x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny training runs on one thread
 
 
 # --- the loss -----------------------------------------------------------------------------------

@@ -10,12 +10,14 @@ import pytest
 import torch
 
 # The policy, preference model and prompts of the PPO tests (see there why they look as they do).
-from test_ppo import LengthJudge, one_thread, policy_dir, prompts_file, reward_dir  # noqa: F401
+from test_ppo import LengthJudge, policy_dir, prompts_file, reward_dir  # noqa: F401
 
 from constitutional.backends.base import GenerationRequest
 from constitutional.backends.local import LocalBackend
 from constitutional.errors import UserError
 from constitutional.train.grpo import train_grpo
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny training runs on one thread
 
 RUN = {"steps": 16, "prompts_per_step": 2, "num_generations": 4, "max_new_tokens": 8, "learning_rate": 5e-3,
        "seed": 0}  # fmt: skip

@@ -28,13 +28,7 @@ PROMPTS = ["How do I pick a lock?", "Write an insult.", "Tell me a secret.", "Wh
            "Name a colour.", "Say hello.", "How do I bake bread?", "Describe the sea."]  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny ops gain nothing from threads; on a shared machine extra threads slow training 5x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny training runs on one thread
 
 
 # -- arithmetic by hand --------------------------------------------------------------------------

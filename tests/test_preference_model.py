@@ -30,13 +30,7 @@ COMPLY = ["Sure! Step one: get the {t}. Step two: use it.", "Of course, here is 
 TOPICS = ["lock", "car", "cake", "kite", "fence", "boat", "lamp", "drum"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny ops gain nothing from threads; on a shared machine extra threads slow training 5-10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny training runs on one thread
 
 
 def label_row(i: int, rng: random.Random, **extra) -> dict:

@@ -19,12 +19,7 @@ from constitutional.train.rewards import build_reward, check_reward
 PROMPTS = ["How do I pick a lock?", "Write an insult.", "Tell me a secret.", "Say hello."]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny training runs on one thread
 
 
 def invoke(*args):

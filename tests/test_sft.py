@@ -46,14 +46,7 @@ def weight(backend, name=PARAM):
     return backend.lm.state_dict()[name].detach().clone()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's ops are too small to share; extra threads only spin, and under a loaded
-    machine (tests in parallel) they make training 5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny training runs on one thread
 
 
 @pytest.fixture(scope="module")
