@@ -135,8 +135,8 @@ class LocalBackend:
         batch_size: slots decoded together (continuous batching keeps them full); 16-64 suit two
             CPU cores.
         device: "cpu", "cuda", ...; default: cuda when available.
-        precision: "fp32" or "int8" (CPU dynamic quantisation, see `load_model`); default from
-            $CAI_PRECISION, else fp32.
+        precision: "fp32" or "int8" (int8 weights on CPU, see `quantize_int8_weights`); default
+            from $CAI_PRECISION, else fp32.
     """
 
     name = "local"
@@ -260,30 +260,34 @@ class LocalBackend:
         out = []
         for start in range(0, len(prompt_ids), self.batch_size):
             batch = prompt_ids[start : start + self.batch_size]
-            logits = self._prefill(batch)[2]  # (b, vocab)
+            logits = self._prefill(batch, keep_cache=False)[2]  # (b, vocab)
             logp = torch.log_softmax(logits, dim=-1)
             for row, ids in enumerate(choice_ids[start : start + self.batch_size]):
                 out.append([logp[row, c[0]].item() for c in ids])
         return out
 
-    def _prefill(self, prompt_ids: list[list[int]]):
+    def _prefill(self, prompt_ids: list[list[int]], keep_cache: bool = True):
         """Run prompts; returns (their KV cache, attention mask, next-token logits per row).
 
         A shared prefix is prefilled once (see `_inputs_with_shared_prefix`), then only the
         suffixes run. Only the last position is projected onto the vocabulary. Position ids
-        follow the mask, so a left-padded row sees the positions it would see alone.
+        follow the mask, so a left-padded row sees the positions it would see alone. With
+        `keep_cache=False` (a judge's one-token read) no cache is built beyond the shared prefix.
         """
         from transformers import DynamicCache
 
         inputs = self._inputs_with_shared_prefix(prompt_ids)
-        cache = inputs.get("past_key_values") or DynamicCache()
-        mask, shared = inputs["attention_mask"], cache.get_seq_length()
+        cache = inputs.get("past_key_values")
+        if cache is None and keep_cache:
+            cache = DynamicCache()
+        mask = inputs["attention_mask"]
+        shared = cache.get_seq_length() if cache is not None else 0
         out = self.lm(
             input_ids=inputs["input_ids"][:, shared:],
             attention_mask=mask,
             position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, shared:],
             past_key_values=cache,
-            use_cache=True,
+            use_cache=cache is not None,
             logits_to_keep=1,
         )
         return out.past_key_values, mask, out.logits[:, -1].float()
