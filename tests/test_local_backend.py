@@ -146,3 +146,19 @@ def test_slots_shrink_to_fit_the_kv_memory_budget():
     assert slots_for_budget(config, 100, 64, budget=5 * per_slot) == 5
     assert slots_for_budget(config, 100, 3, budget=5 * per_slot) == 3  # never above the request
     assert slots_for_budget(config, 100, 64, budget=1) == 1  # always at least one
+
+
+def test_prefill_chunks_keep_one_long_prompt_from_padding_the_rest():
+    from constitutional.backends.continuous import prefill_chunks
+
+    short, long_ = [[5] * 40 for _ in range(30)], [[5] * 1000]
+    chunks = prefill_chunks(short + long_)
+    assert chunks == [list(range(30)), [30]]
+    # A shared prefix is prefilled once, so only the own tokens decide: these own 3-4 tokens each.
+    prefix = list(range(500))
+    assert len(prefill_chunks([prefix + [1, 2, 3], prefix + [4, 5, 6, 7], prefix + [8, 9, 1]])) == 1
+    lengths = [3, 50, 7, 7, 200, 8, 49]
+    chunks = prefill_chunks([[1] * n for n in lengths])
+    assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))
+    for chunk in chunks:  # each batch's padded size stays within the slack
+        assert len(chunk) * max(lengths[i] for i in chunk) <= 1.25 * sum(lengths[i] for i in chunk)

@@ -22,7 +22,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
 from constitutional.backends.base import GenerationRequest
-from constitutional.backends.decoding import sample_token
+from constitutional.backends.decoding import sample_token, shared_prefix_len
 
 
 def kv_budget_bytes() -> int:
@@ -68,8 +68,8 @@ class TimelineLayer(DynamicLayer):
 
     def reserve(self, capacity: int) -> None:
         """Make room for `capacity` columns (one copy; amortised over many steps)."""
-        def grown(buf):
-            new = buf.new_zeros(*buf.shape[:2], capacity, buf.shape[3])
+        def grown(buf):  # columns past `length` are written before they are ever read
+            new = buf.new_empty(*buf.shape[:2], capacity, buf.shape[3])
             new[:, :, : self.length] = buf[:, :, : self.length]
             return new
 
@@ -83,7 +83,10 @@ class TimelineLayer(DynamicLayer):
         capacity = max(self.key_buf.shape[2], keep + right_pad + 1)
 
         def moved(buf):
-            new = buf.new_zeros(*buf.shape[:2], capacity, buf.shape[3])
+            new = buf.new_empty(*buf.shape[:2], capacity, buf.shape[3])
+            # Inserted columns are read (masked) by rows that do not own them: they must hold
+            # finite numbers, as a masked weight of 0 times NaN is still NaN. Past the end, no.
+            new[:, :, :right_pad] = 0
             new[:, :, right_pad : right_pad + keep] = buf[:, :, left_drop : self.length]
             return new
 
@@ -102,6 +105,31 @@ class Row:
     generator: torch.Generator
     tokens: list[int] = field(default_factory=list)
     logits: list[torch.Tensor] = field(default_factory=list)  # per step, only if logprobs wanted
+
+
+PADDING_SLACK = 1.25  # a batched prefill may run at most this many times its real tokens
+
+
+def prefill_chunks(rows: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Split prompts into prefill batches that waste little on padding; returns row indices.
+
+    A batch is padded to its longest prompt, so one 1,000-token prompt among thirty 50-token ones
+    would multiply the prefill's work ~15x. The prefix every row shares is prefilled once, so only
+    the rest counts. Rows are taken shortest first; a new batch starts when the next row would pad
+    the batch past `PADDING_SLACK` times its real tokens.
+    """
+    common = shared_prefix_len(rows) if len(rows) > 1 else 0
+    own = [len(r) - common for r in rows]
+    chunks: list[list[int]] = []
+    real = 0
+    for i in sorted(range(len(rows)), key=lambda i: (own[i], i)):
+        if chunks and (len(chunks[-1]) + 1) * own[i] <= PADDING_SLACK * (real + own[i]):
+            chunks[-1].append(i)
+            real += own[i]
+        else:
+            chunks.append([i])
+            real = own[i]
+    return chunks
 
 
 # (prompt token rows) -> (DynamicCache, attention mask (b, width), last logits (b, vocab))
@@ -143,6 +171,11 @@ class ContinuousBatcher:
             self._step(on_finished)
 
     def _admit(self, free, take, requests, prompt_ids, on_finished) -> None:
+        for chunk in prefill_chunks([prompt_ids[i] for i in take]):
+            self._admit_chunk([free[j] for j in chunk], [take[j] for j in chunk], requests, prompt_ids,
+                              on_finished)
+
+    def _admit_chunk(self, free, take, requests, prompt_ids, on_finished) -> None:
         cache, mask, logits = self.prefill([prompt_ids[i] for i in take])
         if not self.layers:
             self._start_timeline(cache, mask.shape[1])

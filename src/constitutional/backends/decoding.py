@@ -1,4 +1,4 @@
-"""Per-row sampling for the local backend.
+"""Token-level helpers for the local backend's engine: per-row sampling and shared prefixes.
 
 transformers samples a whole batch from one global RNG with one temperature. We want each request
 to own its seed, temperature and top_p, so that its sample is the same whatever batch it is in:
@@ -6,6 +6,8 @@ the engine (`continuous.py`) calls `sample_token` for each row with that row's o
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -19,3 +21,15 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, gen: to
         keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p
         probs = torch.zeros_like(probs).scatter_(0, idx[keep], sorted_probs[keep])
     return int(torch.multinomial(probs, 1, generator=gen))
+
+
+MIN_SHARED_PREFIX = 32  # tokens; below this a separate prefill costs more than it saves
+
+
+def shared_prefix_len(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common token prefix, leaving every row at least one own token."""
+    limit = min(len(r) for r in rows) - 1
+    n = 0
+    while n < limit and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    return n

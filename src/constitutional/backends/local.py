@@ -25,6 +25,7 @@ from constitutional.backends.base import (
     Prompt,
     TokenLogprob,
 )
+from constitutional.backends.decoding import MIN_SHARED_PREFIX, shared_prefix_len
 from constitutional.backends.embedded import EMBEDDED_NAME, embedded_gguf, materialize_gguf
 from constitutional.errors import UserError
 
@@ -318,18 +319,6 @@ def continuation_ids(tokenizer, text: str, text_ids: list[int], continuation: st
     if joint[: len(text_ids)] == text_ids and len(joint) > len(text_ids):
         return joint[len(text_ids) :]
     return tokenizer(continuation, add_special_tokens=False)["input_ids"]
-
-
-MIN_SHARED_PREFIX = 32  # tokens; below this a separate prefill costs more than it saves
-
-
-def shared_prefix_len(rows: Sequence[Sequence[int]]) -> int:
-    """Length of the longest common token prefix, leaving every row at least one own token."""
-    limit = min(len(r) for r in rows) - 1
-    n = 0
-    while n < limit and all(r[n] == rows[0][n] for r in rows):
-        n += 1
-    return n
 
 
 def plan_batches(
