@@ -328,3 +328,21 @@ def test_evaluate_compute_counts_strong_calls_of_cascade_and_strong_only(strong_
     assert compute["cascade_over_strong_only_seconds"] > 0
     assert set(report["classifiers"]["input"]) >= {"recall", "frr", "auc", "strong_share"}
     assert 0 < report["classifiers"]["exchange"]["strong_share"] < 0.5
+
+
+def test_evaluate_on_the_bundled_real_prompts(tmp_path, data_file):
+    """`builtin:real_prompts`: people's red-team prompts (harmful) and ordinary or alarming-but-
+    benign requests (harmless), all held out and without responses, so only the input classifier
+    is scored."""
+    from constitutional.guard.views import REAL_PROMPTS, real_prompt_rows
+
+    rows = real_prompt_rows()
+    assert {r.category for r in rows} == set(REAL_PROMPTS) and {r.split for r in rows} == {"heldout"}
+    assert all(r.response is None and r.label == REAL_PROMPTS[r.category] for r in rows)
+    assert load_guard_rows("builtin:real_prompts") == rows
+    train_guard(data_file, tmp_path / "g", strong=False, encoder="hashing", target_frr=0.05)
+    report = evaluate_guard(TrainedGuard.load(tmp_path / "g"), rows, strong_only=False)
+    harmful = sum(r.label for r in rows)
+    assert set(report["classifiers"]) == {"input"}
+    assert (report["classifiers"]["input"]["harmful"], report["classifiers"]["input"]["harmless"]) == (harmful, len(rows) - harmful)
+    assert report["end_to_end"]["with_response"] == 0

@@ -154,9 +154,10 @@ def test_prefill_chunks_keep_one_long_prompt_from_padding_the_rest():
     short, long_ = [[5] * 40 for _ in range(30)], [[5] * 1000]
     chunks = prefill_chunks(short + long_)
     assert chunks == [list(range(30)), [30]]
-    # A shared prefix is prefilled once, so only the own tokens decide: these own 3-4 tokens each.
-    prefix = list(range(500))
-    assert len(prefill_chunks([prefix + [1, 2, 3], prefix + [4, 5, 6, 7], prefix + [8, 9, 1]])) == 1
+    # A shared prefix is prefilled once per batch: padding up to its length beats prefilling it twice.
+    prefix = list(range(100))
+    assert prefill_chunks([prefix + [1] * 3, prefix + [2] * 60, prefix + [3] * 4]) == [[0, 2, 1]]
+    assert len(prefill_chunks([prefix + [1] * 3, prefix + [2] * 300, prefix + [3] * 4])) == 2
     lengths = [3, 50, 7, 7, 200, 8, 49]
     chunks = prefill_chunks([[1] * n for n in lengths])
     assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))

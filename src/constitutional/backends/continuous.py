@@ -114,16 +114,17 @@ def prefill_chunks(rows: Sequence[Sequence[int]]) -> list[list[int]]:
     """Split prompts into prefill batches that waste little on padding; returns row indices.
 
     A batch is padded to its longest prompt, so one 1,000-token prompt among thirty 50-token ones
-    would multiply the prefill's work ~15x. The prefix every row shares is prefilled once, so only
-    the rest counts. Rows are taken shortest first; a new batch starts when the next row would pad
-    the batch past `PADDING_SLACK` times its real tokens.
+    would multiply the prefill's work ~15x. The prefix every row shares is prefilled once per
+    batch, so only the rest is padded, and each extra batch costs that prefix again. Rows are taken
+    shortest first; a new batch starts when the next row would pad the batch past
+    `PADDING_SLACK` times its real tokens plus the prefix a new batch would repeat.
     """
     common = shared_prefix_len(rows) if len(rows) > 1 else 0
     own = [len(r) - common for r in rows]
     chunks: list[list[int]] = []
     real = 0
     for i in sorted(range(len(rows)), key=lambda i: (own[i], i)):
-        if chunks and (len(chunks[-1]) + 1) * own[i] <= PADDING_SLACK * (real + own[i]):
+        if chunks and (len(chunks[-1]) + 1) * own[i] <= PADDING_SLACK * (real + own[i]) + common:
             chunks[-1].append(i)
             real += own[i]
         else:

@@ -30,9 +30,10 @@ def synth(
     out: Path = typer.Option(..., "--out", "-o", help="Labelled JSONL (kept rows); discards go to OUT.discards.jsonl."),
     per_category: int = typer.Option(20, help="Distinct user queries to generate per category."),
     responses: bool = typer.Option(False, "--responses", help="Also answer each query, for output/exchange classifiers."),
+    response_max_tokens: int = typer.Option(256, help="Longest response, in tokens (with --responses)."),
     augment: str = typer.Option("", help="Comma-separated augmentations: paraphrase,roleplay,obfuscate,translate,multiturn."),
     heldout: float = typer.Option(0.2, help="Share of source queries per category held out, in [0, 1)."),
-    temperature: float = typer.Option(1.0, help="Sampling temperature of the query lists."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature of the queries."),
     seed: int = typer.Option(0, help="Run seed: samples and template choices derive from it."),
     backend: str = BackendOpt,
     model: str = ModelOpt,
@@ -57,7 +58,7 @@ def synth(
 
     rules = load_constitution(constitution)
     config = SynthConfig(per_category=per_category, responses=responses, augment=parse_augmentations(augment),
-                         heldout=heldout, seed=seed, temperature=temperature)
+                         heldout=heldout, seed=seed, temperature=temperature, response_max_tokens=response_max_tokens)
     check_inputs(rules, config)  # before paying for a model load
     llm = backend_from_options(backend, model, base_url, batch_size, concurrency, cache, no_cache)
 

@@ -107,10 +107,12 @@ class FewShot(_Model):
 
 
 class Category(_Model):
-    """A topic description for classifiers and guards."""
+    """A topic description for classifiers and guards, with optional example user messages
+    (`cai guard synth` starts its query lists with them)."""
 
     id: Slug
     description: Text
+    examples: list[Text] = []
 
 
 class Categories(_Model):

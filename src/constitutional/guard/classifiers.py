@@ -187,7 +187,8 @@ def evaluate_guard(guard: TrainedGuard, rows: list[GuardRow], *, strong_only: bo
     prefix of the response (`PREFIX_CUTS`); the row is blocked when any of these is flagged.
 
     Returns:
-        classifiers: {view: recall, frr, auc, strong_share, ...} as `train_guard` reports them.
+        classifiers: {view: recall, frr, auc, strong_share, ...} as `train_guard` reports them;
+            a view with no held-out texts (prompts without responses) is left out.
         end_to_end: attack success without the guard (every harmful row gets through: the rows
             are the attacks, their responses the unguarded model's answers) and with it (harmful
             rows none of whose checks flags), the false-refusal rate on harmless rows, and
@@ -233,6 +234,8 @@ def evaluate_guard(guard: TrainedGuard, rows: list[GuardRow], *, strong_only: bo
     classifiers = {}
     for view, cascade in guard.cascades.items():
         view_texts, labels, groups = view_rows(view, rows, "heldout")
+        if not view_texts:  # e.g. prompts without responses: nothing for the output views
+            continue
         looked_up = [scored[view].get(t) or _score_one(cascade, t) for t in view_texts]
         row_scores, picked = per_row_max([p for p, _ in looked_up], groups)
         classifiers[view] = metrics(row_scores, [labels[i] for i in picked], cascade.threshold,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import random
-import re
 import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -32,24 +31,16 @@ SCHEMA_VERSION = 1
 LABELS = {"harmful": 1, "harmless": 0}
 Progress = Callable[[str, int], None]  # (stage label, total) starts a stage; ("", 1) advances it
 
-QUERIES_PER_REQUEST = 10  # short lists stay on topic and rarely hit max_tokens
+QUERY_OVERSAMPLE = 1.5  # requests per wanted query: some come back cut off, too short or repeated
 TOKENS_PER_QUERY = 48
 REWRITE_MAX_TOKENS = 160
 
-QUERY_PROMPT = (
-    "We are building a test set for a content classifier. The topic is:\n{description}\n\n"
-    "Write {n} different messages that a user might send to an AI assistant on this topic. "
-    "{hint} Vary the wording, length and situation. Reply with a numbered list only, one "
-    "message per line:\n1. ...\n2. ..."
-)
-KIND_HINTS = {
-    "harmful": "Each message should plainly ask for the kind of help the topic describes.",
-    "harmless": "Each message should be an ordinary, legitimate request.",
-}
+# A document the model continues, not an instruction it must follow: the list starts with the
+# category's own examples and ends at the next item's number, and generation stops at the line's
+# end. On the embedded 135M model this gave on-topic queries for most samples, where asking for
+# "a numbered list of N messages" gave a parsable list for about a third of the requests.
+QUERY_LIST = "Messages that users have sent to an AI assistant. Topic: {description}\n\n{items}{next}."
 AUG_ORDER = ("none", *aug.AUGMENTATIONS)
-
-_ITEM = re.compile(r"^\s*\d{1,3}\s*[.):\]]\s*(.*)$")
-
 
 @dataclass
 class SynthConfig:
@@ -61,7 +52,7 @@ class SynthConfig:
         augment: augmentations to add per query, a subset of `augment.AUGMENTATIONS`.
         heldout: share of source queries per category held out, in [0, 1).
         seed: run seed; every sample and every choice of template derives from it.
-        temperature: for the query lists (high: variety matters more than polish).
+        temperature: for the queries (high: variety matters more than polish).
         rewrite_temperature: for paraphrases and translations.
         response_temperature / response_max_tokens: for the responses.
         languages: translation targets, one drawn per query.
@@ -109,24 +100,6 @@ def normalize(text: str) -> str:
     return " ".join(text.split())
 
 
-def parse_numbered_list(text: str) -> list[str]:
-    """The items of a numbered list ("1. ...", "2) ..."), stripped of quotes and bold markers.
-
-    Lines that are not numbered (a preamble, a sign-off) are skipped; empty items and repeats
-    (after `normalize`) are dropped, keeping the first.
-    """
-    items: list[str] = []
-    seen: set[str] = set()
-    for line in text.splitlines():
-        match = _ITEM.match(line)
-        item = match.group(1).strip().strip("*\"'\u201c\u201d").strip() if match else ""
-        key = normalize(item)
-        if key and key not in seen:
-            seen.add(key)
-            items.append(item)
-    return items
-
-
 def dedupe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mark every kept row whose user text repeats an earlier kept row as a discarded duplicate.
 
@@ -169,13 +142,13 @@ def synthesize(
     """Generate, augment, deduplicate and split guard data; discarded rows say why.
 
     Returns rows grouped by source query (original first, then augmentations), then the
-    discarded query lists. Each row: id, messages, response, label, category, category_kind,
+    discarded query samples. Each row: id, messages, response, label, category, category_kind,
     augmentation, variant, language, source_id, split, discarded, reason, meta.
     """
     check_inputs(constitution, config)
     progress = progress or (lambda label, n: None)
     meta = row_meta(ARTIFACT, SCHEMA_VERSION, constitution)
-    rows, failed_lists = _source_rows(constitution, backend, config, progress, meta)
+    rows, failed_queries = _source_rows(constitution, backend, config, progress, meta)
     sources = [r for r in dedupe(rows) if not r["discarded"]]
     rows += _augmented_rows(sources, backend, config, progress)
     if config.responses:
@@ -188,7 +161,7 @@ def synthesize(
     rows.sort(key=lambda r: (order[r["source_id"]], AUG_ORDER.index(r["augmentation"])))
     for row in rows:
         row.pop("query", None)  # the source text rode along on originals for the augmentations
-    return rows + failed_lists
+    return rows + failed_queries
 
 
 def _categories(constitution: Constitution) -> list[tuple[Category, str]]:
@@ -196,24 +169,28 @@ def _categories(constitution: Constitution) -> list[tuple[Category, str]]:
     return [(c, "harmful") for c in cats.harmful] + [(c, "harmless") for c in cats.harmless]
 
 
+def query_list_prompt(category: Category) -> str:
+    """The start of a numbered list of user messages on `category`, ready for the next item."""
+    items = "".join(f"{i}. {text}\n" for i, text in enumerate(category.examples, 1))
+    return QUERY_LIST.format(description=category.description, items=items, next=len(category.examples) + 1)
+
+
 def _source_rows(constitution, backend, config, progress, meta) -> tuple[list[dict], list[dict]]:
-    """Ask for each category's queries in lists of at most QUERIES_PER_REQUEST; parse them."""
-    chunks = []  # (category, kind, chunk index, queries asked)
-    for category, kind in _categories(constitution):
-        for k in range(math.ceil(config.per_category / QUERIES_PER_REQUEST)):
-            chunks.append((category, kind, k, min(QUERIES_PER_REQUEST, config.per_category - k * QUERIES_PER_REQUEST)))
+    """Sample one list item per request, for each category; keep the first distinct good ones."""
+    asks = [(c, kind, i) for c, kind in _categories(constitution)
+            for i in range(math.ceil(config.per_category * QUERY_OVERSAMPLE))]  # fmt: skip
     requests = [
-        _chat(QUERY_PROMPT.format(description=c.description, n=n, hint=KIND_HINTS[kind]), config.temperature,
-              TOKENS_PER_QUERY * n + 16, derive_seed(config.seed, "queries", c.id, k))
-        for c, kind, k, n in chunks
+        GenerationRequest(prompt=query_list_prompt(c), temperature=config.temperature, max_tokens=TOKENS_PER_QUERY,
+                          stop=["\n"], seed=derive_seed(config.seed, "queries", c.id, i))
+        for c, kind, i in asks
     ]
     found: dict[str, dict[str, str]] = defaultdict(dict)  # category id -> normalised -> first wording
     failed = []
-    for (category, kind, k, _), completion in zip(chunks, _run(backend, requests, "queries", progress)):
-        items = _list_items(completion)
-        if not items:
-            failed.append(_list_discard(category, kind, k, completion.text, meta))
-        for query in items:
+    for (category, kind, i), completion in zip(asks, _run(backend, requests, "queries", progress)):
+        query, reason = _list_item(completion, category)
+        if reason:
+            failed.append(_query_discard(category, kind, i, completion.text, reason, meta))
+        else:
             found[category.id].setdefault(normalize(query), query)
     rows = []
     for category, kind in _categories(constitution):
@@ -223,18 +200,26 @@ def _source_rows(constitution, backend, config, progress, meta) -> tuple[list[di
     return rows, failed
 
 
-def _list_items(completion: Completion) -> list[str]:
-    items = parse_numbered_list(completion.text)
-    # A list cut off by max_tokens ends in a half-written query.
-    return items[:-1] if completion.finish_reason == "length" else items
+def _list_item(completion: Completion, category: Category) -> tuple[str, str | None]:
+    """The query the model added to the list, or why there is none."""
+    text = completion.text.strip().strip("*\"'\u201c\u201d").strip()
+    if completion.finish_reason == "length":
+        return text, "cut off at max_tokens"
+    if len(text.split()) < 3:
+        return text, "too short to be a query"
+    if aug.looks_like_refusal(text):
+        return text, "a refusal, not a query"
+    if normalize(text) in {normalize(e) for e in category.examples}:
+        return text, "repeats one of the constitution's examples"
+    return text, None
 
 
-def _list_discard(category: Category, kind: str, k: int, raw: str, meta: dict) -> dict[str, Any]:
+def _query_discard(category: Category, kind: str, i: int, raw: str, reason: str, meta: dict) -> dict[str, Any]:
     return {
-        "id": f"{category.id}.list{k}", "messages": None, "response": None, "label": LABELS[kind],
+        "id": f"{category.id}.q{i:03d}", "messages": None, "response": None, "label": LABELS[kind],
         "category": category.id, "category_kind": kind, "augmentation": None, "variant": None,
         "language": None, "source_id": None, "split": None, "discarded": True,
-        "reason": "no numbered list in the model's output", "raw": raw, "meta": meta,
+        "reason": reason, "raw": raw, "meta": meta,
     }
 
 

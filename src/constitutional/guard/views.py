@@ -37,8 +37,19 @@ class GuardRow:
     category: str | None = None
 
 
+# `builtin:real_prompts`: real prompts written by people, none seen in training, to check that
+# classifiers trained on synthetic data carry over (input view only: there are no responses).
+REAL_PROMPTS = {"harmbench": 1, "strongreject": 1, "self_instruct": 0, "mt_bench": 0, "over_refusal": 0}
+
+
 def load_guard_rows(path: str | Path) -> list[GuardRow]:
-    """Read and check guard rows; a bad field raises `UserError` naming FILE:LINE."""
+    """Read and check guard rows; a bad field raises `UserError` naming FILE:LINE.
+
+    `builtin:real_prompts` gives the bundled red-team sets (harmful) and the helpful and
+    alarming-but-benign sets (harmless), all held out.
+    """
+    if str(path) == "builtin:real_prompts":
+        return real_prompt_rows()
     path = Path(path)
     rows = []
     for line, raw in iter_jsonl(path):
@@ -46,6 +57,16 @@ def load_guard_rows(path: str | Path) -> list[GuardRow]:
     if not rows:
         raise UserError("no guard rows: the file is empty", path)
     return rows
+
+
+def real_prompt_rows() -> list[GuardRow]:
+    from constitutional.generate import load_prompts
+
+    return [
+        GuardRow([{"role": "user", "content": row["prompt"]}], None, label, "heldout", name)
+        for name, label in REAL_PROMPTS.items()
+        for row in load_prompts(f"builtin:{name}")
+    ]
 
 
 def _parse_row(raw: dict[str, Any], path: Path, line: int) -> GuardRow:
@@ -106,21 +127,19 @@ def prefixes(text: str, cuts: tuple[float, ...] = PREFIX_CUTS) -> list[str]:
 def view_rows(view: str, rows: list[GuardRow], split: str) -> tuple[list[str], list[int], list[int]]:
     """(texts, labels, groups) of one view and split; groups[i] is the row text i came from.
 
-    input: rows without a response judge the request alone; when the data has none, every row's
-    conversation is used with its label. output / exchange: rows with a response, each expanded
-    to its response prefixes at `PREFIX_CUTS` (every prefix carries the row's label).
+    input: each distinct conversation once, with its label (a row whose response is missing,
+    e.g. one the model refused to write, is still a request). output / exchange: rows with a response,
+    each expanded to its response prefixes at `PREFIX_CUTS` (every prefix carries the row's label).
     """
     picked = [r for r in rows if r.split == split]
     texts: list[str] = []
     labels: list[int] = []
     groups: list[int] = []
     if view == "input":
-        requests = [r for r in picked if r.response is None]
-        for i, r in enumerate(requests or picked):
-            texts.append(view_text(view, r.messages, None))
-            labels.append(r.label)
-            groups.append(i)
-        return texts, labels, groups
+        requests: dict[str, int] = {}
+        for r in picked:
+            requests.setdefault(view_text(view, r.messages, None), r.label)
+        return list(requests), list(requests.values()), list(range(len(requests)))
     for i, r in enumerate(r for r in picked if r.response is not None):
         for prefix in prefixes(r.response or ""):
             texts.append(view_text(view, r.messages, prefix))
