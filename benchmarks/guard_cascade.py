@@ -9,9 +9,10 @@ split of `--data` (default: a synthetic keyword task, `synthetic_rows`). On the 
 
   strong-only: every text scored by the strong stage; threshold calibrated to `--target-frr`.
   cascade:     the cheap stage scores every text, the strong stage only those in the band; of
-               bands from narrow to wide (the default of `choose_band`, then bands around the
-               cheap stage's own threshold holding 5% ... 100% of the texts), the narrowest
-               whose recall at the same FRR target reaches strong-only recall is kept.
+               the candidate bands (the default of `choose_band`, then bands around the cheap
+               stage's own threshold holding 5% ... 100% of the texts), the one sending the
+               fewest texts to the strong stage whose recall at the same FRR target reaches
+               strong-only recall is kept: the cheapest cascade at equal recall.
 
 Then both paths are timed on the held-out texts (ABBA order, after a warm-up), counting strong
 calls with a wrapper. Compute = wall seconds of scoring (the cheap stage's encoder included).
@@ -124,7 +125,7 @@ def main() -> None:
         stages = ["strong" if lo <= c <= hi else "cheap" for c in cheap_scores]
         m = row_metrics(mixed, stages)
         print(f"{f'[{lo:.3f}, {hi:.3f}]':<22}{m['strong_share']:>8.1%}{m['recall']:>8.1%}{m['frr']:>7.1%}")
-        if chosen is None and m["recall"] >= strong_only["recall"]:
+        if m["recall"] >= strong_only["recall"] and (chosen is None or m["strong_share"] < chosen[1]["strong_share"]):
             chosen = (lo, hi), m
     if chosen is None:
         chosen = (0.0, 1.0), strong_only  # only the full band matches: the cascade is strong-only
