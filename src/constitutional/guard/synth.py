@@ -186,9 +186,10 @@ def _source_rows(constitution, backend, config, progress, meta) -> tuple[list[di
         for c, kind, i in asks
     ]
     found: dict[str, dict[str, str]] = defaultdict(dict)  # category id -> normalised -> first wording
+    examples = {c.id: {normalize(e) for e in c.examples} for c, _ in _categories(constitution)}
     failed = []
     for (category, kind, i), completion in zip(asks, _run(backend, requests, "queries", progress)):
-        query, reason = _list_item(completion, category)
+        query, reason = _list_item(completion, examples[category.id])
         if reason:
             failed.append(_query_discard(category, kind, i, completion.text, reason, meta))
         else:
@@ -201,8 +202,8 @@ def _source_rows(constitution, backend, config, progress, meta) -> tuple[list[di
     return rows, failed
 
 
-def _list_item(completion: Completion, category: Category) -> tuple[str, str | None]:
-    """The query the model added to the list, or why there is none."""
+def _list_item(completion: Completion, examples: set[str]) -> tuple[str, str | None]:
+    """The query the model added to the list, or why there is none (`examples`: normalised)."""
     text = completion.text.strip().strip("*\"'\u201c\u201d").strip()
     if completion.finish_reason == "length":
         return text, "cut off at max_tokens"
@@ -210,7 +211,7 @@ def _list_item(completion: Completion, category: Category) -> tuple[str, str | N
         return text, "too short to be a query"
     if aug.looks_like_refusal(text):
         return text, "a refusal, not a query"
-    if normalize(text) in {normalize(e) for e in category.examples}:
+    if normalize(text) in examples:
         return text, "repeats one of the constitution's examples"
     return text, None
 
