@@ -54,8 +54,8 @@ def resolve_model(spec: str) -> Path:
 def load_model(spec: str, device: str | None = None, precision: str = "fp32"):
     """Load (once per process) the model and tokenizer for `spec`; returns (model, tokenizer).
 
-    `precision="int8"` stores the Linear layers' weights in int8 (see `quantize_int8_weights`).
-    It is a CPU path; on a GPU the model stays in bf16.
+    `precision="int8"` runs every Linear in int8 with SmoothQuant scales (see `int8.py`). It is a
+    CPU path; on a GPU the model stays in bf16.
     """
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -68,25 +68,11 @@ def load_model(spec: str, device: str | None = None, precision: str = "fp32"):
         if key not in _LOADED:
             model, tokenizer = _load_uncached(path, device)
             if precision == "int8" and device == "cpu":
-                quantize_int8_weights(model)
+                from constitutional.backends.int8 import to_int8
+
+                to_int8(model, tokenizer, lambda messages: render_chat(tokenizer, messages))
             _LOADED[key] = model, tokenizer
     return _LOADED[key]
-
-
-def quantize_int8_weights(model) -> None:
-    """Int8 weights, fp32 activations (torchao's weight-only int8), in place.
-
-    Weight-only, because SmolLM2's hidden states have large outlier channels: quantising the
-    activations too (torch's dynamic int8) changed the greedy first token on 13 of 20 fixed
-    prompts, while weight-only changed none (max logit change ~1).
-    """
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from torchao.quantization import Int8WeightOnlyConfig, quantize_
-
-        quantize_(model, Int8WeightOnlyConfig())
 
 
 def _load_uncached(path: Path, device: str):
@@ -115,6 +101,10 @@ def _load_uncached(path: Path, device: str):
     return model.to(device).eval(), tokenizer
 
 
+def render_chat(tokenizer, messages) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 def fingerprint_dir(path: Path) -> str:
     """Identify weights by config contents plus each weight file's name, size and mtime."""
     h = hashlib.sha256()
@@ -136,7 +126,7 @@ class LocalBackend:
         batch_size: slots decoded together (continuous batching keeps them full); 16-64 suit two
             CPU cores.
         device: "cpu", "cuda", ...; default: cuda when available.
-        precision: "fp32" or "int8" (int8 weights on CPU, see `quantize_int8_weights`); default
+        precision: "fp32" or "int8" (int8 matmuls on CPU, see `int8.py`); default
             from $CAI_PRECISION, else fp32.
     """
 
@@ -157,9 +147,7 @@ class LocalBackend:
 
     def render(self, prompt: Prompt) -> str:
         """The exact text the model sees: chat template for messages, raw text otherwise."""
-        if isinstance(prompt, str):
-            return prompt
-        return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return prompt if isinstance(prompt, str) else render_chat(self.tokenizer, prompt)
 
     def _encode(self, texts: Sequence[str]) -> list[list[int]]:
         return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]

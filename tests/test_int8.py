@@ -1,0 +1,57 @@
+"""`--precision int8` pieces on a tiny random Llama: smoothing is exact in fp32, and the int8
+Linear stays close to the fp32 one (the embedded model's quality bounds are in
+test_embedded_model.py)."""
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from constitutional.backends.int8 import Int8Linear, input_absmax, quantize_linears, smooth_llama
+
+
+def _model(path):
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def _logits(model, ids):
+    with torch.inference_mode():
+        return model(ids).logits
+
+
+def test_smoothing_changes_nothing_in_fp32_but_tames_outlier_channels(tiny_model_dir):
+    model, ids = _model(tiny_model_dir), torch.randint(0, 1000, (2, 12))
+    with torch.no_grad():  # an outlier channel, like SmolLM2's, in every layer's normed input
+        for layer in model.model.layers:
+            layer.input_layernorm.weight[3] = 60.0
+    before = _logits(model, ids)
+    absmax = input_absmax(model, [{"input_ids": ids}])
+    q_proj = model.model.layers[0].self_attn.q_proj
+    spread_before = absmax[q_proj].max() / absmax[q_proj].median()
+    smooth_llama(model, absmax)
+    assert torch.allclose(_logits(model, ids), before, atol=1e-4, rtol=1e-4)
+    after = input_absmax(model, [{"input_ids": ids}])[q_proj]
+    assert after.max() / after.median() < spread_before / 4
+    assert model.lm_head.weight is not model.model.embed_tokens.weight  # the embedding is untouched
+
+
+def test_int8_linear_is_close_to_fp32_and_keeps_each_token_apart():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    q = Int8Linear(linear)
+    x = torch.randn(3, 20, 64)
+    rel = (q(x) - linear(x)).norm() / linear(x).norm()
+    assert rel < 0.02
+    # One token with a huge activation must not change the others' results (per-token scales).
+    spiked = x.clone()
+    spiked[0, 0] *= 1000
+    assert torch.equal(q(spiked)[1:], q(x)[1:]) and torch.equal(q(spiked)[0, 1:], q(x)[0, 1:])
+    assert q(x[:1, :2]).shape == (1, 2, 48)  # fewer rows than the int8 kernel takes
+
+
+def test_quantized_model_generates_close_logits(tiny_model_dir):
+    model, ids = _model(tiny_model_dir), torch.randint(0, 1000, (2, 12))
+    before = _logits(model, ids)
+    smooth_llama(model, input_absmax(model, [{"input_ids": ids}]))
+    quantize_linears(model)
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    after = _logits(model, ids)
+    assert (after - before).norm() / before.norm() < 0.05
