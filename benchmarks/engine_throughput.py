@@ -9,10 +9,10 @@ One process, one set of chat requests (red-team and helpful prompts mixed, greed
              runs until its longest row ends, the usual way to batch with transformers.
   engine     `LocalBackend.generate` at fp32: continuous batching (finished rows hand their slot
              to waiting requests), a KV cache that grows in place, shared-prefix prefill.
-  engine8    the same at `--precision int8` (dynamic int8 quantisation of the Linear layers).
+  engine8    the same at `--precision int8` (SmoothQuant-scaled int8 matmuls, `int8.py`).
 
 Tokens are the generated ones up to and including EOS. The fp32 ceiling (~700 tokens/s on two
-AVX2 cores for a 135M model, ~0.27 GFLOP per token) is the yardstick the issue set. Greedy texts
+cores for a 135M model, ~0.27 GFLOP per token) is the yardstick the issue set. Greedy texts
 of the engine must equal plain generate's; int8 texts are compared with fp32 ones and reported.
 """
 
@@ -73,7 +73,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--n", type=int, default=64, help="requests")
-    ap.add_argument("--batch-size", type=int, default=32, help="plain batch size = engine slots")
+    ap.add_argument("--batch-size", type=int, default=32, help="plain generate's batch size")
+    ap.add_argument("--slots", type=int, default=None,
+                    help="engine slots (default: the engine's own choice from the KV memory budget)")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (0: torch's default)")
     args = ap.parse_args()
@@ -81,8 +83,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     reqs = requests(args.n, args.max_tokens)
 
-    fp32 = LocalBackend(args.model, batch_size=args.batch_size, precision="fp32")
-    int8 = LocalBackend(args.model, batch_size=args.batch_size, precision="int8")
+    fp32 = LocalBackend(args.model, batch_size=args.slots, precision="fp32")
+    int8 = LocalBackend(args.model, batch_size=args.slots, precision="int8")
     for backend in (fp32, int8):  # warm-up: allocator, kernels, quantised weights
         backend.generate(reqs[:2])
 
@@ -94,7 +96,8 @@ def main() -> None:
         rows[name] = (sum(c.completion_tokens for c in out), seconds)
         texts[name] = [c.text for c in out]
 
-    print(f"\n{args.n} requests, batch/slots {args.batch_size}, up to {args.max_tokens} new tokens, "
+    slots = args.slots or "auto (KV budget)"
+    print(f"\n{args.n} requests, plain batch {args.batch_size}, engine slots {slots}, up to {args.max_tokens} new tokens, "
           f"greedy, {torch.get_num_threads()} torch threads\n")
     print(f"{'path':<24}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}{'vs plain':>10}{'of ceiling':>12}")
     plain_tps = plain_tokens / plain_s

@@ -42,8 +42,9 @@ def run_sl_cai(src: Path, out: Path, args, precision: str | None) -> float:
     cmd = [sys.executable, "-c", "from constitutional.cli import main; main()", *root,
            "sl-cai", "generate", "--prompts", "builtin:advbench", "--limit", str(args.n),
            "--rounds", str(args.rounds), "--max-tokens", str(args.max_tokens),
-           "--batch-size", str(args.batch_size), "--helpful-ratio", "0", "--seed", "0",
-           "--no-cache", "--out", str(out)]
+           "--helpful-ratio", "0", "--seed", "0", "--no-cache", "--out", str(out)]
+    if args.batch_size:
+        cmd += ["--batch-size", str(args.batch_size)]
     env["OMP_NUM_THREADS"] = str(args.threads)  # both sides: torch reads it at import
     t = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=src, check=False)
@@ -64,7 +65,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=32, help="red-team prompts")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="pass --batch-size to both sides (default: each side's own default: 16 "
+                         "rows before #11, the KV memory budget's choice after)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", action=argparse.BooleanOptionalAction, default=True,
                     help="run fp32 and the baseline a second time (drift check)")
@@ -91,7 +94,7 @@ def main() -> None:
     mean = {name: sum(v) / len(v) for name, v in seconds.items()}
     reference = final_revisions(outputs["baseline"])
     print(f"\nSL-CAI: {args.n} prompts x {args.rounds} rounds, up to {args.max_tokens} tokens, "
-          f"batch {args.batch_size}, {args.threads} threads; baseline = {args.baseline}\n")
+          f"batch {args.batch_size or 'default'}, {args.threads} threads; baseline = {args.baseline}\n")
     print(f"{'engine':<10}{'mean s':>9}{'speed-up':>10}{'same final revisions':>23}")
     for name in ("baseline", "fp32", "int8"):
         same = sum(a == b for a, b in zip(reference, final_revisions(outputs[name])))

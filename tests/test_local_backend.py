@@ -163,3 +163,13 @@ def test_prefill_chunks_keep_one_long_prompt_from_padding_the_rest():
     assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))
     for chunk in chunks:  # each batch's padded size stays within the slack
         assert len(chunk) * max(lengths[i] for i in chunk) <= 1.25 * sum(lengths[i] for i in chunk)
+
+
+def test_context_groups_keep_a_long_request_apart():
+    from constitutional.backends.continuous import context_groups
+
+    contexts = [300, 1500, 200, 250, 380, 2100]
+    groups = context_groups(contexts)
+    assert groups == [[2, 3, 0, 4], [1, 5]]
+    for g in groups:
+        assert max(contexts[i] for i in g) <= 2 * min(contexts[i] for i in g)

@@ -133,6 +133,26 @@ def prefill_chunks(rows: Sequence[Sequence[int]]) -> list[list[int]]:
     return chunks
 
 
+CONTEXT_SPREAD = 2.0  # a decoding group's widest context may be this many times its narrowest
+
+
+def context_groups(contexts: Sequence[int]) -> list[list[int]]:
+    """Split requests (by their longest possible context: prompt + max_tokens) into groups decoded
+    one after another, shortest first; returns indices in admission order.
+
+    Slots share one timeline of KV columns, so every row's attention step reads as many columns
+    as the widest live row needs: one 1,400-token prompt among 100-token ones made each step ~3x
+    dearer for all of them. A lone long request decodes faster on its own than it slows the rest.
+    """
+    groups: list[list[int]] = []
+    for i in sorted(range(len(contexts)), key=lambda i: (contexts[i], i)):
+        if groups and contexts[i] <= CONTEXT_SPREAD * contexts[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 # (prompt token rows) -> (DynamicCache, attention mask (b, width), last logits (b, vocab))
 Prefill = Callable[[list[list[int]]], tuple[DynamicCache, torch.Tensor, torch.Tensor]]
 # (row, finished) -> None; called once per request as soon as it is done

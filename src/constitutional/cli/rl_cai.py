@@ -6,7 +6,13 @@ from pathlib import Path
 
 import typer
 
-from constitutional.cli.models import BackendOpt, BaseUrlOpt, backend_from_options, stage_progress
+from constitutional.cli.models import (
+    SLOTS_HELP,
+    BackendOpt,
+    BaseUrlOpt,
+    backend_from_options,
+    stage_progress,
+)
 from constitutional.cli.rl_cai_dpo import dpo
 from constitutional.cli.rl_cai_grpo import grpo
 from constitutional.cli.rl_cai_pm import score, train_pm
@@ -49,7 +55,7 @@ def label(
     seed: int = typer.Option(0, help="Run seed: samples, principle draws and sides derive from it."),
     backend: str = BackendOpt,
     base_url: str = BaseUrlOpt,
-    batch_size: int = typer.Option(16, help="local backend: rows decoded together."),
+    batch_size: int | None = typer.Option(None, help=SLOTS_HELP),
     concurrency: int = typer.Option(16, help="openai backend: requests in flight."),
     cache: Path = typer.Option(None, help="Response cache file (default $CAI_CACHE_DIR/responses.sqlite)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the response cache."),

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from constitutional.cli.models import (
+    SLOTS_HELP,
     BackendOpt,
     BaseUrlOpt,
     ModelOpt,
@@ -45,7 +46,7 @@ def generate(
     backend: str = BackendOpt,
     model: str = ModelOpt,
     base_url: str = BaseUrlOpt,
-    batch_size: int = typer.Option(16, help="local backend: rows decoded together."),
+    batch_size: int | None = typer.Option(None, help=SLOTS_HELP),
     concurrency: int = typer.Option(16, help="openai backend: requests in flight."),
     cache: Path = typer.Option(None, help="Response cache file (default $CAI_CACHE_DIR/responses.sqlite)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the response cache."),

@@ -22,7 +22,7 @@ class BackendSection(_Section):
 
     name: Literal["local", "openai"] = "local"
     base_url: str | None = None
-    batch_size: int = Field(default=16, ge=1)  # local: rows decoded together
+    batch_size: int | None = Field(default=None, ge=1)  # local: rows decoded together (None: from the KV budget)
     precision: Literal["fp32", "int8"] | None = None  # local: None = `cai --precision` or fp32
     concurrency: int = Field(default=16, ge=1)  # openai: requests in flight
     cache: bool = True  # the run's own response cache: a killed run resumes where it stopped

@@ -91,7 +91,7 @@ class RayBackend:
         if workers < 1 or cpus_per_worker < 1 or gpus_per_worker < 0:
             raise UserError("need --workers >= 1, --worker-cpus >= 1 and --worker-gpus >= 0")
         self._ray = ray = import_ray()
-        self.batch_size = int(options.get("batch_size", 8))
+        self.batch_size = int(options.get("batch_size") or 16)  # requests per task sent to a worker
         actor = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(_Worker)
         cwd = os.getcwd()
         self.workers = [actor.remote(backend, model, options, cpus_per_worker, cwd) for _ in range(workers)]
