@@ -173,3 +173,51 @@ def test_context_groups_keep_a_long_request_apart():
     assert groups == [[2, 3, 0, 4], [1, 5]]
     for g in groups:
         assert max(contexts[i] for i in g) <= 2 * min(contexts[i] for i in g)
+
+
+def test_prefix_attention_equals_attention_over_the_whole_context():
+    """One row's query against [shared prefix, own columns] gives SDPA's answer over the
+    concatenation; rows that do not use the prefix ignore it."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from constitutional.backends.prefix_attention import SharedPrefix, prefix_attention
+
+    torch.manual_seed(0)
+    rows, heads, kv_heads, dim, n_prefix, cols = 3, 6, 2, 8, 5, 4
+    q = torch.randn(rows, heads, 1, dim)
+    k, v = torch.randn(rows, kv_heads, cols, dim), torch.randn(rows, kv_heads, cols, dim)
+    pk, pv = torch.randn(kv_heads, n_prefix, dim), torch.randn(kv_heads, n_prefix, dim)
+    mask = torch.zeros(rows, 1, 1, cols)
+    mask[2, ..., 0] = torch.finfo(torch.float32).min  # row 2 does not own its first column
+    prefix = SharedPrefix(list(range(n_prefix)), [pk], [pv], rows=torch.tensor([True, True, False]))
+    got, _ = prefix_attention(SimpleNamespace(layer_idx=0), q, k, v, mask, shared_prefix=prefix)
+
+    full_k = torch.cat([pk.expand(rows, -1, -1, -1), k], dim=2).repeat_interleave(heads // kv_heads, 1)
+    full_v = torch.cat([pv.expand(rows, -1, -1, -1), v], dim=2).repeat_interleave(heads // kv_heads, 1)
+    for r in range(2):
+        want = F.scaled_dot_product_attention(q[r : r + 1], full_k[r : r + 1], full_v[r : r + 1])
+        assert torch.allclose(got[r], want[0].transpose(0, 1), atol=1e-5)
+    own_k, own_v = k[2:, :, 1:].repeat_interleave(3, 1), v[2:, :, 1:].repeat_interleave(3, 1)
+    want = F.scaled_dot_product_attention(q[2:], own_k, own_v)
+    assert torch.allclose(got[2], want[0].transpose(0, 1), atol=1e-5)
+
+
+def test_engine_holds_a_shared_prefix_once(backend, monkeypatch):
+    from constitutional.backends import continuous
+
+    seen = []
+    original = continuous.ContinuousBatcher._step
+
+    def step(self, on_finished):
+        seen.append((self.prefix is not None and bool(self.on_prefix.any()), self.layers[0].length))
+        return original(self, on_finished)
+
+    monkeypatch.setattr(continuous.ContinuousBatcher, "_step", step)
+    preamble = "Here are the rules you follow in every answer. " * 8
+    requests = [GenerationRequest(prompt=preamble + q, max_tokens=4) for q in ("Hi.", "Why is the sky blue?")]
+    n_preamble = len(backend._encode([preamble])[0])
+    backend.generate(requests)
+    assert seen and all(used for used, _ in seen)
+    assert max(width for _, width in seen) < n_preamble  # the timeline holds only the rows' own tokens

@@ -22,7 +22,9 @@ from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
 from constitutional.backends.base import GenerationRequest
-from constitutional.backends.decoding import sample_token, shared_prefix_len
+from constitutional.backends.decoding import MIN_SHARED_PREFIX, sample_token, shared_prefix_len
+from constitutional.backends.prefix_attention import NAME as PREFIX_ATTENTION
+from constitutional.backends.prefix_attention import SharedPrefix
 
 
 def kv_budget_bytes() -> int:
@@ -174,6 +176,11 @@ class ContinuousBatcher:
         self.layers: list[TimelineLayer] = []
         self.mask = torch.zeros(0, 0, dtype=torch.bool)  # (slots, columns in use)
         self.rows: list[Row | None] = []
+        # Rows whose prompt starts with `prefix` keep only the rest in the timeline; the prefix's
+        # KV is held once and read by `prefix_attention` (when the model was set up for it).
+        self.share_prefix = getattr(lm.config, "_attn_implementation", None) == PREFIX_ATTENTION
+        self.prefix: SharedPrefix | None = None
+        self.on_prefix = torch.zeros(0, dtype=torch.bool)
 
     @torch.inference_mode()
     def run(self, requests: Sequence[GenerationRequest], prompt_ids: Sequence[list[int]],
@@ -181,6 +188,7 @@ class ContinuousBatcher:
         """Decode every request; `order` is the admission order (similar lengths together)."""
         waiting = list(order)
         self.rows = [None] * self.slots
+        self.on_prefix = torch.zeros(self.slots, dtype=torch.bool)
         while waiting or any(self.rows):
             free = [s for s, r in enumerate(self.rows) if r is None]
             # Admit in groups: one batched prefill per group costs far less than one per row.
@@ -198,21 +206,42 @@ class ContinuousBatcher:
 
     def _admit_chunk(self, free, take, requests, prompt_ids, on_finished) -> None:
         cache, mask, logits = self.prefill([prompt_ids[i] for i in take])
+        skip = self._shared_columns([prompt_ids[i] for i in take], cache)
+        width = mask.shape[1] - skip
         if not self.layers:
-            self._start_timeline(cache, mask.shape[1])
-        width = mask.shape[1]
+            self._start_timeline(cache, width)
         self._make_room(width)
         end = self.layers[0].length
         for j, (slot, i) in enumerate(zip(free, take)):
             req = requests[i]
             row = Row(i, req, len(prompt_ids[i]), torch.Generator().manual_seed(req.seed))
             for layer, new in zip(self.layers, cache.layers):
-                layer.key_buf[slot, :, end - width : end] = new.keys[j]
-                layer.value_buf[slot, :, end - width : end] = new.values[j]
+                layer.key_buf[slot, :, end - width : end] = new.keys[j, :, skip:]
+                layer.value_buf[slot, :, end - width : end] = new.values[j, :, skip:]
             self.mask[slot] = False
-            self.mask[slot, end - width : end] = mask[j].bool()
+            self.mask[slot, end - width : end] = mask[j, skip:].bool()
+            self.on_prefix[slot] = skip > 0
             self.rows[slot] = row
             self._append(slot, row, logits[j], on_finished)
+
+    def _shared_columns(self, rows: list[list[int]], cache: DynamicCache) -> int:
+        """How many leading columns of this prefill are the shared prefix (0: rows keep their own).
+
+        The prefix in use stays while any live row reads it; otherwise a group whose rows share a
+        long enough prefix installs theirs, taken from its prefill (computed once at batch 1).
+        """
+        if not self.share_prefix:
+            return 0
+        live = torch.tensor([r is not None for r in self.rows])
+        if self.prefix is not None and bool((self.on_prefix & live).any()):
+            n = len(self.prefix.ids)
+            return n if all(len(r) > n and r[:n] == self.prefix.ids for r in rows) else 0
+        shared = shared_prefix_len(rows) if len(rows) > 1 else 0
+        if shared < MIN_SHARED_PREFIX:
+            return 0
+        self.prefix = SharedPrefix(rows[0][:shared], [c.keys[0, :, :shared].clone() for c in cache.layers],
+                                   [c.values[0, :, :shared].clone() for c in cache.layers])
+        return shared
 
     def _start_timeline(self, cache: DynamicCache, width: int) -> None:
         def empty(t):
@@ -241,6 +270,11 @@ class ContinuousBatcher:
         for s in live:
             last[s, 0] = self.rows[s].tokens[-1]
         positions = self.mask.sum(-1, keepdim=True)  # each row's own count of tokens so far
+        extra = {}
+        if self.prefix is not None and bool(self.on_prefix.any()):
+            self.prefix.rows = self.on_prefix.to(self.mask.device)
+            positions = positions + self.prefix.rows[:, None] * len(self.prefix.ids)
+            extra["shared_prefix"] = self.prefix
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
         blocked = torch.finfo(self.layers[0].dtype).min
         additive = torch.zeros(self.mask.shape, dtype=self.layers[0].dtype, device=self.mask.device)
@@ -251,6 +285,7 @@ class ContinuousBatcher:
             position_ids=positions,
             past_key_values=self._cache(),
             use_cache=True,
+            **extra,
         )
         logits = out.logits[:, -1].float()
         for s in live:
@@ -270,6 +305,7 @@ class ContinuousBatcher:
             row.logits.append(logits.clone())  # a view would keep the whole step's logits alive
         if self.is_done(row):
             self.rows[slot] = None
+            self.on_prefix[slot] = False
             on_finished(row)
 
     def _shrink_if_draining(self, waiting: bool) -> None:
@@ -283,4 +319,5 @@ class ContinuousBatcher:
             layer.key_buf, layer.value_buf = layer.key_buf[index], layer.value_buf[index]
             layer._expose()
         self.mask = self.mask[index]
+        self.on_prefix = self.on_prefix[index.cpu()]
         self.rows = [self.rows[s] for s in live]

@@ -99,6 +99,9 @@ def _load_uncached(path: Path, device: str):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    from constitutional.backends.prefix_attention import NAME as PREFIX_ATTENTION
+
+    model.set_attn_implementation(PREFIX_ATTENTION)  # SDPA, plus a shared prefix read once when decoding
     return model.to(device).eval(), tokenizer
 
 
