@@ -215,9 +215,13 @@ def test_engine_holds_a_shared_prefix_once(backend, monkeypatch):
         return original(self, on_finished)
 
     monkeypatch.setattr(continuous.ContinuousBatcher, "_step", step)
-    preamble = "Here are the rules you follow in every answer. " * 8
+    preamble = "Here are the rules you follow in every answer. " * 30
+    assert len(backend._encode([preamble])[0]) >= continuous.MIN_HELD_PREFIX
     requests = [GenerationRequest(prompt=preamble + q, max_tokens=4) for q in ("Hi.", "Why is the sky blue?")]
     n_preamble = len(backend._encode([preamble])[0])
-    backend.generate(requests)
+    batched = [c.text for c in backend.generate(requests)]
     assert seen and all(used for used, _ in seen)
     assert max(width for _, width in seen) < n_preamble  # the timeline holds only the rows' own tokens
+    seen.clear()
+    assert batched == [backend.generate([r])[0].text for r in requests]  # alone: no prefix held
+    assert seen and not any(used for used, _ in seen)
