@@ -39,10 +39,9 @@ def input_absmax(model, batches: Sequence[dict]) -> dict[nn.Linear, torch.Tensor
     return seen
 
 
-def smoothing(x_max: torch.Tensor, weights: Sequence[torch.Tensor], alpha: float = ALPHA) -> torch.Tensor:
-    """s_j for the input channels shared by `weights` (each (out, in))."""
-    w_max = torch.stack([w.abs().amax(0) for w in weights]).amax(0).float()
-    return (x_max.clamp(min=1e-5).pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)).clamp(min=1e-5)
+def smoothing(x_max: torch.Tensor, w_max: torch.Tensor, alpha: float = ALPHA) -> torch.Tensor:
+    """s_j = max|x_j|^alpha / max|W_j|^(1 - alpha), per input channel j."""
+    return (x_max.clamp(min=1e-5).pow(alpha) / w_max.float().clamp(min=1e-5).pow(1 - alpha)).clamp(min=1e-5)
 
 
 @torch.inference_mode()
@@ -56,14 +55,14 @@ def smooth_llama(model, absmax: dict[nn.Linear, torch.Tensor], alpha: float = AL
         _into_norm(layer.input_layernorm, [attn.q_proj, attn.k_proj, attn.v_proj], absmax[attn.q_proj], alpha)
         _into_norm(layer.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj], absmax[mlp.gate_proj], alpha)
         # down_proj reads silu(gate) * up: scaling up's output row j scales its input channel j.
-        s = smoothing(absmax[mlp.down_proj], [mlp.down_proj.weight], alpha)
+        s = smoothing(absmax[mlp.down_proj], mlp.down_proj.weight.abs().amax(0), alpha)
         mlp.up_proj.weight.div_(s[:, None])
         mlp.down_proj.weight.mul_(s)
         # o_proj reads softmax(QK) V per query head; the query heads of one group share a V head,
         # so their channels must share a scale, which goes onto that V head's rows.
         x = absmax[attn.o_proj].view(cfg.num_key_value_heads, group, head_dim).amax(1)
         w = attn.o_proj.weight.view(-1, cfg.num_key_value_heads, group, head_dim).abs().amax(dim=(0, 2))
-        s = (x.clamp(min=1e-5).pow(alpha) / w.clamp(min=1e-5).pow(1 - alpha)).clamp(min=1e-5)
+        s = smoothing(x, w, alpha)
         attn.v_proj.weight.div_(s.reshape(-1, 1))
         attn.o_proj.weight.mul_(s[:, None, :].expand(-1, group, -1).reshape(-1))
     if model.lm_head.weight is model.model.embed_tokens.weight:  # tied: scale a copy, not the embedding
@@ -72,7 +71,8 @@ def smooth_llama(model, absmax: dict[nn.Linear, torch.Tensor], alpha: float = AL
 
 
 def _into_norm(norm, linears: Sequence[nn.Linear], x_max: torch.Tensor, alpha: float) -> None:
-    s = smoothing(x_max, [lin.weight for lin in linears], alpha)
+    w_max = torch.stack([lin.weight.abs().amax(0) for lin in linears]).amax(0)
+    s = smoothing(x_max, w_max, alpha)
     norm.weight.div_(s)
     for lin in linears:
         lin.weight.mul_(s)
