@@ -29,7 +29,7 @@ from constitutional.backends.decoding import MIN_SHARED_PREFIX, shared_prefix_le
 from constitutional.backends.embedded import EMBEDDED_NAME, embedded_gguf, materialize_gguf
 from constitutional.errors import UserError
 
-# torchao (imported by transformers too) logs every GPU-only kernel it cannot load, and torch
+# torchao (which transformers imports when installed) logs every GPU-only kernel it cannot load, and torch
 # logs each enum it registers: noise to a CPU user, so only errors are shown.
 for _noisy in ("torchao", "torch.utils._pytree"):
     logging.getLogger(_noisy).setLevel(logging.ERROR)
