@@ -236,8 +236,7 @@ class ContinuousBatcher:
         """
         if not self.share_prefix:
             return 0
-        live = torch.tensor([r is not None for r in self.rows])
-        if self.prefix is not None and bool((self.on_prefix & live).any()):
+        if self.prefix is not None and bool(self.on_prefix.any()):  # cleared as rows finish
             n = len(self.prefix.ids)
             return n if all(len(r) > n and r[:n] == self.prefix.ids for r in rows) else 0
         shared = shared_prefix_len(rows) if len(rows) > 1 else 0

@@ -14,10 +14,10 @@ from typing import Any
 import typer
 
 from constitutional.cli.models import (
-    SLOTS_HELP,
     BackendOpt,
     BaseUrlOpt,
     ModelOpt,
+    SlotsOpt,
     backend_from_options,
 )
 from constitutional.errors import UserError
@@ -97,7 +97,7 @@ def to_constitution(
     backend: str = BackendOpt,
     model: str = ModelOpt,
     base_url: str = BaseUrlOpt,
-    batch_size: int | None = typer.Option(None, help=SLOTS_HELP),
+    batch_size: int | None = SlotsOpt,
     concurrency: int = typer.Option(16, help="openai backend: requests in flight."),
     cache: Path = typer.Option(None, help="Response cache file (default $CAI_CACHE_DIR/responses.sqlite)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the response cache."),

@@ -14,9 +14,9 @@ from typing import Any
 import typer
 
 from constitutional.cli.models import (
-    SLOTS_HELP,
     BackendOpt,
     BaseUrlOpt,
+    SlotsOpt,
     backend_from_options,
     stage_progress,
 )
@@ -100,7 +100,7 @@ def eval_command(
     bootstrap: int = typer.Option(200, help="Bootstrap resamples for the Elo intervals."),
     backend: str = BackendOpt,
     base_url: str = BaseUrlOpt,
-    batch_size: int | None = typer.Option(None, help=SLOTS_HELP),
+    batch_size: int | None = SlotsOpt,
     concurrency: int = typer.Option(8, help="openai backend: requests in flight."),
     cache: Path = typer.Option(None, help="Response cache file (default $CAI_CACHE_DIR/responses.sqlite)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the response cache."),

@@ -9,10 +9,10 @@ import typer
 from constitutional.cli.guard_serve import serve
 from constitutional.cli.guard_train import evaluate, train
 from constitutional.cli.models import (
-    SLOTS_HELP,
     BackendOpt,
     BaseUrlOpt,
     ModelOpt,
+    SlotsOpt,
     backend_from_options,
     stage_progress,
 )
@@ -39,7 +39,7 @@ def synth(
     backend: str = BackendOpt,
     model: str = ModelOpt,
     base_url: str = BaseUrlOpt,
-    batch_size: int | None = typer.Option(None, help=SLOTS_HELP),
+    batch_size: int | None = SlotsOpt,
     concurrency: int = typer.Option(16, help="openai backend: requests in flight."),
     cache: Path = typer.Option(None, help="Response cache file (default $CAI_CACHE_DIR/responses.sqlite)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the response cache."),

@@ -13,7 +13,7 @@ from constitutional.cli.serve import serve
 BackendOpt = typer.Option("local", "--backend", "-b", help="local (transformers), openai (any OpenAI-compatible server) or vllm (in-process, GPU).")
 ModelOpt = typer.Option(None, "--model", "-m", help="local: 'embedded', a .gguf file or an HF dir; openai: the server's model name.")
 BaseUrlOpt = typer.Option(None, "--base-url", help="openai backend: server URL (default $OPENAI_BASE_URL).")
-SLOTS_HELP = "local backend: rows decoded together (default: as many as the KV memory budget $CAI_KV_BUDGET_GB allows, at most 128 on CPU)."
+SlotsOpt = typer.Option(None, "--batch-size", help="local backend: rows decoded together (default: as many as the KV memory budget $CAI_KV_BUDGET_GB allows, at most 128 on CPU).")
 
 
 def backend_from_options(backend: str, model: str | None, base_url: str | None, batch_size: int | None, concurrency: int, cache: Path | None, no_cache: bool):
@@ -33,7 +33,7 @@ def generate(
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass (0, 1]."),
     max_tokens: int = typer.Option(256, help="New tokens per response at most."),
     seed: int = typer.Option(0, help="Run seed; each row's seed derives from it."),
-    batch_size: int | None = typer.Option(None, help=SLOTS_HELP),
+    batch_size: int | None = SlotsOpt,
     concurrency: int = typer.Option(8, help="openai backend: requests in flight."),
     cache: Path = typer.Option(None, help="Response cache file (default $CAI_CACHE_DIR/responses.sqlite)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the response cache."),

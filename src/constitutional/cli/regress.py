@@ -17,7 +17,7 @@ from typing import Any
 
 import typer
 
-from constitutional.cli.models import SLOTS_HELP, BackendOpt, BaseUrlOpt, backend_from_options
+from constitutional.cli.models import BackendOpt, BaseUrlOpt, SlotsOpt, backend_from_options
 from constitutional.errors import UserError
 
 
@@ -140,7 +140,7 @@ def regress(
     max_tokens: int = typer.Option(256, help="New tokens per reply."),
     backend: str = BackendOpt,
     base_url: str = BaseUrlOpt,
-    batch_size: int | None = typer.Option(None, help=SLOTS_HELP),
+    batch_size: int | None = SlotsOpt,
     concurrency: int = typer.Option(8, help="openai backend: requests in flight."),
     cache: Path = typer.Option(None, help="Response cache file (default $CAI_CACHE_DIR/responses.sqlite)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the response cache."),

@@ -7,9 +7,9 @@ from pathlib import Path
 import typer
 
 from constitutional.cli.models import (
-    SLOTS_HELP,
     BackendOpt,
     BaseUrlOpt,
+    SlotsOpt,
     backend_from_options,
     stage_progress,
 )
@@ -55,7 +55,7 @@ def label(
     seed: int = typer.Option(0, help="Run seed: samples, principle draws and sides derive from it."),
     backend: str = BackendOpt,
     base_url: str = BaseUrlOpt,
-    batch_size: int | None = typer.Option(None, help=SLOTS_HELP),
+    batch_size: int | None = SlotsOpt,
     concurrency: int = typer.Option(16, help="openai backend: requests in flight."),
     cache: Path = typer.Option(None, help="Response cache file (default $CAI_CACHE_DIR/responses.sqlite)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the response cache."),

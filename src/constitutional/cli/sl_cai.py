@@ -7,10 +7,10 @@ from pathlib import Path
 import typer
 
 from constitutional.cli.models import (
-    SLOTS_HELP,
     BackendOpt,
     BaseUrlOpt,
     ModelOpt,
+    SlotsOpt,
     stage_progress,
 )
 
@@ -46,7 +46,7 @@ def generate(
     backend: str = BackendOpt,
     model: str = ModelOpt,
     base_url: str = BaseUrlOpt,
-    batch_size: int | None = typer.Option(None, help=SLOTS_HELP),
+    batch_size: int | None = SlotsOpt,
     concurrency: int = typer.Option(16, help="openai backend: requests in flight."),
     cache: Path = typer.Option(None, help="Response cache file (default $CAI_CACHE_DIR/responses.sqlite)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the response cache."),
