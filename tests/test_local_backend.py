@@ -104,7 +104,8 @@ def test_shared_prefix_is_prefilled_once_and_changes_nothing(backend):
     requests = [GenerationRequest(prompt=preamble + q, max_tokens=8) for q in ("Hi.", "Tell me a joke, please.", "Why?")]
     ids = backend._encode([r.prompt for r in requests])
     assert shared_prefix_len(ids) >= MIN_SHARED_PREFIX
-    assert "past_key_values" in backend._inputs_with_shared_prefix(ids)
+    inputs, common = backend._inputs_with_shared_prefix(ids)
+    assert "past_key_values" in inputs and common == shared_prefix_len(ids)
     batched = [c.text for c in backend.generate(requests)]
     single = [backend.generate([r])[0].text for r in requests]
     assert batched == single
@@ -225,3 +226,55 @@ def test_engine_holds_a_shared_prefix_once(backend, monkeypatch):
     seen.clear()
     assert batched == [backend.generate([r])[0].text for r in requests]  # alone: no prefix held
     assert seen and not any(used for used, _ in seen)
+
+
+def test_prompts_extending_a_finished_row_reuse_its_kv_and_decode_the_same(tiny_model_dir, monkeypatch):
+    """A critique-then-revision pattern: the second call's prompts extend the first call's rows
+    (prompt + generated text). They start from the stored KV, and decode exactly what a backend
+    without the store decodes, greedy or sampled, mixed with a prompt that extends nothing."""
+    from constitutional.backends.kv_store import MIN_REUSE
+
+    monkeypatch.setenv("CAI_KV_STORE_GB", "0")
+    plain = LocalBackend(str(tiny_model_dir), batch_size=3)
+    monkeypatch.delenv("CAI_KV_STORE_GB")
+    reusing = LocalBackend(str(tiny_model_dir), batch_size=3)
+    assert plain.kv_store is None and reusing.kv_store is not None
+
+    preamble = "Here are the rules you follow in every answer. " * 30  # long enough to be held once
+    asks = ["Hi.", "Why is the sky blue?", "Name a river.", "Count to three."]
+    first = [GenerationRequest(prompt=preamble + q, max_tokens=6 + i, temperature=0.8 * (i % 2), seed=i)
+             for i, q in enumerate(asks)]
+    drafts = reusing.generate(first)
+    assert [c.text for c in drafts] == [c.text for c in plain.generate(first)]
+
+    second = [GenerationRequest(prompt=r.prompt + c.text + " Now say it better.", max_tokens=5,
+                                temperature=r.temperature, seed=r.seed) for r, c in zip(first, drafts)]
+    second.append(GenerationRequest(prompt="Something new entirely.", max_tokens=5))
+    for r, old in zip(second, first):
+        reuse = reusing.kv_store.lookup(reusing._encode([r.prompt])[0])
+        assert reuse is not None and reuse.n >= len(reusing._encode([old.prompt])[0]) - 1
+    assert reusing.kv_store.lookup(reusing._encode([second[-1].prompt])[0]) is None
+    assert len(reusing._encode([preamble])[0]) >= MIN_REUSE
+    assert [c.text for c in reusing.generate(second)] == [c.text for c in plain.generate(second)]
+
+
+def test_kv_store_keeps_the_longest_match_within_its_budget():
+    import numpy as np
+
+    from constitutional.backends.kv_store import KVStore, StoredRow
+
+    def row(ids):
+        kv = [torch.zeros(1, len(ids), 4)]
+        return StoredRow(np.asarray(ids), None, kv, [t.clone() for t in kv])
+
+    one = row(list(range(40)))  # 40 tokens x 4 floats x 4 bytes x (keys + values) = 1,280 bytes
+    store = KVStore(budget=4 * one.nbytes)
+    store.add(one)
+    store.add(row(list(range(50))))
+    assert store.lookup(list(range(45)) + [99]).n == 45  # the longer stored row matches further
+    assert store.lookup(list(range(50))).n == 49  # the last token always runs
+    assert store.lookup([7] * 60) is None  # below MIN_REUSE: nothing
+    store.add(row([1] * 40))
+    store.add(row([2] * 40))  # over budget: the least recently used (range(40)) goes
+    assert store.nbytes <= store.budget and len(store.rows) == 3
+    assert store.lookup(list(range(50))).row.ids.tolist() == list(range(50))

@@ -17,12 +17,14 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
 from constitutional.backends.base import GenerationRequest
 from constitutional.backends.decoding import sample_token, shared_prefix_len
+from constitutional.backends.kv_store import KVStore, Reuse, StoredRow
 from constitutional.backends.prefix_attention import NAME as PREFIX_ATTENTION
 from constitutional.backends.prefix_attention import SharedPrefix
 
@@ -107,7 +109,7 @@ class Row:
 
     index: int  # position in the caller's request list
     request: GenerationRequest
-    n_prompt: int
+    prompt_ids: list[int]
     generator: torch.Generator
     tokens: list[int] = field(default_factory=list)
     logits: list[torch.Tensor] = field(default_factory=list)  # per step, only if logprobs wanted
@@ -159,8 +161,18 @@ def context_groups(contexts: Sequence[int]) -> list[list[int]]:
     return groups
 
 
-# (prompt token rows) -> (DynamicCache, attention mask (b, width), last logits (b, vocab))
-Prefill = Callable[[list[list[int]]], tuple[DynamicCache, torch.Tensor, torch.Tensor]]
+@dataclass
+class Prefilled:
+    """A batch of prompts run through the model."""
+
+    cache: DynamicCache
+    mask: torch.Tensor  # (rows, columns): which cache columns belong to each row
+    logits: torch.Tensor  # (rows, vocab): next-token logits
+    common: int  # leading columns every row shares: the same tokens, no padding among them
+
+
+# (prompt token rows, stored KV of each row's first tokens or None) -> the prefilled batch
+Prefill = Callable[[list[list[int]], "list[Reuse] | None"], Prefilled]
 # (row, finished) -> None; called once per request as soon as it is done
 OnFinished = Callable[[Row], None]
 
@@ -173,10 +185,12 @@ class ContinuousBatcher:
         prefill: runs prompts (already tokenised) and returns their cache, mask and last logits.
         slots: rows decoded together.
         is_done: (row) -> bool, the row's stop rule (EOS, max_tokens, stop strings).
+        store: finished rows' KV goes here, and prompts that extend a stored row start from it.
     """
 
-    def __init__(self, lm, prefill: Prefill, slots: int, is_done: Callable[[Row], bool]):
-        self.lm, self.prefill, self.slots, self.is_done = lm, prefill, slots, is_done
+    def __init__(self, lm, prefill: Prefill, slots: int, is_done: Callable[[Row], bool],
+                 store: KVStore | None = None):
+        self.lm, self.prefill, self.slots, self.is_done, self.store = lm, prefill, slots, is_done, store
         self.layers: list[TimelineLayer] = []
         self.mask = torch.zeros(0, 0, dtype=torch.bool)  # (slots, columns in use)
         self.rows: list[Row | None] = []
@@ -204,13 +218,25 @@ class ContinuousBatcher:
             self._step(on_finished)
 
     def _admit(self, free, take, requests, prompt_ids, on_finished) -> None:
-        for chunk in prefill_chunks([prompt_ids[i] for i in take]):
-            self._admit_chunk([free[j] for j in chunk], [take[j] for j in chunk], requests, prompt_ids,
-                              on_finished)
+        """Prefill `take` into slots `free`. Rows that extend a stored row further than the prefix
+        all of `take` share (which a plain prefill runs once for all) run only the rest."""
+        shared = shared_prefix_len([prompt_ids[i] for i in take]) if len(take) > 1 else 0
+        found = {i: self.store.lookup(prompt_ids[i]) for i in take} if self.store else {}
+        reuse = {i: r for i, r in found.items() if r is not None and r.n > shared}
+        resumed = [i for i in take if i in reuse]
+        fresh = [i for i in take if i not in reuse]
+        slots = iter(free)
+        for group, pasts in ((fresh, None), (resumed, reuse)):
+            todo = [prompt_ids[i][reuse[i].n :] if pasts else prompt_ids[i] for i in group]
+            for chunk in prefill_chunks(todo):
+                take_chunk = [group[j] for j in chunk]
+                self._admit_chunk([next(slots) for _ in chunk], take_chunk, requests, prompt_ids,
+                                  [pasts[i] for i in take_chunk] if pasts else None, on_finished)
 
-    def _admit_chunk(self, free, take, requests, prompt_ids, on_finished) -> None:
-        cache, mask, logits = self.prefill([prompt_ids[i] for i in take])
-        skip = self._shared_columns([prompt_ids[i] for i in take], cache)
+    def _admit_chunk(self, free, take, requests, prompt_ids, pasts, on_finished) -> None:
+        prefilled = self.prefill([prompt_ids[i] for i in take], pasts)
+        cache, mask, logits = prefilled.cache, prefilled.mask, prefilled.logits
+        skip = self._shared_columns([prompt_ids[i] for i in take], prefilled)
         width = mask.shape[1] - skip
         if not self.layers:
             self._start_timeline(cache, width)
@@ -218,7 +244,7 @@ class ContinuousBatcher:
         end = self.layers[0].length
         for j, (slot, i) in enumerate(zip(free, take)):
             req = requests[i]
-            row = Row(i, req, len(prompt_ids[i]), torch.Generator().manual_seed(req.seed))
+            row = Row(i, req, prompt_ids[i], torch.Generator().manual_seed(req.seed))
             for layer, new in zip(self.layers, cache.layers):
                 layer.key_buf[slot, :, end - width : end] = new.keys[j, :, skip:]
                 layer.value_buf[slot, :, end - width : end] = new.values[j, :, skip:]
@@ -226,9 +252,9 @@ class ContinuousBatcher:
             self.mask[slot, end - width : end] = mask[j, skip:].bool()
             self.on_prefix[slot] = skip > 0
             self.rows[slot] = row
-            self._append(slot, row, logits[j], on_finished)
+        self._take(free, list(range(len(free))), logits, on_finished)
 
-    def _shared_columns(self, rows: list[list[int]], cache: DynamicCache) -> int:
+    def _shared_columns(self, rows: list[list[int]], prefilled: Prefilled) -> int:
         """How many leading columns of this prefill are the shared prefix (0: rows keep their own).
 
         The prefix in use stays while any live row reads it; otherwise a group whose rows share a
@@ -236,15 +262,16 @@ class ContinuousBatcher:
         """
         if not self.share_prefix:
             return 0
+        common = prefilled.common
         if self.prefix is not None and bool(self.on_prefix.any()):  # cleared as rows finish
             n = len(self.prefix.ids)
-            return n if all(len(r) > n and r[:n] == self.prefix.ids for r in rows) else 0
-        shared = shared_prefix_len(rows) if len(rows) > 1 else 0
-        if shared < MIN_HELD_PREFIX:
+            return n if n <= common and rows[0][:n] == self.prefix.ids else 0
+        if len(rows) < 2 or common < MIN_HELD_PREFIX:
             return 0
-        self.prefix = SharedPrefix(rows[0][:shared], [c.keys[0, :, :shared].clone() for c in cache.layers],
-                                   [c.values[0, :, :shared].clone() for c in cache.layers])
-        return shared
+        layers = prefilled.cache.layers
+        self.prefix = SharedPrefix(rows[0][:common], [c.keys[0, :, :common].clone() for c in layers],
+                                   [c.values[0, :, :common].clone() for c in layers])
+        return common
 
     def _start_timeline(self, cache: DynamicCache, width: int) -> None:
         def empty(t):
@@ -269,9 +296,7 @@ class ContinuousBatcher:
     def _step(self, on_finished: OnFinished) -> None:
         """One decode step for every slot: feed each row's last token, pick its next one."""
         live = [s for s, r in enumerate(self.rows) if r is not None]
-        last = torch.zeros(len(self.rows), 1, dtype=torch.long, device=self.mask.device)
-        for s in live:
-            last[s, 0] = self.rows[s].tokens[-1]
+        last = torch.tensor([[r.tokens[-1] if r else 0] for r in self.rows], device=self.mask.device)
         positions = self.mask.sum(-1, keepdim=True)  # each row's own count of tokens so far
         extra = {}
         if self.prefix is not None and bool(self.on_prefix.any()):
@@ -290,26 +315,44 @@ class ContinuousBatcher:
             use_cache=True,
             **extra,
         )
-        logits = out.logits[:, -1].float()
-        for s in live:
-            self._append(s, self.rows[s], logits[s], on_finished)
+        self._take(live, live, out.logits[:, -1].float(), on_finished)
 
     def _cache(self) -> Cache:
         return Cache(layers=self.layers)
 
-    def _append(self, slot: int, row: Row, logits: torch.Tensor, on_finished: OnFinished) -> None:
-        req = row.request
-        if req.temperature > 0:
-            token = sample_token(logits, req.temperature, req.top_p, row.generator)
-        else:
-            token = int(logits.argmax())
-        row.tokens.append(token)
-        if req.logprobs is not None:
-            row.logits.append(logits.clone())  # a view would keep the whole step's logits alive
-        if self.is_done(row):
-            self.rows[slot] = None
-            self.on_prefix[slot] = False
-            on_finished(row)
+    def _take(self, slots: list[int], rows: list[int], logits: torch.Tensor, on_finished: OnFinished) -> None:
+        """Give the row in each of `slots` its next token, from row `rows[k]` of `logits`.
+
+        Greedy picks come from one argmax over the batch; rows that sample or want log-probs read
+        their logits on the host (one copy for the batch: on a GPU, one sync instead of one per row).
+        """
+        greedy = logits.argmax(-1).tolist()
+        host = None
+        for slot, k in zip(slots, rows):
+            row = self.rows[slot]
+            req = row.request
+            if req.temperature > 0 or req.logprobs is not None:
+                host = logits.cpu() if host is None else host
+            if req.temperature > 0:
+                row.tokens.append(sample_token(host[k], req.temperature, req.top_p, row.generator))
+            else:
+                row.tokens.append(greedy[k])
+            if req.logprobs is not None:
+                row.logits.append(host[k].clone())  # a view would keep the whole step's logits alive
+            if self.is_done(row):
+                if self.store is not None:
+                    self.store.add(self._stored(slot, row))
+                self.rows[slot] = None
+                self.on_prefix[slot] = False
+                on_finished(row)
+
+    def _stored(self, slot: int, row: Row) -> StoredRow:
+        """The slot's KV as a stored row: its own timeline columns, and the held prefix by reference."""
+        columns = self.mask[slot].nonzero().squeeze(1)
+        keys = [layer.key_buf[slot][:, columns] for layer in self.layers]  # indexing copies
+        values = [layer.value_buf[slot][:, columns] for layer in self.layers]
+        prefix = self.prefix if self.on_prefix[slot] else None
+        return StoredRow(np.asarray(row.prompt_ids + row.tokens[:-1]), prefix, keys, values)
 
     def _shrink_if_draining(self, waiting: bool) -> None:
         """With nothing left to admit, drop empty slots so the tail of the run does not decode

@@ -15,6 +15,7 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,7 +28,11 @@ from constitutional.backends.base import (
 )
 from constitutional.backends.decoding import MIN_SHARED_PREFIX, shared_prefix_len
 from constitutional.backends.embedded import EMBEDDED_NAME, embedded_gguf, materialize_gguf
+from constitutional.backends.kv_store import KVStore, Reuse, store_budget_bytes
 from constitutional.errors import UserError
+
+if TYPE_CHECKING:  # the engine's module imports transformers, which loads lazily
+    from constitutional.backends.continuous import Prefilled
 
 # torchao (which transformers imports when installed) logs every GPU-only kernel it cannot load, and torch
 # logs each enum it registers: noise to a CPU user, so only errors are shown.
@@ -61,6 +66,8 @@ def load_model(spec: str, device: str | None = None, precision: str = "fp32"):
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device != "cpu":
+        precision = "fp32"  # int8 is a CPU path: a GPU shares the one bf16 model
     if os.environ.get("CAI_THREADS"):  # `cai --threads N`: one setting for the whole process
         torch.set_num_threads(int(os.environ["CAI_THREADS"]))
     path = resolve_model(spec)
@@ -144,6 +151,8 @@ class LocalBackend:
         self.precision = precision or os.environ.get("CAI_PRECISION", "fp32")
         self.lm, self.tokenizer = load_model(model, device, self.precision)
         self.device = self.lm.device
+        budget = store_budget_bytes()
+        self.kv_store = KVStore(budget) if budget > 0 else None  # see kv_store.py
 
     def fingerprint(self) -> str:
         # int8 answers differ slightly from fp32 ones: they must not share cache entries.
@@ -170,7 +179,8 @@ class LocalBackend:
 
         def finished(row) -> None:
             logits = torch.stack(row.logits) if row.logits else None
-            results[row.index] = completion = self._completion(row.request, row.n_prompt, row.tokens, logits)
+            completion = self._completion(row.request, len(row.prompt_ids), row.tokens, logits)
+            results[row.index] = completion
             if on_result:
                 on_result(row.index, completion)
 
@@ -178,7 +188,7 @@ class LocalBackend:
         contexts = [len(ids) + r.max_tokens for ids, r in zip(prompt_ids, requests)]
         for group in context_groups(contexts):
             slots = self._rows_per_pass(max(contexts[i] for i in group))
-            batcher = ContinuousBatcher(self.lm, self._prefill, slots, self._row_done)
+            batcher = ContinuousBatcher(self.lm, self._prefill, slots, self._row_done, self.kv_store)
             batcher.run(requests, prompt_ids, group, finished)
         return results  # type: ignore[return-value]
 
@@ -196,8 +206,8 @@ class LocalBackend:
             return True
         return bool(req.stop) and cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), req.stop)[1]
 
-    def _inputs_with_shared_prefix(self, prompt_ids: list[list[int]]) -> dict:
-        """Model inputs for a batch; a long prefix shared by every row is prefilled only once.
+    def _inputs_with_shared_prefix(self, prompt_ids: list[list[int]]) -> tuple[dict, int]:
+        """Model inputs for a batch, and how many leading columns all rows share unpadded.
 
         SL-CAI and judge requests repeat the same few-shot turns in every row, and on a CPU the
         prefill of those tokens dominates. We run the shared prefix once at batch 1, copy its KV
@@ -206,16 +216,48 @@ class LocalBackend:
         """
         shared = shared_prefix_len(prompt_ids) if len(prompt_ids) > 1 else 0
         if shared < MIN_SHARED_PREFIX:
-            return self._pad(prompt_ids)
+            alone = len(prompt_ids[0]) - 1 if len(prompt_ids) == 1 else 0  # one row: nothing padded
+            return self._pad(prompt_ids), alone
         prefix = torch.tensor([prompt_ids[0][:shared]], device=self.device)
         cache = self.lm(prefix, use_cache=True).past_key_values
         cache.batch_repeat_interleave(len(prompt_ids))
         suffixes = self._pad([p[shared:] for p in prompt_ids])
+        return self._after_cache(cache, torch.ones_like(prefix).expand(len(prompt_ids), -1), suffixes), shared
+
+    def _inputs_resuming(self, prompt_ids: list[list[int]], pasts: list[Reuse]) -> tuple[dict, int]:
+        """Model inputs for rows whose first tokens' KV is stored (see `kv_store.py`), and the
+        leading columns all rows share. The cache is laid out as [common | pad | row's own stored
+        tokens], and only the tokens after them run."""
+        common = min(shared_prefix_len(prompt_ids) if len(prompt_ids) > 1 else pasts[0].n,
+                     max(p.n for p in pasts))
+        source = max(pasts, key=lambda p: p.n).row  # holds the common tokens' KV
+        ends = [max(p.n, common) for p in pasts]  # rows reusing less take the common part from `source`
+        width = max(ends)
+        mask = torch.zeros(len(pasts), width, dtype=torch.long, device=self.device)
+        mask[:, :common] = 1
+        layers = []
+        for layer in range(len(source.keys)):
+            keys, values = source.kv(layer, 0, common)
+            past_k = keys.new_zeros(len(pasts), keys.shape[0], width, keys.shape[2])  # padding stays finite
+            past_v = torch.zeros_like(past_k)
+            past_k[:, :, :common], past_v[:, :, :common] = keys, values
+            for i, (p, end) in enumerate(zip(pasts, ends)):
+                start = width - (end - common)
+                past_k[i, :, start:], past_v[i, :, start:] = p.row.kv(layer, common, end)
+                mask[i, start:] = 1
+            layers.append((past_k, past_v))
+        from transformers import DynamicCache
+
+        suffixes = self._pad([ids[end:] for ids, end in zip(prompt_ids, ends)])
+        return self._after_cache(DynamicCache(layers), mask, suffixes), common
+
+    @staticmethod
+    def _after_cache(cache, cache_mask: torch.Tensor, suffixes: dict) -> dict:
+        """Inputs whose first columns are already in `cache`; those columns' ids are never read."""
+        ids = suffixes["input_ids"]
         return {
-            "input_ids": torch.cat([prefix.expand(len(prompt_ids), -1), suffixes["input_ids"]], dim=1),
-            "attention_mask": torch.cat(
-                [torch.ones_like(prefix).expand(len(prompt_ids), -1), suffixes["attention_mask"]], dim=1
-            ),
+            "input_ids": torch.cat([ids.new_zeros(ids.shape[0], cache_mask.shape[1]), ids], dim=1),
+            "attention_mask": torch.cat([cache_mask.to(suffixes["attention_mask"]), suffixes["attention_mask"]], dim=1),
             "past_key_values": cache,
         }
 
@@ -258,37 +300,44 @@ class LocalBackend:
         rows = self._rows_per_pass(max(map(len, prompt_ids), default=1))
         for start in range(0, len(prompt_ids), rows):
             batch = prompt_ids[start : start + rows]
-            logits = self._prefill(batch, keep_cache=False)[2]  # (b, vocab)
+            logits = self._prefill(batch, keep_cache=False).logits  # (b, vocab)
             logp = torch.log_softmax(logits, dim=-1)
             for row, ids in enumerate(choice_ids[start : start + rows]):
                 out.append([logp[row, c[0]].item() for c in ids])
         return out
 
-    def _prefill(self, prompt_ids: list[list[int]], keep_cache: bool = True):
-        """Run prompts; returns (their KV cache, attention mask, next-token logits per row).
+    def _prefill(self, prompt_ids: list[list[int]], pasts: list[Reuse] | None = None,
+                 keep_cache: bool = True) -> Prefilled:
+        """Run prompts; returns their KV cache, attention mask and next-token logits per row.
 
-        A shared prefix is prefilled once (see `_inputs_with_shared_prefix`), then only the
-        suffixes run. Only the last position is projected onto the vocabulary. Position ids
-        follow the mask, so a left-padded row sees the positions it would see alone. With
-        `keep_cache=False` (a judge's one-token read) no cache is built beyond the shared prefix.
+        A shared prefix is prefilled once (see `_inputs_with_shared_prefix`), or each row starts
+        from its stored KV (`pasts`), then only the rest runs. Only the last position is projected
+        onto the vocabulary. Position ids follow the mask, so a padded row sees the positions it
+        would see alone. With `keep_cache=False` (a judge's one-token read) no cache is built
+        beyond the shared prefix.
         """
         from transformers import DynamicCache
 
-        inputs = self._inputs_with_shared_prefix(prompt_ids)
+        from constitutional.backends.continuous import Prefilled
+
+        if pasts:
+            inputs, common = self._inputs_resuming(prompt_ids, pasts)
+        else:
+            inputs, common = self._inputs_with_shared_prefix(prompt_ids)
         cache = inputs.get("past_key_values")
         if cache is None and keep_cache:
             cache = DynamicCache()
         mask = inputs["attention_mask"]
-        shared = cache.get_seq_length() if cache is not None else 0
+        done = cache.get_seq_length() if cache is not None else 0
         out = self.lm(
-            input_ids=inputs["input_ids"][:, shared:],
+            input_ids=inputs["input_ids"][:, done:],
             attention_mask=mask,
-            position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, shared:],
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, done:],
             past_key_values=cache,
             use_cache=cache is not None,
             logits_to_keep=1,
         )
-        return out.past_key_values, mask, out.logits[:, -1].float()
+        return Prefilled(out.past_key_values, mask, out.logits[:, -1].float(), common)
 
     def _sequence_logprobs(self, prompt_ids, choice_ids) -> list[list[float]]:
         pairs = [(p, c) for p, cs in zip(prompt_ids, choice_ids) for c in cs]
