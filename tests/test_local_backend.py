@@ -167,13 +167,19 @@ def test_prefill_chunks_keep_one_long_prompt_from_padding_the_rest():
 
 
 def test_context_groups_keep_a_long_request_apart():
-    from constitutional.backends.continuous import context_groups
+    from constitutional.backends.continuous import STEP_COST_IN_COLUMNS, context_groups
 
-    contexts = [300, 1500, 200, 250, 380, 2100]
-    groups = context_groups(contexts)
-    assert groups == [[2, 3, 0, 4], [1, 5]]
+    narrow = [300, 200, 250, 380] * 10  # 40 rows: reading 1,700 more columns each costs too much
+    contexts = narrow + [1500, 2100]
+    groups = context_groups(contexts, slots=128)
+    assert groups == [sorted(range(40), key=lambda i: (contexts[i], i)), [40, 41]]
     for g in groups:
         assert max(contexts[i] for i in g) <= 2 * min(contexts[i] for i in g)
+    # Few rows, free slots: the wider group joins (4 rows x 1,720 columns < one step's fixed cost).
+    few = [300, 1500, 200, 250, 380, 2100]
+    assert 4 * (2100 - 380) <= STEP_COST_IN_COLUMNS
+    assert context_groups(few, slots=128) == [[2, 3, 0, 4, 1, 5]]
+    assert context_groups(few, slots=5) == [[2, 3, 0, 4], [1, 5]]  # together they would not fit
 
 
 def test_prefix_attention_equals_attention_over_the_whole_context():

@@ -186,7 +186,7 @@ class LocalBackend:
 
         # Similar contexts decode together, shortest first (less padding, narrower attention).
         contexts = [len(ids) + r.max_tokens for ids, r in zip(prompt_ids, requests)]
-        for group in context_groups(contexts):
+        for group in context_groups(contexts, self.batch_size or self._most_rows()):
             slots = self._rows_per_pass(max(contexts[i] for i in group))
             batcher = ContinuousBatcher(self.lm, self._prefill, slots, self._row_done, self.kv_store)
             batcher.run(requests, prompt_ids, group, finished)
@@ -196,8 +196,10 @@ class LocalBackend:
         """Rows decoded or scored together: `batch_size`, else the most the KV budget allows."""
         from constitutional.backends.continuous import kv_budget_bytes, slots_for_budget
 
-        most = self.batch_size or (AUTO_SLOTS_GPU if self.device.type == "cuda" else AUTO_SLOTS)
-        return slots_for_budget(self.lm.config, context, most, kv_budget_bytes())
+        return slots_for_budget(self.lm.config, context, self.batch_size or self._most_rows(), kv_budget_bytes())
+
+    def _most_rows(self) -> int:
+        return AUTO_SLOTS_GPU if self.device.type == "cuda" else AUTO_SLOTS
 
     def _row_done(self, row) -> bool:
         """A row ends at EOS, at its max_tokens, or once its text contains a stop string."""
