@@ -182,9 +182,11 @@ def test_context_groups_keep_a_long_request_apart():
     assert context_groups(few, slots=5) == [[2, 3, 0, 4], [1, 5]]  # together they would not fit
 
 
-def test_prefix_attention_equals_attention_over_the_whole_context():
+@pytest.mark.parametrize("kv_dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_prefix_attention_equals_attention_over_the_whole_context(kv_dtype, atol):
     """One row's query against [shared prefix, own columns] gives SDPA's answer over the
-    concatenation; rows that do not use the prefix ignore it."""
+    concatenation; rows that do not use the prefix ignore it. With bf16 KV (int8 mode) the
+    answer is SDPA's on the fp32 KV up to bf16 rounding."""
     from types import SimpleNamespace
 
     import torch.nn.functional as F
@@ -198,17 +200,24 @@ def test_prefix_attention_equals_attention_over_the_whole_context():
     pk, pv = torch.randn(kv_heads, n_prefix, dim), torch.randn(kv_heads, n_prefix, dim)
     mask = torch.zeros(rows, 1, 1, cols)
     mask[2, ..., 0] = torch.finfo(torch.float32).min  # row 2 does not own its first column
-    prefix = SharedPrefix(list(range(n_prefix)), [pk], [pv], rows=torch.tensor([True, True, False]))
-    got, _ = prefix_attention(SimpleNamespace(layer_idx=0), q, k, v, mask, shared_prefix=prefix)
+    prefix = SharedPrefix(list(range(n_prefix)), [pk.to(kv_dtype)], [pv.to(kv_dtype)],
+                          rows=torch.tensor([True, True, False]))
+    got, _ = prefix_attention(SimpleNamespace(layer_idx=0), q, k.to(kv_dtype), v.to(kv_dtype), mask,
+                              shared_prefix=prefix)
+    assert got.dtype == torch.float32
+    if kv_dtype != torch.float32:  # no prefix either: the low-precision KV path, not SDPA
+        alone, _ = prefix_attention(SimpleNamespace(layer_idx=0), q[2:], k[2:].to(kv_dtype),
+                                    v[2:].to(kv_dtype), mask[2:])
+        assert torch.allclose(alone, got[2:], atol=1e-6)
 
     full_k = torch.cat([pk.expand(rows, -1, -1, -1), k], dim=2).repeat_interleave(heads // kv_heads, 1)
     full_v = torch.cat([pv.expand(rows, -1, -1, -1), v], dim=2).repeat_interleave(heads // kv_heads, 1)
     for r in range(2):
         want = F.scaled_dot_product_attention(q[r : r + 1], full_k[r : r + 1], full_v[r : r + 1])
-        assert torch.allclose(got[r], want[0].transpose(0, 1), atol=1e-5)
+        assert torch.allclose(got[r], want[0].transpose(0, 1), atol=atol)
     own_k, own_v = k[2:, :, 1:].repeat_interleave(3, 1), v[2:, :, 1:].repeat_interleave(3, 1)
     want = F.scaled_dot_product_attention(q[2:], own_k, own_v)
-    assert torch.allclose(got[2], want[0].transpose(0, 1), atol=1e-5)
+    assert torch.allclose(got[2], want[0].transpose(0, 1), atol=atol)
 
 
 def test_engine_holds_a_shared_prefix_once(backend, monkeypatch):
@@ -284,3 +293,18 @@ def test_kv_store_keeps_the_longest_match_within_its_budget():
     store.add(row([2] * 40))  # over budget: the least recently used (range(40)) goes
     assert store.nbytes <= store.budget and len(store.rows) == 3
     assert store.lookup(list(range(50))).row.ids.tolist() == list(range(50))
+
+
+def test_bf16_kv_decodes_from_fp32_prefill(tiny_model_dir):
+    """int8 mode's bf16 KV timeline, with a held prefix and stored rows: the first token comes
+    from the fp32 prefill, so it equals fp32's; later tokens read bf16 KV and run to length."""
+    fp32 = LocalBackend(str(tiny_model_dir), batch_size=3)
+    low = LocalBackend(str(tiny_model_dir), batch_size=3)
+    low.kv_dtype = torch.bfloat16
+    preamble = "Here are the rules you follow in every answer. " * 30
+    requests = [GenerationRequest(prompt=preamble + q, max_tokens=6, logprobs=0) for q in ("Hi.", "Why?", "Go on.")]
+    for _ in range(2):  # the second time, each prompt starts from its stored row
+        want, got = fp32.generate(requests), low.generate(requests)
+        assert [c.logprobs[0].token for c in got] == [c.logprobs[0].token for c in want]
+        assert all(c.completion_tokens == 6 for c in got)
+    assert low.kv_store.rows and all(r.keys[0].dtype == torch.bfloat16 for r in low.kv_store.rows.values())

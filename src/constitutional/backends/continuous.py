@@ -199,11 +199,13 @@ class ContinuousBatcher:
         slots: rows decoded together.
         is_done: (row) -> bool, the row's stop rule (EOS, max_tokens, stop strings).
         store: finished rows' KV goes here, and prompts that extend a stored row start from it.
+        kv_dtype: the timeline's dtype (default: the model's); int8 mode keeps bf16 KV on CPU.
     """
 
     def __init__(self, lm, prefill: Prefill, slots: int, is_done: Callable[[Row], bool],
-                 store: KVStore | None = None):
+                 store: KVStore | None = None, kv_dtype: torch.dtype | None = None):
         self.lm, self.prefill, self.slots, self.is_done, self.store = lm, prefill, slots, is_done, store
+        self.kv_dtype = kv_dtype or lm.dtype
         self.layers: list[TimelineLayer] = []
         self.mask = torch.zeros(0, 0, dtype=torch.bool)  # (slots, columns in use)
         self.rows: list[Row | None] = []
@@ -281,14 +283,16 @@ class ContinuousBatcher:
             return n if n <= common and rows[0][:n] == self.prefix.ids else 0
         if len(rows) < 2 or common < MIN_HELD_PREFIX:
             return 0
+        def held(t):
+            return t[0, :, :common].to(self.kv_dtype, copy=True)
+
         layers = prefilled.cache.layers
-        self.prefix = SharedPrefix(rows[0][:common], [c.keys[0, :, :common].clone() for c in layers],
-                                   [c.values[0, :, :common].clone() for c in layers])
+        self.prefix = SharedPrefix(rows[0][:common], [held(c.keys) for c in layers], [held(c.values) for c in layers])
         return common
 
     def _start_timeline(self, cache: DynamicCache, width: int) -> None:
         def empty(t):
-            return t.new_zeros(self.slots, t.shape[1], 2 * width, t.shape[3])
+            return t.new_zeros(self.slots, t.shape[1], 2 * width, t.shape[3], dtype=self.kv_dtype)
 
         self.layers = [TimelineLayer(empty(c.keys), empty(c.values), width) for c in cache.layers]
         self.mask = torch.zeros(self.slots, width, dtype=torch.bool, device=cache.layers[0].keys.device)
@@ -317,8 +321,8 @@ class ContinuousBatcher:
             positions = positions + self.prefix.rows[:, None] * len(self.prefix.ids)
             extra["shared_prefix"] = self.prefix
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
-        blocked = torch.finfo(self.layers[0].dtype).min
-        additive = torch.zeros(self.mask.shape, dtype=self.layers[0].dtype, device=self.mask.device)
+        blocked = torch.finfo(self.lm.dtype).min
+        additive = torch.zeros(self.mask.shape, dtype=self.lm.dtype, device=self.mask.device)
         additive.masked_fill_(~self.mask, blocked)
         out = self.lm(
             input_ids=last,

@@ -144,3 +144,14 @@ def to_int8(model, tokenizer, render) -> None:
     batches = [tokenizer([t], return_tensors="pt", add_special_tokens=False) for t in calibration_texts(render)]
     smooth_llama(model, input_absmax(model, batches))
     quantize_linears(model)
+
+
+def kv_dtype() -> torch.dtype:
+    """The engine's KV cache dtype in int8 mode: bf16 where the CPU multiplies bf16 natively.
+
+    Each decode step reads every row's keys and values, in small per-row products that fp32 runs
+    far below memory speed: at 64 rows x 330 columns a layer took 4.2 ms in fp32 and 1.9 ms in
+    bf16 (AVX512-BF16, via oneDNN), with half the memory. Without those instructions bf16 products
+    are slower than fp32 ones, so the cache stays fp32. Prefill and the judge's reads stay fp32.
+    """
+    return torch.bfloat16 if torch.cpu._is_avx512_bf16_supported() else torch.float32

@@ -153,6 +153,11 @@ class LocalBackend:
         self.device = self.lm.device
         budget = store_budget_bytes()
         self.kv_store = KVStore(budget) if budget > 0 else None  # see kv_store.py
+        self.kv_dtype = None  # the model's
+        if self.precision == "int8" and self.device.type == "cpu":
+            from constitutional.backends.int8 import kv_dtype
+
+            self.kv_dtype = kv_dtype()
 
     def fingerprint(self) -> str:
         # int8 answers differ slightly from fp32 ones: they must not share cache entries.
@@ -188,7 +193,7 @@ class LocalBackend:
         contexts = [len(ids) + r.max_tokens for ids, r in zip(prompt_ids, requests)]
         for group in context_groups(contexts, self.batch_size or self._most_rows()):
             slots = self._rows_per_pass(max(contexts[i] for i in group))
-            batcher = ContinuousBatcher(self.lm, self._prefill, slots, self._row_done, self.kv_store)
+            batcher = ContinuousBatcher(self.lm, self._prefill, slots, self._row_done, self.kv_store, self.kv_dtype)
             batcher.run(requests, prompt_ids, group, finished)
         return results  # type: ignore[return-value]
 
@@ -240,7 +245,8 @@ class LocalBackend:
         layers = []
         for layer in range(len(source.keys)):
             keys, values = source.kv(layer, 0, common)
-            past_k = keys.new_zeros(len(pasts), keys.shape[0], width, keys.shape[2])  # padding stays finite
+            # Stored KV may be bf16 (int8 mode); prefill runs in the model's dtype. Padding stays finite.
+            past_k = keys.new_zeros(len(pasts), keys.shape[0], width, keys.shape[2], dtype=self.lm.dtype)
             past_v = torch.zeros_like(past_k)
             past_k[:, :, :common], past_v[:, :, :common] = keys, values
             for i, (p, end) in enumerate(zip(pasts, ends)):

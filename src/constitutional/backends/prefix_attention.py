@@ -8,8 +8,12 @@ row's query against them in one matrix product (a real GEMM: all rows x all quer
 the row's own columns as before, and takes one softmax over both, so the result is the attention
 over the whole context (Hydragen / cascade attention, done with plain torch ops).
 
+The same products serve a KV cache kept in bf16 (`--precision int8` on a CPU with AVX512-BF16,
+see `int8.py`): SDPA wants one dtype, and bf16 products read half the bytes.
+
 Registered with transformers as the attention implementation "cai_prefix"; without a
-`shared_prefix` argument (prefill, training, other callers) it is exactly transformers' SDPA.
+`shared_prefix` argument and with KV in the query's dtype (prefill, training, other callers) it
+is exactly transformers' SDPA.
 """
 
 from __future__ import annotations
@@ -43,29 +47,43 @@ NO_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBacke
 
 def prefix_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                      shared_prefix: SharedPrefix | None = None, **kwargs):
-    if shared_prefix is None or query.shape[2] != 1:
-        if not query.is_cuda:
-            return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                          scaling=scaling, **kwargs)
-        with sdpa_kernel(NO_CUDNN):
-            return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                          scaling=scaling, **kwargs)
-    prefix_k, prefix_v = shared_prefix.keys[module.layer_idx], shared_prefix.values[module.layer_idx]
+    if query.shape[2] == 1 and (shared_prefix is not None or key.dtype != query.dtype):
+        return decode_attention(module, query, key, value, attention_mask, scaling, shared_prefix)
+    if not query.is_cuda:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    with sdpa_kernel(NO_CUDNN):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+
+
+def decode_attention(module, query, key, value, attention_mask, scaling, shared_prefix):
+    """One query per row over [shared prefix, the row's own columns], by matrix products in the
+    KV's dtype (bf16 KV on CPU: bf16 products, fp32 softmax) and one softmax over both parts."""
     rows, heads, _, dim = query.shape
-    kv_heads, n_prefix = key.shape[1], prefix_k.shape[1]
+    kv_heads, low = key.shape[1], key.dtype
     group = heads // kv_heads  # query heads kv*group .. kv*group+group-1 share kv head `kv`
     scale = scaling if scaling is not None else dim**-0.5
-    q = query.reshape(rows, kv_heads, group, dim)
-    own = torch.matmul(q, key.transpose(-1, -2)) * scale + attention_mask  # (rows, kv, group, cols)
-    by_head = q.transpose(0, 1).reshape(kv_heads, rows * group, dim)
-    shared = (torch.matmul(by_head, prefix_k.transpose(-1, -2)) * scale).view(kv_heads, rows, group, n_prefix)
-    shared = shared.transpose(0, 1).masked_fill(~shared_prefix.rows[:, None, None, None], torch.finfo(own.dtype).min)
-    probs = torch.softmax(torch.cat([shared, own], dim=-1), dim=-1)
-    p_shared, p_own = probs[..., :n_prefix], probs[..., n_prefix:]
-    out = torch.matmul(p_own, value)  # (rows, kv, group, dim)
-    p_by_head = p_shared.transpose(0, 1).reshape(kv_heads, rows * group, n_prefix)
-    out += torch.matmul(p_by_head, prefix_v).view(kv_heads, rows, group, dim).transpose(0, 1)
-    return out.reshape(rows, heads, 1, dim).transpose(1, 2), None
+    q = query.reshape(rows, kv_heads, group, dim).to(low)
+    if low == query.dtype:
+        own = torch.matmul(q, key.transpose(-1, -2))  # (rows, kv, group, cols)
+    else:  # bf16 products first copy a transposed K whose rows sit apart in the timeline; K q^T does not
+        own = torch.matmul(key, q.transpose(-1, -2)).transpose(-1, -2)
+    scores = [own.float() * scale + attention_mask]
+    if shared_prefix is not None:
+        prefix_k = shared_prefix.keys[module.layer_idx]
+        by_head = q.transpose(0, 1).reshape(kv_heads, rows * group, dim)
+        shared = (torch.matmul(by_head, prefix_k.transpose(-1, -2)).float() * scale).view(kv_heads, rows, group, -1)
+        shared = shared.transpose(0, 1).masked_fill(~shared_prefix.rows[:, None, None, None], torch.finfo(torch.float32).min)
+        scores.insert(0, shared)
+    probs = torch.softmax(torch.cat(scores, dim=-1), dim=-1)
+    n_prefix = probs.shape[-1] - key.shape[2]
+    out = torch.matmul(probs[..., n_prefix:].to(low), value).float()  # (rows, kv, group, dim)
+    if shared_prefix is not None:
+        p_by_head = probs[..., :n_prefix].transpose(0, 1).reshape(kv_heads, rows * group, n_prefix).to(low)
+        prefix_v = shared_prefix.values[module.layer_idx]
+        out += torch.matmul(p_by_head, prefix_v).float().view(kv_heads, rows, group, dim).transpose(0, 1)
+    return out.to(query.dtype).reshape(rows, heads, 1, dim).transpose(1, 2), None
 
 
 AttentionInterface.register(NAME, prefix_attention)
