@@ -3,7 +3,9 @@
     .venv/bin/python benchmarks/engine_throughput.py [--n 64] [--batch-size 32] [--threads 2]
 
 One process, one set of chat requests (red-team and helpful prompts mixed, greedy, up to
-`--max-tokens` new tokens each, stopping at EOS as real runs do). Paths:
+`--max-tokens` new tokens each, stopping at EOS as real runs do; with `--full-length` every row
+runs to `--max-tokens`, EOS held off by `min_tokens`, which is how the issue's table of plain
+`generate` speeds was measured). Paths:
 
   plain      `lm.generate` over batches of `--batch-size` prompts sorted by length: each batch
              runs until its longest row ends, the usual way to batch with transformers.
@@ -36,10 +38,11 @@ from constitutional.generate import load_prompts
 FP32_CEILING = 700.0  # tokens/s, from the estimate for this machine
 
 
-def requests(n: int, max_tokens: int) -> list[GenerationRequest]:
+def requests(n: int, max_tokens: int, full_length: bool = False) -> list[GenerationRequest]:
     red, helpful = load_prompts("builtin:advbench"), load_prompts("builtin:self_instruct")
     rows = [row for pair in zip(red, helpful) for row in pair][:n]
-    return [GenerationRequest(messages=[{"role": "user", "content": r["prompt"]}], max_tokens=max_tokens)
+    return [GenerationRequest(messages=[{"role": "user", "content": r["prompt"]}], max_tokens=max_tokens,
+                              min_tokens=max_tokens if full_length else 0)
             for r in rows]
 
 
@@ -49,8 +52,8 @@ def plain_generate(backend: LocalBackend, reqs, batch_size: int) -> tuple[int, l
     tok, eos = backend.tokenizer, backend.tokenizer.eos_token_id
     ids = backend._encode([backend.render(r.messages) for r in reqs])
     order = sorted(range(len(reqs)), key=lambda i: (len(ids[i]), i))
-    config = GenerationConfig(max_new_tokens=reqs[0].max_tokens, do_sample=False,
-                              eos_token_id=eos, pad_token_id=tok.pad_token_id)
+    config = GenerationConfig(max_new_tokens=reqs[0].max_tokens, min_new_tokens=reqs[0].min_tokens,
+                              do_sample=False, eos_token_id=eos, pad_token_id=tok.pad_token_id)
     tokens, texts = 0, [""] * len(reqs)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
@@ -78,10 +81,11 @@ def main() -> None:
                     help="engine slots (default: the engine's own choice from the KV memory budget)")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (0: torch's default)")
+    ap.add_argument("--full-length", action="store_true", help="every row runs to --max-tokens (no EOS)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    reqs = requests(args.n, args.max_tokens)
+    reqs = requests(args.n, args.max_tokens, args.full_length)
 
     fp32 = LocalBackend(args.model, batch_size=args.slots, precision="fp32")
     int8 = LocalBackend(args.model, batch_size=args.slots, precision="int8")
@@ -97,7 +101,8 @@ def main() -> None:
         texts[name] = [c.text for c in out]
 
     slots = args.slots or "auto (KV budget)"
-    print(f"\n{args.n} requests, plain batch {args.batch_size}, engine slots {slots}, up to {args.max_tokens} new tokens, "
+    length = f"all {args.max_tokens}" if args.full_length else f"up to {args.max_tokens}"
+    print(f"\n{args.n} requests, plain batch {args.batch_size}, engine slots {slots}, {length} new tokens, "
           f"greedy, {torch.get_num_threads()} torch threads\n")
     print(f"{'path':<24}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}{'vs plain':>10}{'of ceiling':>12}")
     plain_tps = plain_tokens / plain_s

@@ -308,3 +308,23 @@ def test_bf16_kv_decodes_from_fp32_prefill(tiny_model_dir):
         assert [c.logprobs[0].token for c in got] == [c.logprobs[0].token for c in want]
         assert all(c.completion_tokens == 6 for c in got)
     assert low.kv_store.rows and all(r.keys[0].dtype == torch.bfloat16 for r in low.kv_store.rows.values())
+
+
+def test_min_tokens_holds_off_eos_and_stop_strings(backend):
+    tok = backend.tokenizer
+    free = backend.generate([GenerationRequest(prompt="once upon", max_tokens=8, logprobs=0)])[0]
+    first = tok.convert_ids_to_tokens(tok.convert_tokens_to_ids(tok.tokenize(free.logprobs[0].token))[0])
+    eos = tok.eos_token
+    tok.eos_token = first  # the model's own first pick ends the reply: without min_tokens, at once
+    try:
+        request = GenerationRequest(prompt="once upon", max_tokens=8)
+        assert backend.generate([request])[0].completion_tokens == 1
+        held = backend.generate([GenerationRequest(prompt="once upon", max_tokens=8, min_tokens=6)])[0]
+        assert held.completion_tokens >= 6 and not held.text.startswith(free.logprobs[0].token)
+    finally:
+        tok.eos_token = eos
+    stop = free.text[1:3]
+    assert backend.generate([GenerationRequest(prompt="once upon", max_tokens=8, stop=[stop])])[0].completion_tokens < 8
+    late = backend.generate([GenerationRequest(prompt="once upon", max_tokens=8, stop=[stop], min_tokens=8)])[0]
+    assert late.completion_tokens == 8
+    assert "min_tokens" not in request.to_dict()  # cache keys of requests without it are unchanged

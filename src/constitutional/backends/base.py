@@ -17,6 +17,8 @@ class GenerationRequest:
 
     `seed` makes sampling reproducible per request, whatever batch it lands in.
     `logprobs`: None for none; k >= 0 to return each generated token's log-prob and its top-k.
+    `min_tokens`: neither EOS nor a stop string ends the reply before this many tokens (vLLM's
+    `min_tokens`); throughput benchmarks use it to run every row to full length.
     """
 
     messages: list[Message] | None = None
@@ -27,13 +29,17 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     seed: int = 0
     logprobs: int | None = None
+    min_tokens: int = 0
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("a GenerationRequest needs exactly one of `messages` or `prompt`")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.min_tokens:  # added later: requests without it keep their cache keys
+            del d["min_tokens"]
+        return d
 
 
 @dataclass

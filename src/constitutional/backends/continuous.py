@@ -200,12 +200,14 @@ class ContinuousBatcher:
         is_done: (row) -> bool, the row's stop rule (EOS, max_tokens, stop strings).
         store: finished rows' KV goes here, and prompts that extend a stored row start from it.
         kv_dtype: the timeline's dtype (default: the model's); int8 mode keeps bf16 KV on CPU.
+        eos_token_id: never picked for a row short of its request's `min_tokens`.
     """
 
     def __init__(self, lm, prefill: Prefill, slots: int, is_done: Callable[[Row], bool],
-                 store: KVStore | None = None, kv_dtype: torch.dtype | None = None):
+                 store: KVStore | None = None, kv_dtype: torch.dtype | None = None,
+                 eos_token_id: int | None = None):
         self.lm, self.prefill, self.slots, self.is_done, self.store = lm, prefill, slots, is_done, store
-        self.kv_dtype = kv_dtype or lm.dtype
+        self.kv_dtype, self.eos_token_id = kv_dtype or lm.dtype, eos_token_id
         self.layers: list[TimelineLayer] = []
         self.mask = torch.zeros(0, 0, dtype=torch.bool)  # (slots, columns in use)
         self.rows: list[Row | None] = []
@@ -343,6 +345,9 @@ class ContinuousBatcher:
         Greedy picks come from one argmax over the batch; rows that sample or want log-probs read
         their logits on the host (one copy for the batch: on a GPU, one sync instead of one per row).
         """
+        young = [k for s, k in zip(slots, rows) if len(self.rows[s].tokens) < self.rows[s].request.min_tokens]
+        if young and self.eos_token_id is not None:
+            logits[young, self.eos_token_id] = float("-inf")
         greedy = logits.argmax(-1).tolist()
         host = None
         for slot, k in zip(slots, rows):

@@ -193,7 +193,8 @@ class LocalBackend:
         contexts = [len(ids) + r.max_tokens for ids, r in zip(prompt_ids, requests)]
         for group in context_groups(contexts, self.batch_size or self._most_rows()):
             slots = self._rows_per_pass(max(contexts[i] for i in group))
-            batcher = ContinuousBatcher(self.lm, self._prefill, slots, self._row_done, self.kv_store, self.kv_dtype)
+            batcher = ContinuousBatcher(self.lm, self._prefill, slots, self._row_done, self.kv_store, self.kv_dtype,
+                                        eos_token_id=self.tokenizer.eos_token_id)
             batcher.run(requests, prompt_ids, group, finished)
         return results  # type: ignore[return-value]
 
@@ -207,9 +208,14 @@ class LocalBackend:
         return AUTO_SLOTS_GPU if self.device.type == "cuda" else AUTO_SLOTS
 
     def _row_done(self, row) -> bool:
-        """A row ends at EOS, at its max_tokens, or once its text contains a stop string."""
+        """A row ends at its max_tokens or, from its min_tokens on, at EOS or once its text
+        contains a stop string."""
         req, tokens = row.request, row.tokens
-        if tokens[-1] == self.tokenizer.eos_token_id or len(tokens) >= req.max_tokens:
+        if len(tokens) >= req.max_tokens:
+            return True
+        if len(tokens) < req.min_tokens:
+            return False
+        if tokens[-1] == self.tokenizer.eos_token_id:
             return True
         return bool(req.stop) and cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), req.stop)[1]
 

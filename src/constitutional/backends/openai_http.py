@@ -149,6 +149,8 @@ class OpenAIBackend:
         }
         if request.stop:
             body["stop"] = list(request.stop)
+        if request.min_tokens:  # vLLM's extension; sent only when asked for
+            body["min_tokens"] = request.min_tokens
         if request.messages is not None:
             body["messages"] = request.messages
             if request.logprobs is not None:

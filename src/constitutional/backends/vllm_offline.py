@@ -92,6 +92,7 @@ class VLLMBackend:
         params = [
             self._vllm.SamplingParams(
                 temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, seed=r.seed,
+                min_tokens=r.min_tokens,
                 stop=list(r.stop) or None, logprobs=r.logprobs,
             )
             for r in requests
