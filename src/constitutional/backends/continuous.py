@@ -47,9 +47,14 @@ def slots_for_budget(config, context: int, max_slots: int, budget: int) -> int:
     return max(1, min(max_slots, budget // max(1, 2 * context * per_token)))
 
 
+GROWTH = 64  # columns a timeline gains at a time
+
+
 class TimelineLayer(DynamicLayer):
-    """One layer's KV for every slot, in a buffer that grows by doubling instead of by `torch.cat`
-    on every step (the copy of the whole cache per token that dominates plain CPU decoding)."""
+    """One layer's KV for every slot, in a buffer that grows `GROWTH` columns at a time instead of
+    by `torch.cat` on every step (the copy of the whole cache per token that dominates plain CPU
+    decoding). Attention reads the whole buffer, spare columns masked: a slice of it is not
+    contiguous per row, and bf16 products copied such a K and V on every layer of every step."""
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int):
         super().__init__()
@@ -58,43 +63,38 @@ class TimelineLayer(DynamicLayer):
         self._expose()
 
     def _expose(self) -> None:
-        self.keys = self.key_buf[:, :, : self.length]
-        self.values = self.value_buf[:, :, : self.length]
+        self.keys, self.values = self.key_buf, self.value_buf
 
     def update(self, key_states, value_states, *args, **kwargs):
         n = key_states.shape[-2]
-        if self.length + n > self.key_buf.shape[2]:
-            self.reserve(2 * (self.length + n))
+        self.reserve(self.length + n)
         self.key_buf[:, :, self.length : self.length + n] = key_states
         self.value_buf[:, :, self.length : self.length + n] = value_states
         self.length += n
-        self._expose()
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
         return self.length
 
-    def reserve(self, capacity: int) -> None:
-        """Make room for `capacity` columns (one copy; amortised over many steps)."""
-        def grown(buf):  # columns past `length` are written before they are ever read
-            new = buf.new_empty(*buf.shape[:2], capacity, buf.shape[3])
-            new[:, :, : self.length] = buf[:, :, : self.length]
-            return new
+    @property
+    def capacity(self) -> int:
+        return self.key_buf.shape[2]
 
-        self.key_buf, self.value_buf = grown(self.key_buf), grown(self.value_buf)
-        self._expose()
+    def reserve(self, columns: int) -> None:
+        """Make room for `columns` columns (a copy every `GROWTH` steps)."""
+        if columns > self.capacity:
+            self.shift(0, 0, capacity=columns + GROWTH)
 
-    def shift(self, left_drop: int, right_pad: int = 0) -> None:
+    def shift(self, left_drop: int, right_pad: int = 0, capacity: int | None = None) -> None:
         """Drop `left_drop` leading columns (no slot uses them) or, with `right_pad`, insert empty
         columns at the front so a longer prompt fits before the current column."""
         keep = self.length - left_drop
-        capacity = max(self.key_buf.shape[2], keep + right_pad + 1)
+        capacity = capacity or keep + right_pad + GROWTH
 
         def moved(buf):
-            new = buf.new_empty(*buf.shape[:2], capacity, buf.shape[3])
-            # Inserted columns are read (masked) by rows that do not own them: they must hold
-            # finite numbers, as a masked weight of 0 times NaN is still NaN. Past the end, no.
-            new[:, :, :right_pad] = 0
+            # Every spare column is read (masked): it must hold finite numbers, as a masked
+            # weight of 0 times NaN is still NaN.
+            new = buf.new_zeros(*buf.shape[:2], capacity, buf.shape[3])
             new[:, :, right_pad : right_pad + keep] = buf[:, :, left_drop : self.length]
             return new
 
@@ -294,7 +294,7 @@ class ContinuousBatcher:
 
     def _start_timeline(self, cache: DynamicCache, width: int) -> None:
         def empty(t):
-            return t.new_zeros(self.slots, t.shape[1], 2 * width, t.shape[3], dtype=self.kv_dtype)
+            return t.new_zeros(self.slots, t.shape[1], width + GROWTH, t.shape[3], dtype=self.kv_dtype)
 
         self.layers = [TimelineLayer(empty(c.keys), empty(c.values), width) for c in cache.layers]
         self.mask = torch.zeros(self.slots, width, dtype=torch.bool, device=cache.layers[0].keys.device)
@@ -323,9 +323,11 @@ class ContinuousBatcher:
             positions = positions + self.prefix.rows[:, None] * len(self.prefix.ids)
             extra["shared_prefix"] = self.prefix
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
-        blocked = torch.finfo(self.lm.dtype).min
-        additive = torch.zeros(self.mask.shape, dtype=self.lm.dtype, device=self.mask.device)
-        additive.masked_fill_(~self.mask, blocked)
+        for layer in self.layers:
+            layer.reserve(self.mask.shape[1])
+        additive = torch.full((len(self.rows), self.layers[0].capacity), torch.finfo(self.lm.dtype).min,
+                              dtype=self.lm.dtype, device=self.mask.device)  # spare columns stay blocked
+        additive[:, : self.mask.shape[1]].masked_fill_(self.mask, 0)
         out = self.lm(
             input_ids=last,
             attention_mask=additive[:, None, None, :],  # 4-D: used as given, no causal rebuild
