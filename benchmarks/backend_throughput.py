@@ -115,7 +115,7 @@ def main() -> None:
             pipe["seconds"] += time.perf_counter() - t
             pipe["generate_seconds"] += summary["wall_seconds"]
             pipe["tokens"] += backend.usage.completion_tokens - before
-            pipe_texts = [json.loads(line)["response"] for line in out.read_text().splitlines()]
+            pipe_texts = [json.loads(line)["response"] for line in out.read_text().split("\n") if line.strip()]
 
     raw_tps, pipe_tps = raw["tokens"] / raw["seconds"], pipe["tokens"] / pipe["seconds"]
     print(f"\n{args.n} prompts, batch {args.batch_size}, max_tokens {args.max_tokens}, "

@@ -29,7 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from engine_throughput import plain_generate  # this folder is on sys.path when run as a script
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from constitutional.backends.base import GenerationRequest
 from constitutional.backends.local import LocalBackend
@@ -48,28 +49,9 @@ def random_model(model_dir: Path, out: Path) -> Path:
 
 def requests(n: int, max_tokens: int) -> list[GenerationRequest]:
     prompts = [json.loads(line)["prompt"] for name in ("advbench", "self_instruct")
-               for line in (DATA / f"{name}.jsonl").read_text().splitlines() if line.strip()]
+               for line in (DATA / f"{name}.jsonl").read_text().split("\n") if line.strip()]
     return [GenerationRequest(messages=[{"role": "user", "content": p}], max_tokens=max_tokens)
             for p in (prompts * (n // len(prompts) + 1))[:n]]
-
-
-@torch.inference_mode()
-def plain_generate(backend: LocalBackend, reqs, batch_size: int) -> tuple[int, list[str]]:
-    tok = backend.tokenizer
-    ids = backend._encode([backend.render(r.messages) for r in reqs])
-    order = sorted(range(len(reqs)), key=lambda i: (len(ids[i]), i))
-    config = GenerationConfig(max_new_tokens=reqs[0].max_tokens, do_sample=False,
-                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    tokens, texts = 0, [""] * len(reqs)
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        enc = backend._pad([ids[i] for i in batch])
-        out = backend.lm.generate(**enc, generation_config=config)[:, enc["input_ids"].shape[1] :]
-        for i, row in zip(batch, out.tolist()):
-            n = row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
-            tokens += n
-            texts[i] = tok.decode(row[:n], skip_special_tokens=True)
-    return tokens, texts
 
 
 def timed(fn):
@@ -109,8 +91,8 @@ def main() -> None:
           f"{sum(a == c.text for a, c in zip(plain_texts, out))}/{len(reqs)}")
 
     int8 = LocalBackend(str(path), precision="int8")
-    few = reqs[:32]
-    same = [c.text for c in int8.generate(few)] == [c.text for c in engine.generate(few)]
+    few = reqs[:32]  # against a fresh backend: `engine` holds these rows' KV, and reuse moves bf16 rounding
+    same = [c.text for c in int8.generate(few)] == [c.text for c in LocalBackend(str(path)).generate(few)]
     print(f"\n--precision int8 on the GPU: model dtype {int8.lm.dtype}, "
           f"same model object: {int8.lm is engine.lm}, same texts: {same}")
 

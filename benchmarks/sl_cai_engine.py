@@ -55,7 +55,7 @@ def run_sl_cai(src: Path, out: Path, args, precision: str | None) -> float:
 
 
 def final_revisions(path: Path) -> list[str]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text().split("\n") if line.strip()]
     return [json.dumps(r.get("rounds", [])[-1:], sort_keys=True) for r in rows]
 
 
