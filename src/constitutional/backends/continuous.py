@@ -285,6 +285,7 @@ class ContinuousBatcher:
             return n if n <= common and rows[0][:n] == self.prefix.ids else 0
         if len(rows) < 2 or common < MIN_HELD_PREFIX:
             return 0
+
         def held(t):
             return t[0, :, :common].to(self.kv_dtype, copy=True)
 

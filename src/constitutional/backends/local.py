@@ -241,6 +241,8 @@ class LocalBackend:
         """Model inputs for rows whose first tokens' KV is stored (see `kv_store.py`), and the
         leading columns all rows share. The cache is laid out as [common | pad | row's own stored
         tokens], and only the tokens after them run."""
+        from transformers import DynamicCache
+
         common = min(shared_prefix_len(prompt_ids) if len(prompt_ids) > 1 else pasts[0].n,
                      max(p.n for p in pasts))
         source = max(pasts, key=lambda p: p.n).row  # holds the common tokens' KV
@@ -260,8 +262,6 @@ class LocalBackend:
                 past_k[i, :, start:], past_v[i, :, start:] = p.row.kv(layer, common, end)
                 mask[i, start:] = 1
             layers.append((past_k, past_v))
-        from transformers import DynamicCache
-
         suffixes = self._pad([ids[end:] for ids, end in zip(prompt_ids, ends)])
         return self._after_cache(DynamicCache(layers), mask, suffixes), common
 
