@@ -41,7 +41,7 @@ class SharedPrefix:
 
 # cuDNN's fused attention, which SDPA picks on Hopper for our additive masks, plans anew for every
 # key length, i.e. on every decode step: on an H200 that took 1.45 ms of CPU per call against 30 us
-# of GPU work, and made the engine 2.6x slower than plain `generate`. The others need no plan.
+# of GPU work (engine 1,870 tok/s with it, 4,542 without). The other kernels need no plan.
 NO_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
