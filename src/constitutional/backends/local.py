@@ -75,7 +75,7 @@ def load_model(spec: str, device: str | None = None, precision: str = "fp32"):
     with _LOAD_LOCK:
         if key not in _LOADED:
             model, tokenizer = _load_uncached(path, device)
-            if precision == "int8" and device == "cpu":
+            if precision == "int8":  # CPU only: set to fp32 above for any other device
                 from constitutional.backends.int8 import to_int8
 
                 to_int8(model, tokenizer, lambda messages: render_chat(tokenizer, messages))
@@ -191,7 +191,7 @@ class LocalBackend:
 
         # Similar contexts decode together, shortest first (less padding, narrower attention).
         contexts = [len(ids) + r.max_tokens for ids, r in zip(prompt_ids, requests)]
-        for group in context_groups(contexts, self.batch_size or self._most_rows()):
+        for group in context_groups(contexts, self._slot_cap()):
             slots = self._rows_per_pass(max(contexts[i] for i in group))
             batcher = ContinuousBatcher(self.lm, self._prefill, slots, self._row_done, self.kv_store, self.kv_dtype,
                                         eos_token_id=self.tokenizer.eos_token_id)
@@ -202,10 +202,11 @@ class LocalBackend:
         """Rows decoded or scored together: `batch_size`, else the most the KV budget allows."""
         from constitutional.backends.continuous import kv_budget_bytes, slots_for_budget
 
-        return slots_for_budget(self.lm.config, context, self.batch_size or self._most_rows(), kv_budget_bytes())
+        return slots_for_budget(self.lm.config, context, self._slot_cap(), kv_budget_bytes())
 
-    def _most_rows(self) -> int:
-        return AUTO_SLOTS_GPU if self.device.type == "cuda" else AUTO_SLOTS
+    def _slot_cap(self) -> int:
+        """`batch_size`, else the default cap on rows per pass for this device."""
+        return self.batch_size or (AUTO_SLOTS_GPU if self.device.type == "cuda" else AUTO_SLOTS)
 
     def _row_done(self, row) -> bool:
         """A row ends at its max_tokens or, from its min_tokens on, at EOS or once its text
