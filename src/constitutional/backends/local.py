@@ -192,7 +192,8 @@ class LocalBackend:
         # Similar contexts decode together, shortest first (less padding, narrower attention).
         contexts = [len(ids) + r.max_tokens for ids, r in zip(prompt_ids, requests)]
         for group in context_groups(contexts, self._slot_cap()):
-            slots = self._rows_per_pass(max(contexts[i] for i in group))
+            # No more slots than requests: every slot's KV buffer is allocated, zeroed and moved.
+            slots = min(len(group), self._rows_per_pass(max(contexts[i] for i in group)))
             batcher = ContinuousBatcher(self.lm, self._prefill, slots, self._row_done, self.kv_store, self.kv_dtype,
                                         eos_token_id=self.tokenizer.eos_token_id)
             batcher.run(requests, prompt_ids, group, finished)

@@ -64,25 +64,26 @@ def decode_attention(module, query, key, value, attention_mask, scaling, shared_
     kv_heads, low = key.shape[1], key.dtype
     group = heads // kv_heads  # query heads kv*group .. kv*group+group-1 share kv head `kv`
     scale = scaling if scaling is not None else dim**-0.5
-    q = query.reshape(rows, kv_heads, group, dim).to(low)
-    if low == query.dtype:
-        own = torch.matmul(q, key.transpose(-1, -2))  # (rows, kv, group, cols)
-    else:  # bf16 products first copy a transposed K whose rows sit apart in the timeline; K q^T does not
-        own = torch.matmul(key, q.transpose(-1, -2)).transpose(-1, -2)
-    scores = [own.float() * scale + attention_mask]
-    if shared_prefix is not None:
-        prefix_k = shared_prefix.keys[module.layer_idx]
-        by_head = q.transpose(0, 1).reshape(kv_heads, rows * group, dim)
-        shared = (torch.matmul(by_head, prefix_k.transpose(-1, -2)).float() * scale).view(kv_heads, rows, group, -1)
-        shared = shared.transpose(0, 1).masked_fill(~shared_prefix.rows[:, None, None, None], torch.finfo(torch.float32).min)
-        scores.insert(0, shared)
-    probs = torch.softmax(torch.cat(scores, dim=-1), dim=-1)
-    n_prefix = probs.shape[-1] - key.shape[2]
-    out = torch.matmul(probs[..., n_prefix:].to(low), value).float()  # (rows, kv, group, dim)
-    if shared_prefix is not None:
-        p_by_head = probs[..., :n_prefix].transpose(0, 1).reshape(kv_heads, rows * group, n_prefix).to(low)
-        prefix_v = shared_prefix.values[module.layer_idx]
-        out += torch.matmul(p_by_head, prefix_v).float().view(kv_heads, rows, group, dim).transpose(0, 1)
+    # Scaling q costs less than scaling every score, and is exact for a power-of-two head dim.
+    q = (query * scale).reshape(rows, kv_heads, group, dim).to(low)
+    scores = torch.matmul(q, key.transpose(-1, -2)).float().add_(attention_mask)  # (rows, kv, group, cols)
+    if shared_prefix is None:
+        return _heads_out(torch.matmul(torch.softmax(scores, dim=-1).to(low), value), query)
+    prefix_k, prefix_v = shared_prefix.keys[module.layer_idx], shared_prefix.values[module.layer_idx]
+    by_head = q.transpose(0, 1).reshape(kv_heads, rows * group, dim)
+    shared = torch.matmul(by_head, prefix_k.transpose(-1, -2)).float().view(kv_heads, rows, group, -1)
+    shared = shared.transpose(0, 1).masked_fill(~shared_prefix.rows[:, None, None, None], torch.finfo(torch.float32).min)
+    probs = torch.softmax(torch.cat([shared, scores], dim=-1), dim=-1).to(low)
+    n_prefix = prefix_k.shape[1]
+    out = torch.matmul(probs[..., n_prefix:], value).float()  # (rows, kv, group, dim)
+    p_by_head = probs[..., :n_prefix].transpose(0, 1).reshape(kv_heads, rows * group, n_prefix)
+    out += torch.matmul(p_by_head, prefix_v).float().view(kv_heads, rows, group, dim).transpose(0, 1)
+    return _heads_out(out, query)
+
+
+def _heads_out(out, query):
+    """(rows, kv, group, dim) -> (rows, 1, heads, dim) in the query's dtype, as SDPA returns it."""
+    rows, heads, _, dim = query.shape
     return out.to(query.dtype).reshape(rows, heads, 1, dim).transpose(1, 2), None
 
 
