@@ -5,6 +5,7 @@ test_embedded_model.py)."""
 import torch
 from transformers import AutoModelForCausalLM
 
+from constitutional.backends import int8
 from constitutional.backends.int8 import Int8Linear, input_absmax, quantize_linears, smooth_llama
 
 
@@ -55,3 +56,26 @@ def test_quantized_model_generates_close_logits(tiny_model_dir):
     assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
     after = _logits(model, ids)
     assert (after - before).norm() / before.norm() < 0.05
+
+
+def test_siblings_quantize_their_shared_input_once_and_compute_the_same(tiny_model_dir):
+    model, ids = _model(tiny_model_dir), torch.randint(0, 1000, (3, 12))
+    quantize_linears(model)
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    assert attn.q_proj.shared_input is attn.k_proj.shared_input is attn.v_proj.shared_input
+    assert mlp.gate_proj.shared_input is mlp.up_proj.shared_input
+    assert attn.o_proj.shared_input is None and mlp.down_proj.shared_input is None
+    calls = []
+    real = int8.quantize_rows
+    int8.quantize_rows = lambda x: calls.append(x.shape) or real(x)
+    try:
+        shared = _logits(model, ids)
+    finally:
+        int8.quantize_rows = real
+    # per layer: one for q/k/v, o_proj, one for gate/up, down_proj; plus lm_head
+    assert len(calls) == 4 * len(model.model.layers) + 1
+    assert attn.q_proj.shared_input.x is None  # released after its last reader
+    for m in model.modules():
+        if isinstance(m, Int8Linear):
+            m.shared_input = None
+    assert torch.equal(_logits(model, ids), shared)

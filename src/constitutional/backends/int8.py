@@ -95,27 +95,64 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_scale", scale)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.shared_input: SharedInput | None = None  # set by `quantize_linears` for siblings
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).float()
-        scale = rows.abs().amax(1, keepdim=True).clamp(min=1e-8) / 127
-        q = torch.round(rows / scale).to(torch.int8)
+        q, scale = self.shared_input(x) if self.shared_input else quantize_rows(x)
         if q.shape[0] <= 16:  # _int_mm wants more than 16 rows; pad (rare: tiny batches)
             q = torch.cat([q, q.new_zeros(17 - q.shape[0], q.shape[1])])
         # int32 times fp32 gives fp32 in one pass; two in-place scalings beat building the
         # (rows x out) product of the scales (~10 % of the int8 Linears' time per step).
-        y = torch._int_mm(q, self.weight_t)[: rows.shape[0]].mul(scale).mul_(self.weight_scale)
+        y = torch._int_mm(q, self.weight_t)[: scale.shape[0]].mul(scale).mul_(self.weight_scale)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x as int8 rows (tokens x features) and their scales (tokens x 1): one scale per token."""
+    rows = x.reshape(-1, x.shape[-1]).float()
+    scale = rows.abs().amax(1, keepdim=True).clamp(min=1e-8) / 127
+    return torch.round(rows / scale).to(torch.int8), scale
+
+
+class SharedInput:
+    """Quantises an input once for the Linears that all read it (q, k and v; gate and up). Each
+    quantisation is five small kernels; sharing took 6 % off an int8 decode step (64 rows).
+
+    The first reader quantises; the others get the same result while they are handed the very
+    same tensor object (the model code passes one tensor to each), and it is let go after the
+    last of them, so no stale input survives.
+    """
+
+    def __init__(self, readers: int):
+        self.readers, self.reads, self.x, self.quantized = readers, 0, None, None
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x is not self.x:
+            self.x, self.quantized, self.reads = x, quantize_rows(x), 0
+        quantized = self.quantized
+        self.reads += 1
+        if self.reads == self.readers:
+            self.x = self.quantized = None
+        return quantized
+
+
+SIBLINGS = [("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")]  # Linears reading one input
+
+
 def quantize_linears(model) -> None:
-    """Replace every Linear by an `Int8Linear`."""
+    """Replace every Linear by an `Int8Linear`; siblings (`SIBLINGS`) share their input's int8 form."""
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
                 setattr(module, child_name, Int8Linear(child))
+        for names in SIBLINGS:
+            linears = [getattr(module, name, None) for name in names]
+            if all(isinstance(lin, Int8Linear) for lin in linears):
+                shared = SharedInput(len(linears))
+                for lin in linears:
+                    lin.shared_input = shared
 
 
 def calibration_texts(render) -> list[str]:
