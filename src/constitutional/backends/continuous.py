@@ -245,7 +245,8 @@ class ContinuousBatcher:
         slots = iter(free)
         for group, pasts in ((fresh, None), (resumed, reuse)):
             todo = [prompt_ids[i][reuse[i].n :] if pasts else prompt_ids[i] for i in group]
-            for chunk in prefill_chunks(todo):
+            # Widest chunk first: the timeline then takes its width once, not once per chunk.
+            for chunk in reversed(prefill_chunks(todo)):
                 take_chunk = [group[j] for j in chunk]
                 self._admit_chunk([next(slots) for _ in chunk], take_chunk, requests, prompt_ids,
                                   [pasts[i] for i in take_chunk] if pasts else None, on_finished)
