@@ -98,7 +98,7 @@ class Int8Linear(nn.Module):
         self.shared_input: SharedInput | None = None  # set by `quantize_linears` for siblings
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, scale = self.shared_input(x) if self.shared_input else quantize_rows(x)
+        q, scale = quantize_rows(x) if self.shared_input is None else self.shared_input(x)
         if q.shape[0] <= 16:  # _int_mm wants more than 16 rows; pad (rare: tiny batches)
             q = torch.cat([q, q.new_zeros(17 - q.shape[0], q.shape[1])])
         # Scaling in place beats building the (rows x out) product of the scales (~10 % of the
@@ -118,7 +118,7 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class SharedInput:
     """Quantises an input once for the Linears that all read it (q, k and v; gate and up). Each
-    quantisation is five small kernels; sharing took 6 % off an int8 decode step (64 rows).
+    quantisation is seven small kernels; sharing took 6 % off an int8 decode step (64 rows).
 
     The first reader quantises; the others get the same result while they are handed the very
     same tensor object (the model code passes one tensor to each), and it is let go after the
