@@ -74,8 +74,16 @@ def test_siblings_quantize_their_shared_input_once_and_compute_the_same(tiny_mod
         int8.quantize_rows = real
     # per layer: one for q/k/v, o_proj, one for gate/up, down_proj; plus lm_head
     assert len(calls) == 4 * len(model.model.layers) + 1
-    assert attn.q_proj.shared_input.x is None  # released after its last reader
+    assert attn.q_proj.shared_input.memo is None  # released after its last reader
     for m in model.modules():
         if isinstance(m, Int8Linear):
             m.shared_input = None
     assert torch.equal(_logits(model, ids), shared)
+
+
+def test_shared_input_never_hands_one_callers_input_to_another():
+    shared, a, b = int8.SharedInput(2), torch.randn(20, 8), torch.randn(20, 8)
+    shared(a)  # a's first reader
+    from_b = shared(b)  # another caller's input comes between a's two readers
+    from_a = shared(a)
+    assert torch.equal(from_a[0], int8.quantize_rows(a)[0]) and torch.equal(from_b[0], int8.quantize_rows(b)[0])

@@ -122,19 +122,20 @@ class SharedInput:
 
     The first reader quantises; the others get the same result while they are handed the very
     same tensor object (the model code passes one tensor to each), and it is let go after the
-    last of them, so no stale input survives.
+    last of them, so no stale input survives. The memo is one tuple, replaced whole, so two
+    threads running the model at once can only cost a recomputation, never mix their inputs.
     """
 
     def __init__(self, readers: int):
-        self.readers, self.reads, self.x, self.quantized = readers, 0, None, None
+        self.readers = readers
+        self.memo: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], int] | None = None  # x, int8 form, reads
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if x is not self.x:
-            self.x, self.quantized, self.reads = x, quantize_rows(x), 0
-        quantized = self.quantized
-        self.reads += 1
-        if self.reads == self.readers:
-            self.x = self.quantized = None
+        memo = self.memo
+        if memo is None or memo[0] is not x:
+            memo = (x, quantize_rows(x), 0)
+        _, quantized, reads = memo
+        self.memo = None if reads + 1 == self.readers else (x, quantized, reads + 1)
         return quantized
 
 
