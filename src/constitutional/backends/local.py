@@ -72,12 +72,12 @@ def load_model(spec: str, device: str | None = None, precision: str = "fp32"):
         precision = "fp32"  # int8 is a CPU path: a GPU shares the one bf16 model
     if os.environ.get("CAI_THREADS"):  # `cai --threads N`: one setting for the whole process
         torch.set_num_threads(int(os.environ["CAI_THREADS"]))
-    if device == "cpu":
-        _keep_freed_memory()
     path = resolve_model(spec)
     key = (str(path.resolve()), device, precision)
     with _LOAD_LOCK:
         if key not in _LOADED:
+            if device == "cpu":
+                _keep_freed_memory()
             model, tokenizer = _load_uncached(path, device)
             if precision == "int8":  # CPU only: set to fp32 above for any other device
                 from constitutional.backends.int8 import to_int8
