@@ -12,12 +12,14 @@ from constitutional.errors import UserError
 
 BUILTIN_PREFIX = "builtin:"
 RED_TEAM_SETS = ("advbench", "harmbench", "strongreject")
+# The three red-team sets split once into disjoint training and evaluation prompts (`splits.py`).
+SPLIT_SETS = ("red_team_train", "red_team_eval")
 HELPFUL_SETS = ("self_instruct", "mt_bench")
 BENIGN_SETS = ("over_refusal",)  # harmless requests that sound sensitive (over-refusal checks)
 
 
 def builtin_names() -> list[str]:
-    return [*RED_TEAM_SETS, *HELPFUL_SETS, *BENIGN_SETS]
+    return [*RED_TEAM_SETS, *SPLIT_SETS, *HELPFUL_SETS, *BENIGN_SETS]
 
 
 def resolve_prompts(spec: str | Path) -> Path:
