@@ -81,10 +81,10 @@ def _tiny_recipe(model_dir: Path, label_limit: int = 4) -> dict:
         "model": str(model_dir),
         "backend": {"name": "local", "batch_size": 8},
         "stages": {
-            "sl_cai": {"prompts": "builtin:advbench", "limit": 2, "rounds": 1, "max_tokens": 8, "fewshot": 0,
+            "sl_cai": {"prompts": "builtin:red_team_train", "limit": 2, "rounds": 1, "max_tokens": 8, "fewshot": 0,
                        "helpful_ratio": 0.5},
             "sft": {"max_steps": 1, "batch_size": 2},
-            "label": {"prompts": "builtin:harmbench", "limit": label_limit, "max_tokens": 8, "fewshot": 0},
+            "label": {"prompts": "builtin:red_team_train", "limit": label_limit, "max_tokens": 8, "fewshot": 0},
             "preference_model": {"max_steps": 1, "batch_size": 2, "eval_fraction": 0.0},
             "policy": {"method": "dpo", "max_steps": 1, "batch_size": 2},
             "eval": {"limit": 2, "max_tokens": 8},

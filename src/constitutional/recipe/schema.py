@@ -31,7 +31,7 @@ class BackendSection(_Section):
 class SLCAISection(_Section):
     """`cai sl-cai generate`: red-team prompt → response → critique/revision rounds."""
 
-    prompts: str = "builtin:advbench"
+    prompts: str = "builtin:red_team_train"
     limit: int | None = Field(default=None, ge=1)
     rounds: int = Field(default=4, ge=1)
     helpful_prompts: str = "builtin:self_instruct"
@@ -55,7 +55,7 @@ class TrainSection(_Section):
 class LabelSection(_Section):
     """`cai rl-cai label`: two samples from the SL-CAI model, judged by the feedback model."""
 
-    prompts: str = "builtin:harmbench"
+    prompts: str = "builtin:red_team_train"
     limit: int | None = Field(default=None, ge=1)
     feedback: str = (
         "base"  # "base" (the paper's choice: a model not tuned by SL-CAI), "sl", or a spec
@@ -84,7 +84,7 @@ class PolicySection(TrainSection):
 class EvalSection(_Section):
     """`cai eval`: harmless/helpful Elo, attack success, over-refusal, refusal hold."""
 
-    red_team: str = "builtin:strongreject"
+    red_team: str = "builtin:red_team_eval"
     helpful: str = "builtin:mt_bench"
     over_refusal: str = "builtin:over_refusal"
     limit: int | None = Field(default=None, ge=1)
