@@ -42,6 +42,7 @@ def generate(
     temperature_end: float = typer.Option(0.4, help="Temperature of the last round."),
     max_tokens: int = typer.Option(200, help="New tokens per response or revision."),
     fewshot: int = typer.Option(2, help="Constitution exemplars shown before each request."),
+    critique: bool = typer.Option(True, "--critique/--no-critique", help="--no-critique: revise without writing a critique first (the paper's ablation)."),
     seed: int = typer.Option(0, help="Run seed: principle draws and samples derive from it."),
     backend: str = BackendOpt,
     model: str = ModelOpt,
@@ -73,7 +74,7 @@ def generate(
     red = load_prompts(prompts, chat_allowed=False)[:limit]
     helpful = load_prompts(helpful_prompts, chat_allowed=False) if helpful_ratio > 0 else []
     config = SLConfig(rounds=rounds, temperature_start=temperature_start, temperature_end=temperature_end,
-                      max_tokens=max_tokens, fewshot=fewshot, helpful_ratio=helpful_ratio, seed=seed)
+                      max_tokens=max_tokens, fewshot=fewshot, helpful_ratio=helpful_ratio, critique=critique, seed=seed)
     where = ExecutorConfig(executor, ray_address, workers, worker_cpus, worker_gpus)
     options = {"batch_size": batch_size} if backend == "local" else {"base_url": base_url, "concurrency": concurrency}
 

@@ -40,6 +40,7 @@ class SLCAISection(_Section):
     fewshot: int = Field(default=2, ge=0)
     temperature_start: float = Field(default=0.9, ge=0)
     temperature_end: float = Field(default=0.4, ge=0)
+    critique: bool = True  # False: revise without a critique first (the paper's ablation)
 
 
 class TrainSection(_Section):

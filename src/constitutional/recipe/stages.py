@@ -78,7 +78,8 @@ def sl_cai(ctx: RunContext, cfg) -> dict[str, Any]:
     red = load_prompts(cfg.prompts, chat_allowed=False)[: cfg.limit]
     helpful = load_prompts(cfg.helpful_prompts, chat_allowed=False) if cfg.helpful_ratio > 0 else []
     config = SLConfig(rounds=cfg.rounds, temperature_start=cfg.temperature_start, temperature_end=cfg.temperature_end,
-                      max_tokens=cfg.max_tokens, fewshot=cfg.fewshot, helpful_ratio=cfg.helpful_ratio, seed=ctx.recipe.seed)  # fmt: skip
+                      max_tokens=cfg.max_tokens, fewshot=cfg.fewshot, helpful_ratio=cfg.helpful_ratio, critique=cfg.critique,
+                      seed=ctx.recipe.seed)  # fmt: skip
     llm = ctx.backend("base")
     traces = generate_sl_data(ctx.constitution, red, helpful, llm, config, ctx.progress)
     sft = to_sft_rows(traces)

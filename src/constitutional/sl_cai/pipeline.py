@@ -18,7 +18,12 @@ from constitutional.backends import CachedBackend, Completion, GenerationRequest
 from constitutional.constitution import Constitution
 from constitutional.provenance import derive_seed, row_meta
 from constitutional.sl_cai.checks import critique_problem, revision_problem
-from constitutional.sl_cai.prompts import critique_messages, fewshot_messages, revision_messages
+from constitutional.sl_cai.prompts import (
+    critique_messages,
+    direct_revision_messages,
+    fewshot_messages,
+    revision_messages,
+)
 
 ARTIFACT = "sl_cai"
 SCHEMA_VERSION = 1
@@ -37,6 +42,7 @@ class SLConfig:
         max_tokens: for responses and revisions; critiques get `critique_max_tokens`.
         fewshot: how many of the constitution's exemplars precede each request.
         helpful_ratio: share of helpful rows in the SFT export, in [0, 1).
+        critique: False revises without a critique first (the paper's critique ablation).
         seed: run seed; every draw and sample derives from it.
     """
 
@@ -48,6 +54,7 @@ class SLConfig:
     critique_max_tokens: int = 128
     fewshot: int = 2
     helpful_ratio: float = 0.5
+    critique: bool = True
     seed: int = 0
 
     def temperature(self, round_index: int) -> float:
@@ -80,7 +87,7 @@ def generate_sl_data(
 ) -> list[dict[str, Any]]:
     """Run the whole SL-CAI generation; returns one trace row per prompt (red-team, then helpful)."""
     progress = progress or (lambda label, n: None)
-    cfg, fewshot = config, fewshot_messages(constitution, config.fewshot)
+    cfg, fewshot = config, fewshot_messages(constitution, config.fewshot, critique=config.critique)
     traces = [_new_trace(row, i, "red_team") for i, row in enumerate(red_team)]
     traces += [_new_trace(row, i, "helpful") for i, row in enumerate(choose_helpful(helpful, len(red_team), cfg.helpful_ratio, cfg.seed))]
 
@@ -94,38 +101,55 @@ def generate_sl_data(
 
     live = [t for t in traces if t["kind"] == "red_team"]
     for k in range(cfg.rounds):
-        temp = cfg.temperature(k)
         pairs = [draw_principle(constitution, cfg.seed, t["id"], k) for t in live]
-        critique_reqs = [
-            _request(critique_messages(fewshot, t["prompt"], t["final_response"], p), temp, cfg.critique_max_tokens, cfg.seed, t["id"], "critique", k)
-            for t, p in zip(live, pairs)
-        ]
-        critiques = _run(backend, critique_reqs, f"round {k + 1}/{cfg.rounds} critiques", progress)
-        steps = []
-        for t, p, c in zip(live, pairs, critiques):
-            _count(t, c)
-            step = {"round": k + 1, "principle_id": p.id, "temperature": temp, "critique": c.text.strip(), "revision": None}
-            step["reason"] = critique_problem(step["critique"], t["final_response"])
-            t["rounds"].append(step)
-            steps.append(step)
-        todo = [(t, p, s) for t, p, s in zip(live, pairs, steps) if s["reason"] is None]
-        revision_reqs = [
-            _request(revision_messages(fewshot, t["prompt"], t["final_response"], p, s["critique"]), temp, cfg.max_tokens, cfg.seed, t["id"], "revision", k)
-            for t, p, s in todo
-        ]
-        for (t, _, s), c in zip(todo, _run(backend, revision_reqs, f"round {k + 1}/{cfg.rounds} revisions", progress)):
-            _count(t, c)
-            s["revision"] = c.text.strip()
-            s["reason"] = revision_problem(s["revision"], t["final_response"], s["critique"])
-            if s["reason"] is None:
-                t["final_response"] = s["revision"]
-        for s in steps:
-            s["discarded"] = s["reason"] is not None
+        steps = [{"round": k + 1, "principle_id": p.id, "temperature": cfg.temperature(k), "critique": None,
+                  "revision": None, "reason": None} for p in pairs]  # fmt: skip
+        for t, s in zip(live, steps):
+            t["rounds"].append(s)
+        if cfg.critique:
+            _critique_round(live, pairs, steps, backend, cfg, fewshot, progress)
+        _revision_round(live, pairs, steps, backend, cfg, fewshot, progress)
 
     meta = row_meta(ARTIFACT, SCHEMA_VERSION, constitution)
     for t in traces:
         _finish(t, backend, cfg.seed, meta)
     return traces
+
+
+def _critique_round(live, pairs, steps, backend, cfg: SLConfig, fewshot, progress: Progress) -> None:
+    """Ask each live trace for a critique of its latest answer; mark unusable critiques."""
+    k = steps[0]["round"] - 1 if steps else 0
+    requests = [_request(critique_messages(fewshot, t["prompt"], t["final_response"], p), s["temperature"],
+                         cfg.critique_max_tokens, cfg.seed, t["id"], "critique", k)
+                for t, p, s in zip(live, pairs, steps)]  # fmt: skip
+    for t, s, c in zip(live, steps, _run(backend, requests, f"round {k + 1}/{cfg.rounds} critiques", progress)):
+        _count(t, c)
+        s["critique"] = c.text.strip()
+        s["reason"] = critique_problem(s["critique"], t["final_response"])
+
+
+def _revision_round(live, pairs, steps, backend, cfg: SLConfig, fewshot, progress: Progress) -> None:
+    """Ask for a revision where the critique (if any) was usable; a revision that passes the
+    checks becomes the trace's answer."""
+    k = steps[0]["round"] - 1 if steps else 0
+    todo = [(t, p, s) for t, p, s in zip(live, pairs, steps) if s["reason"] is None]
+    requests = [_request(_revision_request(fewshot, t, p, s["critique"]), s["temperature"], cfg.max_tokens,
+                         cfg.seed, t["id"], "revision", k) for t, p, s in todo]  # fmt: skip
+    for (t, _, s), c in zip(todo, _run(backend, requests, f"round {k + 1}/{cfg.rounds} revisions", progress)):
+        _count(t, c)
+        s["revision"] = c.text.strip()
+        s["reason"] = revision_problem(s["revision"], t["final_response"], s["critique"] or "")
+        if s["reason"] is None:
+            t["final_response"] = s["revision"]
+    for s in steps:
+        s["discarded"] = s["reason"] is not None
+
+
+def _revision_request(fewshot, trace: dict, pair, critique: str | None):
+    """After the critique when there is one; else straight after the answer (`--no-critique`)."""
+    if critique is None:
+        return direct_revision_messages(fewshot, trace["prompt"], trace["final_response"], pair)
+    return revision_messages(fewshot, trace["prompt"], trace["final_response"], pair, critique)
 
 
 def _new_trace(row: dict, index: int, kind: str) -> dict[str, Any]:

@@ -18,17 +18,17 @@ def _turns(prompt: str, response: str, pair: CritiqueRevision) -> list[Message]:
     ]
 
 
-def fewshot_messages(constitution: Constitution, count: int) -> list[Message]:
-    """The first `count` critique/revision exemplars as complete earlier turns of the chat."""
+def fewshot_messages(constitution: Constitution, count: int, critique: bool = True) -> list[Message]:
+    """The first `count` critique/revision exemplars as complete earlier turns of the chat
+    (without their critiques when `critique` is False, as direct revision asks)."""
     messages: list[Message] = []
     for ex in constitution.fewshot.critique_revision[:count]:
         pair = constitution.pair(ex.principle)
-        messages += _turns(ex.prompt, ex.response, pair)
-        messages += [
-            {"role": "assistant", "content": ex.critique},
-            {"role": "user", "content": pair.revision},
-            {"role": "assistant", "content": ex.revision},
-        ]
+        if critique:
+            messages += [*_turns(ex.prompt, ex.response, pair), {"role": "assistant", "content": ex.critique}]
+        else:
+            messages += [{"role": "user", "content": ex.prompt}, {"role": "assistant", "content": ex.response}]
+        messages += [{"role": "user", "content": pair.revision}, {"role": "assistant", "content": ex.revision}]
     return messages
 
 
@@ -44,5 +44,15 @@ def revision_messages(
     return [
         *critique_messages(fewshot, prompt, response, pair),
         {"role": "assistant", "content": critique},
+        {"role": "user", "content": pair.revision},
+    ]
+
+
+def direct_revision_messages(fewshot: list[Message], prompt: str, response: str, pair: CritiqueRevision) -> list[Message]:
+    """Ask for a revision with no critique before it (the ablation of Bai et al. 2022, fig. 7)."""
+    return [
+        *fewshot,
+        {"role": "user", "content": prompt},
+        {"role": "assistant", "content": response},
         {"role": "user", "content": pair.revision},
     ]
