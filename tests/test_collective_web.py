@@ -33,10 +33,10 @@ SEEDS = ["Models should refuse to help with weapons.", "Models should admit unce
 class Visitor:
     """One browser: its own cookies, forms posted with the CSRF token read from the page."""
 
-    def __init__(self, app, admin: bool = False):
-        self.client = TestClient(app, follow_redirects=False)
+    def __init__(self, app, admin: bool = False, ip: str = "testclient"):
+        self.client = TestClient(app, follow_redirects=False, client=(ip, 50000))
         if admin:
-            assert self.client.get(f"/admin?token={TOKEN}").status_code == 303
+            assert self.post("/admin/login", "/admin", token=TOKEN).status_code == 303
 
     def csrf(self, page: str) -> str:
         return re.search(r'name="csrf" value="([0-9a-f]+)"', self.client.get(page).text)[1]
@@ -158,8 +158,9 @@ def test_admin_routes_need_the_token(site):
     assert bob.post(f"/admin/statements/{sid}", f"/c/{cid}", decision="accept").status_code == 403
     assert bob.post(f"/admin/c/{cid}/state", f"/c/{cid}", state="closed").status_code == 403
     assert bob.post("/admin/conversations", f"/c/{cid}", topic="mine").status_code == 403
-    for page in ("/admin", f"/admin/c/{cid}", f"/admin/c/{cid}/votes.csv", "/admin?token=wrong-token"):
+    for page in (f"/admin/c/{cid}", f"/admin/c/{cid}/votes.csv"):
         assert bob.client.get(page).status_code == 403, page
+    assert 'action="/admin/login"' in bob.client.get("/admin").text  # only the login form
     assert bob.client.get(f"/admin/c/{cid}/votes.csv", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
     assert store.statements(cid, "pending")[0][0].id == sid and store.conversation(cid).is_open
 
