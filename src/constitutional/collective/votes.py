@@ -66,7 +66,8 @@ def _rows(path: Path) -> tuple[list[str], Any]:
     if not path.is_file():
         raise UserError("no such file", path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        with path.open(encoding="utf-8-sig", newline="") as f:  # newline="": a \r inside a quoted cell stays
+            text = f.read()
     except UnicodeDecodeError:
         raise UserError("not valid UTF-8", path) from None
     reader = csv.reader(text.splitlines(keepends=True))

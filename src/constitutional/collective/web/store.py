@@ -314,7 +314,9 @@ class Store:
 
 def _csv(header: list[str], rows) -> str:
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    # CRLF, as RFC 4180 has it: the csv module then quotes any cell holding a \r or \n, which it
+    # would leave bare (and so break the row) with a plain \n terminator.
+    writer = csv.writer(buf, lineterminator="\r\n")
     writer.writerow(header)
     writer.writerows([spreadsheet_safe(cell) for cell in row] for row in rows)
     return buf.getvalue()
