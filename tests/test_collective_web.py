@@ -6,17 +6,22 @@ The browser test (a real server, headless Chromium) is tests/test_collective_bro
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
 import re
+import socket
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("sqlalchemy")
 pytest.importorskip("multipart")  # python-multipart: FastAPI's form parser
 from fastapi.testclient import TestClient
-from helpers import cai
+from helpers import CAI, cai
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
@@ -24,6 +29,7 @@ from constitutional.cli.collective import run_analyze
 from constitutional.collective.web import Store, create_app, open_engine
 from constitutional.collective.web.limits import Limits, Rate
 from constitutional.collective.web.results import results
+from constitutional.collective.web.security import new_token
 from constitutional.collective.web.store import Base, Participant, Vote, order_key
 from constitutional.errors import UserError
 
@@ -476,3 +482,63 @@ def test_results_are_computed_once_per_change_of_the_votes(site):
     assert cache.get(cid) != first and cache.get(cid) == results(store, cid, min_votes=4)
     Visitor(app).client.get(f"/c/{cid}/results")
     assert cache.computed == 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(db: Path, log: Path, *args):
+    """`cai collective serve` on a free port in a subprocess, output to `log`; yields its base URL."""
+    import httpx
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with log.open("w") as out:
+        proc = subprocess.Popen([*CAI, "collective", "serve", "--db", str(db), "--port", str(port), *map(str, args)],
+                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "CAI_ADMIN_TOKEN": TOKEN})
+        try:
+            deadline = time.time() + 60
+            while time.time() < deadline and proc.poll() is None:
+                try:
+                    if httpx.get(base + "/", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            assert proc.poll() is None, log.read_text()
+            yield base
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def test_tokens_stay_out_of_the_server_log(tmp_path):
+    import httpx
+
+    store = Store(open_engine(str(tmp_path / "c.sqlite")))
+    cid = store.create_conversation("t", "", ["one"], 0)
+    invite = new_token()
+    store.invite([invite])
+    log = tmp_path / "serve.log"
+    with running_server(tmp_path / "c.sqlite", log) as base, httpx.Client(base_url=base) as browser:
+        assert browser.get(f"/admin?token={TOKEN}").status_code == 200  # an old bookmarked link
+        assert browser.get(f"/c/{cid}/join/{invite}").status_code == 303
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', browser.get("/admin").text)[1]
+        assert browser.post("/admin/login", data={"csrf": csrf, "token": TOKEN}).status_code == 303
+        assert browser.get(f"/admin/c/{cid}").status_code == 200
+    text = log.read_text()
+    assert f'"GET /admin/c/{cid} HTTP/1.1" 200' in text  # the access log is on
+    assert '"GET /admin?[redacted] HTTP/1.1" 200' in text and f'"GET /c/{cid}/join/[redacted] HTTP/1.1" 303' in text
+    assert TOKEN not in text and invite not in text
+    assert f"admin at {base}/admin (log in with your admin token)" in text
+
+
+def test_cli_rejects_bad_limits_and_a_short_secret(tmp_path):
+    done = cai("collective", "serve", "--db", tmp_path / "c.sqlite", "--vote-limit", "lots", timeout=60)
+    assert done.returncode == 2 and "--vote-limit must be N/PERIOD" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    done = cai("collective", "serve", "--db", tmp_path / "c.sqlite", "--secret", "short", timeout=60)
+    assert done.returncode == 2 and "--secret must be at least 16 characters" in done.stderr
