@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 
 from constitutional.cli.collective import run_analyze
 from constitutional.collective.web import Store, create_app, open_engine
-from constitutional.collective.web.limits import Limits, Rate
+from constitutional.collective.web.limits import Limits, Rate, SlidingWindow, parse_rate
 from constitutional.collective.web.results import results
 from constitutional.collective.web.security import new_token
 from constitutional.collective.web.store import Base, Participant, Vote, order_key
@@ -382,6 +382,7 @@ def test_invite_only_counts_only_invited_votes(tmp_path):
         while (sid := guest.current(cid)) is not None:
             assert guest.vote(cid, sid, choice).status_code == 303
     admin = Visitor(closed, admin=True)
+    assert "Invite-only: only participants" in admin.client.get(f"/admin/c/{cid}").text
     exported = admin.client.get(f"/admin/c/{cid}/votes.csv").text.splitlines()
     assert len(exported) == 1 + 3 * 3  # the header and the guests' votes, not the anonymous ones
     page = admin.client.get(f"/c/{cid}/results").text
@@ -542,3 +543,20 @@ def test_cli_rejects_bad_limits_and_a_short_secret(tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1
     done = cai("collective", "serve", "--db", tmp_path / "c.sqlite", "--secret", "short", timeout=60)
     assert done.returncode == 2 and "--secret must be at least 16 characters" in done.stderr
+
+
+def test_rates_parse_and_the_window_slides():
+    assert parse_rate("30/h", "--x") == Rate(30, 3600) and parse_rate("600/10m", "--x") == Rate(600, 600)
+    assert parse_rate("5/30s", "--x") == Rate(5, 30) and parse_rate("off", "--x").events == 0
+    for bad in ("30", "30/d", "0/h", "3/0m", "-1/h"):
+        with pytest.raises(UserError, match="--x must be N/PERIOD"):
+            parse_rate(bad, "--x")
+    now = [0.0]
+    window = SlidingWindow(Rate(2, 60), clock=lambda: now[0], max_keys=2)
+    assert [window.hit("a"), window.hit("a")] == [None, None] and window.hit("a") == 60
+    now[0] = 30.0
+    assert window.hit("a") == 30 and window.hit("b") is None
+    now[0] = 60.0  # the first two events of "a" have left the window
+    assert window.hit("a") is None and window.hit("a") is None and window.hit("a") is not None
+    window.hit("c")  # a third address: the least recently seen, "b", is forgotten, with its event at 30 s
+    assert window.hit("b") is None and window.hit("b") is None

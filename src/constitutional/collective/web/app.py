@@ -168,4 +168,4 @@ def results_page(request: Request, cid: int) -> HTMLResponse:
     convo = conversation_or_404(request, cid)
     analysis = request.app.state.results.get(cid)
     return render(request, "results.html", conversation=convo, result=analysis,
-                  origins=request.app.state.store.origins(cid), invite_only=request.app.state.invite_only)
+                  origins=request.app.state.store.origins(cid))
