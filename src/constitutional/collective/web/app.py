@@ -120,7 +120,7 @@ def conversation(request: Request, cid: int, submitted: bool = False) -> HTMLRes
     convo = conversation_or_404(request, cid)
     statement, voted, total = request.app.state.store.next_statement(cid, participant(request))
     return render(request, "conversation.html", conversation=convo, statement=statement, voted=voted,
-                  total=total, submitted=submitted, invited_only=not may_take_part(request))
+                  total=total, submitted=submitted, needs_invite=not may_take_part(request))
 
 
 @router.post("/c/{cid}/vote", dependencies=[Depends(require_csrf)])
