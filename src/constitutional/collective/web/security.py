@@ -161,7 +161,7 @@ class Guard:
         if token is None:
             await _plain(send, 403, "this participant cookie was not issued by this server; it has been "
                                     "cleared: reload the page to continue as a new participant",
-                         [(b"set-cookie", f"{PARTICIPANT_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax".encode())])
+                         ((b"set-cookie", f"{PARTICIPANT_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax".encode()),))
             return
         body = await self._body(scope, receive)
         if body is None:
@@ -226,7 +226,7 @@ def _security_headers() -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode(), v.encode()) for k, v in HEADERS.items()]
 
 
-async def _plain(send: Any, status: int, text: str, extra: list[tuple[bytes, bytes]] = ()) -> None:
+async def _plain(send: Any, status: int, text: str, extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     headers = [(b"content-type", b"text/plain; charset=utf-8"), *_security_headers(), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": text.encode()})
