@@ -9,56 +9,28 @@ under $CAI_TEST_ARTIFACTS (default: the test's tmp dir) for a human to look at.
 from __future__ import annotations
 
 import os
-import re
-import socket
-import subprocess
-import time
 from pathlib import Path
 
-import httpx
 import pytest
-from helpers import CAI, headless_chromium
+from helpers import headless_chromium
+from test_collective_web import TOKEN
 
-TOKEN = "browser-test-admin-token-0123456789"
 SEEDS = ["Assistants should refuse to help build weapons.", "Assistants should say when they are unsure.",
          "Assistants should never discuss politics.", "Assistants should put the user's wishes first."]
 NEW = "Assistants should explain why they refuse."
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
-    """`cai collective serve` in a subprocess; yields (base URL, admin URL it printed)."""
+    """`cai collective serve` in a subprocess (the admin token in its environment); yields its URL."""
     pytest.importorskip("sqlalchemy")
-    port = free_port()
-    db = tmp_path / "collective.sqlite"
-    log = (tmp_path / "serve.log").open("w")
-    args = ["collective", "serve", "--db", db, "--port", port, "--min-votes", 3]
-    proc = subprocess.Popen([*CAI, *map(str, args)], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "CAI_ADMIN_TOKEN": TOKEN})
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(base + "/", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        output = (tmp_path / "serve.log").read_text()
-        assert proc.poll() is None, output
-        admin_url = re.search(r"admin at (\S+)", output)[1]
-        assert f"participants at {base}/" in output and admin_url == f"{base}/admin?token={TOKEN}"
-        yield base, admin_url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
+    pytest.importorskip("multipart")
+    from test_collective_web import running_server
+
+    log = tmp_path / "serve.log"
+    with running_server(tmp_path / "collective.sqlite", log, "--min-votes", 3) as base:
+        assert f"participants at {base}/" in log.read_text()
+        yield base
 
 
 def vote_all(page, base: str, choice: str) -> int:
@@ -74,7 +46,7 @@ def vote_all(page, base: str, choice: str) -> int:
 
 
 def test_conversation_in_headless_chromium(server, tmp_path):
-    base, admin_url = server
+    base = server
     shots = Path(os.environ.get("CAI_TEST_ARTIFACTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     foreign, errors = [], []
@@ -86,8 +58,10 @@ def test_conversation_in_headless_chromium(server, tmp_path):
             return page
 
         admin = person()
-        admin.goto(admin_url)
-        assert admin.url == f"{base}/admin"  # the token left the address bar
+        admin.goto(f"{base}/admin")
+        admin.fill("input[name=token]", TOKEN)
+        admin.click("#login button")
+        assert admin.url == f"{base}/admin" and admin.locator("#logout").count() == 1
         admin.fill("input[name=topic]", "How should AI assistants behave?")
         admin.fill("textarea[name=seeds]", "\n".join(SEEDS))
         admin.click("#new-conversation button")
@@ -114,6 +88,7 @@ def test_conversation_in_headless_chromium(server, tmp_path):
 
         results = person()
         results.goto(f"{base}/c/1/results")
+        assert results.locator("#origins").inner_text() == "Participants who voted: 0 by invite, 4 anonymously."
         for plot in ("map", "agreement"):
             box = results.locator(f"figure[data-plot={plot}] > svg").bounding_box()
             assert box and box["width"] > 150 and box["height"] > 80, plot

@@ -6,21 +6,30 @@ The browser test (a real server, headless Chromium) is tests/test_collective_bro
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
 import os
 import re
+import socket
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("sqlalchemy")
 pytest.importorskip("multipart")  # python-multipart: FastAPI's form parser
 from fastapi.testclient import TestClient
-from helpers import cai
+from helpers import CAI, cai
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from constitutional.cli.collective import run_analyze
 from constitutional.collective.web import Store, create_app, open_engine
+from constitutional.collective.web.limits import Limits, Rate, SlidingWindow, parse_rate
 from constitutional.collective.web.results import results
+from constitutional.collective.web.security import new_token
 from constitutional.collective.web.store import Base, Participant, Vote, order_key
 from constitutional.errors import UserError
 
@@ -33,10 +42,10 @@ SEEDS = ["Models should refuse to help with weapons.", "Models should admit unce
 class Visitor:
     """One browser: its own cookies, forms posted with the CSRF token read from the page."""
 
-    def __init__(self, app, admin: bool = False):
-        self.client = TestClient(app, follow_redirects=False)
+    def __init__(self, app, admin: bool = False, ip: str = "testclient"):
+        self.client = TestClient(app, follow_redirects=False, client=(ip, 50000))
         if admin:
-            assert self.client.get(f"/admin?token={TOKEN}").status_code == 303
+            assert self.post("/admin/login", "/admin", token=TOKEN).status_code == 303
 
     def csrf(self, page: str) -> str:
         return re.search(r'name="csrf" value="([0-9a-f]+)"', self.client.get(page).text)[1]
@@ -158,8 +167,9 @@ def test_admin_routes_need_the_token(site):
     assert bob.post(f"/admin/statements/{sid}", f"/c/{cid}", decision="accept").status_code == 403
     assert bob.post(f"/admin/c/{cid}/state", f"/c/{cid}", state="closed").status_code == 403
     assert bob.post("/admin/conversations", f"/c/{cid}", topic="mine").status_code == 403
-    for page in ("/admin", f"/admin/c/{cid}", f"/admin/c/{cid}/votes.csv", "/admin?token=wrong-token"):
+    for page in (f"/admin/c/{cid}", f"/admin/c/{cid}/votes.csv"):
         assert bob.client.get(page).status_code == 403, page
+    assert 'action="/admin/login"' in bob.client.get("/admin").text  # only the login form
     assert bob.client.get(f"/admin/c/{cid}/votes.csv", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
     assert store.statements(cid, "pending")[0][0].id == sid and store.conversation(cid).is_open
 
@@ -299,3 +309,254 @@ def test_postgresql(tmp_path):
         racing_votes(store, cid)
     finally:
         Base.metadata.drop_all(open_engine(url))
+
+
+# --- issue #23: ballot stuffing, formula injection, tokens in logs, huge ids, the results cache ---
+
+def forged_cookie_refused(app, value: str) -> None:
+    client = TestClient(app, follow_redirects=False, cookies={"cai_participant": value})
+    for response in (client.get("/c/1"), client.post("/c/1/vote", data={"statement": 1, "choice": "agree"})):
+        assert response.status_code == 403 and "not issued by this server" in response.text
+        assert response.headers["set-cookie"].startswith("cai_participant=;") and "Max-Age=0" in response.headers["set-cookie"]
+        assert response.headers["x-frame-options"] == "DENY"
+
+
+def test_a_participant_cookie_the_server_did_not_sign_gets_403(tmp_path):
+    db = str(tmp_path / "c.sqlite")
+    store, app = make_app(db)
+    cid = new_conversation(Visitor(app, admin=True))
+    alice = Visitor(app)
+    alice.vote(cid, alice.current(cid), "agree")
+    cookie = alice.client.cookies["cai_participant"]
+    token, _, mac = cookie.partition(".")
+    assert len(mac) == 43 and store.known(token)  # the database keeps the token, the cookie adds its MAC
+    forged_cookie_refused(app, "a-well-formed-token-0001")  # the attack: any token-shaped value
+    forged_cookie_refused(app, f"{token}.{'A' * 43}")  # a real token with a made-up MAC
+    forged_cookie_refused(app, cookie.replace(token, "a-well-formed-token-0002"))  # a MAC moved to another token
+    _, restarted = make_app(db)  # the secret is kept in the database: a restart keeps the cookie valid
+    assert TestClient(restarted, cookies={"cai_participant": cookie}).get(f"/c/{cid}").status_code == 200
+    other = create_app(store, admin_token=TOKEN, secret="another-server-secret-0123")
+    forged_cookie_refused(other, cookie)
+    assert len(vote_rows(store)) == 1
+
+
+def test_one_address_cannot_invent_voters_nor_flood(tmp_path):
+    limits = Limits(participants=Rate(5, 3600), votes=Rate(8, 600), statements=Rate(2, 600))
+    store, app = make_app(str(tmp_path / "c.sqlite"), limits=limits)
+    cid = new_conversation(Visitor(app, admin=True))
+    codes = []
+    for _ in range(12):  # the attack: a fresh cookie for every vote
+        mallory = Visitor(app, ip="203.0.113.9")
+        codes.append(mallory.vote(cid, 1, "agree").status_code)
+    assert codes == [303] * 5 + [429] * 7 and len(vote_rows(store)) == 5
+    limited = Visitor(app, ip="203.0.113.9").vote(cid, 1, "agree")
+    assert 3000 < int(limited.headers["retry-after"]) <= 3600 and "too many new participants" in limited.text
+    assert limited.headers["content-security-policy"].startswith("default-src 'none'")
+    eve = Visitor(app, ip="198.51.100.7")  # another address has its own budget
+    votes = [eve.vote(cid, sid, choice).status_code for sid in (1, 2) for choice in ("agree", "disagree") * 2]
+    assert votes == [303] * 8 and eve.vote(cid, 3, "agree").status_code == 429  # re-votes count too
+    said = [eve.post(f"/c/{cid}/statements", f"/c/{cid}", text=f"statement {i}").status_code for i in range(3)]
+    assert said == [303, 303, 429] and len(store.statements(cid, "pending")) == 2
+    assert Visitor(app, ip="192.0.2.1").vote(cid, 1, "pass").status_code == 303
+
+
+def test_invite_only_counts_only_invited_votes(tmp_path):
+    db = str(tmp_path / "c.sqlite")
+    _, app = make_app(db, min_votes=2)
+    admin = Visitor(app, admin=True)
+    cid = new_conversation(admin, seeds=SEEDS[:3])
+    links = re.findall(rf"http://testserver(/c/{cid}/join/[\w-]+)", admin.post(
+        f"/admin/c/{cid}/invites", f"/admin/c/{cid}", count=3).text)
+    for _ in range(3):  # anonymous votes cast before the switch to invite-only
+        anonymous = Visitor(app)
+        assert [anonymous.vote(cid, sid, "pass").status_code for sid in (1, 2)] == [303, 303]
+    _, closed = make_app(db, min_votes=2, invite_only=True)
+    stranger = Visitor(closed)
+    assert "by invitation only" in stranger.client.get(f"/c/{cid}").text
+    vote = stranger.post(f"/c/{cid}/vote", "/admin", statement=1, choice="agree")  # a form token from /admin
+    assert vote.status_code == 403 and "invitation only" in vote.text
+    assert stranger.post(f"/c/{cid}/statements", "/admin", text="let me in").status_code == 403
+    guests = [Visitor(closed) for _ in links]
+    for guest, link, choice in zip(guests, links, ["agree", "agree", "disagree"], strict=True):
+        assert guest.client.get(link).status_code == 303
+        while (sid := guest.current(cid)) is not None:
+            assert guest.vote(cid, sid, choice).status_code == 303
+    admin = Visitor(closed, admin=True)
+    assert "Invite-only: only participants" in admin.client.get(f"/admin/c/{cid}").text
+    exported = admin.client.get(f"/admin/c/{cid}/votes.csv").text.splitlines()
+    assert len(exported) == 1 + 3 * 3  # the header and the guests' votes, not the anonymous ones
+    page = admin.client.get(f"/c/{cid}/results").text
+    assert "3 by invite, 3 anonymously" in page and "only the invited participants" in page
+    assert "3 of 3 participants" in page
+    everyone = Visitor(app).client.get(f"/c/{cid}/results").text  # without invite-only, all votes count
+    assert "3 by invite, 3 anonymously" in everyone and "6 of 6 participants" in everyone
+
+
+def test_export_is_spreadsheet_safe_and_analyze_reads_it_back(tmp_path):
+    store, app = make_app(str(tmp_path / "c.sqlite"), min_votes=2)
+    hostile = ['=HYPERLINK("http://evil.example","click")', "+1+1", "-2+3", "@SUM(A1:A9)", "\tcmd", "\rcmd",
+               "'quoted already", "plain text, with a comma"]
+    cid = store.create_conversation("t", "", hostile, seed=0)  # the store keeps texts as given
+    for i in range(3):
+        for st, _ in store.statements(cid):
+            store.vote(f"participant-token-{i:05d}", st.id, -1 if i else 1)
+    admin = Visitor(app, admin=True)
+    comments = admin.client.get(f"/admin/c/{cid}/comments.csv").text
+    cells = [row[1] for row in csv.reader(io.StringIO(comments, newline=""))][1:]
+    assert cells == ["'" + text for text in hostile[:-1]] + [hostile[-1]]
+    votes = admin.client.get(f"/admin/c/{cid}/votes.csv").text
+    assert "p2,1,-1\r\n" in votes  # numbers stay numbers
+    (tmp_path / "votes.csv").write_text(votes)
+    (tmp_path / "comments.csv").write_text(comments)
+    offline = run_analyze(tmp_path / "votes.csv", tmp_path / "comments.csv", min_votes=2)
+    assert [s["text"] for s in sorted(offline["statement_stats"], key=lambda s: int(s["statement"]))] == hostile
+
+
+def test_admin_token_is_posted_and_the_cookie_is_a_session(site):
+    _, app = site
+    browser = Visitor(app)
+    response = browser.client.get(f"/admin?token={TOKEN}")  # the old link logs no one in
+    assert response.status_code == 200 and 'action="/admin/login"' in response.text
+    assert "cai_admin" not in response.headers["set-cookie"] and "cai_admin" not in browser.client.cookies
+    assert browser.post("/admin/login", "/admin", token="wrong-token-0123456789").status_code == 403
+    sessions = []
+    for _ in range(2):
+        response = browser.post("/admin/login", "/admin", token=TOKEN)
+        assert response.status_code == 303 and response.headers["location"] == "/admin"
+        session = browser.client.cookies["cai_admin"]
+        assert TOKEN not in response.headers["set-cookie"] and "HttpOnly" in response.headers["set-cookie"]
+        sessions.append(session)
+    assert len(set(sessions)) == 2 and len(sessions[0]) >= 40
+    assert browser.client.get("/admin/c/1").status_code == 404  # logged in: no such conversation
+    stolen = TestClient(app, cookies={"cai_admin": TOKEN})  # the raw token as the cookie no longer works
+    assert stolen.get("/admin/c/1").status_code == 403
+    assert browser.post("/admin/logout", "/admin").status_code == 303
+    assert TestClient(app, cookies={"cai_admin": sessions[1]}).get("/admin/c/1").status_code == 403
+    odd = TestClient(app).get("/admin/c/1", headers={"Authorization": b"Bearer \xc3\xa9\xff"})
+    assert odd.status_code == 403
+
+
+def test_admin_login_attempts_are_limited(tmp_path):
+    _, app = make_app(str(tmp_path / "c.sqlite"), limits=Limits(logins=Rate(3, 600)))
+    guesser = Visitor(app, ip="203.0.113.5")
+    codes = [guesser.post("/admin/login", "/admin", token=f"guess-{i:020d}").status_code for i in range(4)]
+    assert codes == [403, 403, 403, 429]
+    assert guesser.post("/admin/login", "/admin", token=TOKEN).status_code == 429  # even the right one, for now
+
+
+def test_huge_ids_are_404_with_security_headers(site):
+    _, app = site
+    admin = Visitor(app, admin=True)
+    cid = new_conversation(admin)
+    huge = "99999999999999999999999"
+    for page in (f"/c/{huge}", f"/c/{huge}/results", f"/admin/c/{huge}", f"/admin/c/{huge}/votes.csv",
+                 f"/c/{huge}/join/{'a' * 24}", f"/c/-{huge}"):
+        response = admin.client.get(page)
+        assert response.status_code == 404 and response.headers["x-content-type-options"] == "nosniff", page
+    assert admin.post(f"/admin/statements/{huge}", f"/admin/c/{cid}", decision="accept").status_code == 404
+    assert admin.vote(cid, int(huge), "agree").status_code == 404
+
+
+def test_a_crash_is_a_bare_500_with_security_headers(site, monkeypatch):
+    store, app = site
+
+    def broken(cid):
+        raise RuntimeError("secret detail of the crash")
+
+    monkeypatch.setattr(store, "conversation", broken)
+    response = TestClient(app).get("/c/1")
+    assert response.status_code == 500 and response.text == "internal server error"
+    assert response.headers["content-security-policy"].startswith("default-src 'none'")
+
+
+def test_results_are_computed_once_per_change_of_the_votes(site):
+    store, app = site
+    cid = new_conversation(Visitor(app, admin=True))
+    visitors = two_camps(app, cid)
+    cache = app.state.results
+    pages = [Visitor(app).client.get(f"/c/{cid}/results").text for _ in range(3)]
+    assert cache.computed == 1 and pages[0] == pages[2] and 'class="group"' in pages[0]
+    first = cache.get(cid)
+    visitors[0].vote(cid, 1, "disagree")  # a re-vote: the count of votes stays, the result changes
+    changed = Visitor(app).client.get(f"/c/{cid}/results").text
+    assert cache.computed == 2 and changed != pages[0]
+    assert cache.get(cid) != first and cache.get(cid) == results(store, cid, min_votes=4)
+    Visitor(app).client.get(f"/c/{cid}/results")
+    assert cache.computed == 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(db: Path, log: Path, *args):
+    """`cai collective serve` on a free port in a subprocess, output to `log`; yields its base URL."""
+    import httpx
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with log.open("w") as out:
+        proc = subprocess.Popen([*CAI, "collective", "serve", "--db", str(db), "--port", str(port), *map(str, args)],
+                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "CAI_ADMIN_TOKEN": TOKEN})
+        try:
+            deadline = time.time() + 60
+            while time.time() < deadline and proc.poll() is None:
+                try:
+                    if httpx.get(base + "/", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            assert proc.poll() is None, log.read_text()
+            yield base
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def test_tokens_stay_out_of_the_server_log(tmp_path):
+    import httpx
+
+    store = Store(open_engine(str(tmp_path / "c.sqlite")))
+    cid = store.create_conversation("t", "", ["one"], 0)
+    invite = new_token()
+    store.invite([invite])
+    log = tmp_path / "serve.log"
+    with running_server(tmp_path / "c.sqlite", log) as base, httpx.Client(base_url=base) as browser:
+        assert browser.get(f"/admin?token={TOKEN}").status_code == 200  # an old bookmarked link
+        assert browser.get(f"/c/{cid}/join/{invite}").status_code == 303
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', browser.get("/admin").text)[1]
+        assert browser.post("/admin/login", data={"csrf": csrf, "token": TOKEN}).status_code == 303
+        assert browser.get(f"/admin/c/{cid}").status_code == 200
+    text = log.read_text()
+    assert f'"GET /admin/c/{cid} HTTP/1.1" 200' in text  # the access log is on
+    assert '"GET /admin?[redacted] HTTP/1.1" 200' in text and f'"GET /c/{cid}/join/[redacted] HTTP/1.1" 303' in text
+    assert TOKEN not in text and invite not in text
+    assert f"admin at {base}/admin (log in with your admin token)" in text
+
+
+def test_cli_rejects_bad_limits_and_a_short_secret(tmp_path):
+    done = cai("collective", "serve", "--db", tmp_path / "c.sqlite", "--vote-limit", "lots", timeout=60)
+    assert done.returncode == 2 and "--vote-limit must be N/PERIOD" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    done = cai("collective", "serve", "--db", tmp_path / "c.sqlite", "--secret", "short", timeout=60)
+    assert done.returncode == 2 and "--secret must be at least 16 characters" in done.stderr
+
+
+def test_rates_parse_and_the_window_slides():
+    assert parse_rate("30/h", "--x") == Rate(30, 3600) and parse_rate("600/10m", "--x") == Rate(600, 600)
+    assert parse_rate("5/30s", "--x") == Rate(5, 30) and parse_rate("off", "--x").events == 0
+    for bad in ("30", "30/d", "0/h", "3/0m", "-1/h"):
+        with pytest.raises(UserError, match="--x must be N/PERIOD"):
+            parse_rate(bad, "--x")
+    now = [0.0]
+    window = SlidingWindow(Rate(2, 60), clock=lambda: now[0], max_keys=2)
+    assert [window.hit("a"), window.hit("a")] == [None, None] and window.hit("a") == 60
+    now[0] = 30.0
+    assert window.hit("a") == 30 and window.hit("b") is None
+    now[0] = 60.0  # the first two events of "a" have left the window
+    assert window.hit("a") is None and window.hit("a") is None and window.hit("a") is not None
+    window.hit("c")  # a third address: the least recently seen, "b", is forgotten, with its event at 30 s
+    assert window.hit("b") is None and window.hit("b") is None

@@ -75,27 +75,52 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 for all)."),
     port: int = typer.Option(8090, "--port", help="TCP port to listen on."),
     admin_token: str = typer.Option(None, "--admin-token", envvar="CAI_ADMIN_TOKEN",
-                                    help="Secret that opens /admin (default: a new random one, printed)."),
+                                    help="Secret the admin logs in with at /admin (default: a new random one, printed once)."),
+    secret: str = typer.Option(None, "--secret", envvar="CAI_COLLECTIVE_SECRET",
+                               help="Signs participant cookies (default: made once and kept in the database)."),
+    invite_only: bool = typer.Option(False, "--invite-only", help="Only invited participants vote, submit and count."),
+    participant_limit: str = typer.Option("30/h", "--participant-limit", help="New participants per IP address, N/PERIOD (s, m, h) or off."),
+    vote_limit: str = typer.Option("600/10m", "--vote-limit", help="Votes per IP address, N/PERIOD or off."),
+    statement_limit: str = typer.Option("10/10m", "--statement-limit", help="Statements submitted per IP address, N/PERIOD or off."),
     seed: int = typer.Option(0, "--seed", help="Orders each participant's statements; stored per conversation."),
     min_votes: int = typer.Option(7, "--min-votes", help="Votes a participant needs to count in the results."),
 ) -> None:
     """Serve the voting web app: conversations, moderation, one-at-a-time voting, live results."""
     import secrets
 
+    from constitutional.collective.web.limits import Limits, parse_rate
+
+    for name, value in (("--admin-token", admin_token), ("--secret", secret)):
+        if value is not None and len(value) < 16:
+            raise UserError(f"{name} must be at least 16 characters")
+    limits = Limits(participants=parse_rate(participant_limit, "--participant-limit"),
+                    votes=parse_rate(vote_limit, "--vote-limit"),
+                    statements=parse_rate(statement_limit, "--statement-limit"))
+    token = admin_token or secrets.token_urlsafe(24)
+    _serve(db, host, port, token, admin_token is None, secret=secret, invite_only=invite_only, limits=limits,
+           seed=seed, min_votes=min_votes)
+
+
+def _serve(db: str, host: str, port: int, token: str, made: bool, **options: Any) -> None:
+    """Open the database, print where to go, and run uvicorn with tokens kept out of its access log."""
+    import logging
+
     import uvicorn
 
     from constitutional.collective.web import Store, create_app, open_engine
+    from constitutional.collective.web.security import RedactTokens
 
-    if admin_token is not None and len(admin_token) < 16:
-        raise UserError("--admin-token must be at least 16 characters")
-    token = admin_token or secrets.token_urlsafe(24)
     engine = open_engine(db)
-    app_ = create_app(Store(engine), admin_token=token, seed=seed, min_votes=min_votes)
+    app_ = create_app(Store(engine), admin_token=token, **options)
     base = f"http://{host}:{port}"
+    # The token goes to the terminal only when this run made it: the admin has no other way to learn it.
+    login = f"log in with this admin token, made for this run: {token}" if made else "log in with your admin token"
     typer.echo(f"collective: database {engine.url.render_as_string(hide_password=True)}\n"
                f"collective: participants at {base}/\n"
-               f"collective: admin at {base}/admin?token={token}", err=True)
-    uvicorn.run(app_, host=host, port=port, log_level="info")
+               f"collective: admin at {base}/admin ({login})", err=True)
+    server = uvicorn.Server(uvicorn.Config(app_, host=host, port=port, log_level="info"))  # configures logging
+    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
+    server.run()
 
 
 app.command("to-constitution")(to_constitution)

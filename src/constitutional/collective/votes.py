@@ -6,6 +6,10 @@ Two layouts are accepted, told apart by the header:
 - the Polis export: `votes.csv` with `timestamp,datetime,comment-id,voter-id,vote` and
   `comments.csv` with `comment-id,comment-body,...`.
 
+Our own layout's text cells may carry a leading `'` that `spreadsheet_safe` added on export (a
+spreadsheet would otherwise run a statement such as `=HYPERLINK(...)` as a formula); reading
+takes it off again, so texts round-trip exactly.
+
 Votes are 1 (agree), -1 (disagree) or 0 (pass). When a participant voted twice on a statement the
 later vote wins (by Polis timestamp, else by line). Every bad row is a `UserError` naming its line.
 """
@@ -24,6 +28,23 @@ from constitutional.errors import UserError
 SIMPLE = ("participant", "statement", "vote")
 POLIS = ("voter-id", "comment-id", "vote")
 VOTE_VALUES = {"1": 1, "-1": -1, "0": 0, "+1": 1}
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula (OWASP)
+
+
+def spreadsheet_safe(cell: str | int) -> str | int:
+    """A CSV cell a spreadsheet shows as text: a `'` before a string that starts like a formula.
+
+    Strings already starting with `'` get one more, so `from_spreadsheet_safe` can undo exactly;
+    numbers (a vote of -1) stay numbers.
+    """
+    if isinstance(cell, str) and cell.startswith((*FORMULA_START, "'")):
+        return "'" + cell
+    return cell
+
+
+def from_spreadsheet_safe(text: str) -> str:
+    """The text `spreadsheet_safe` was given."""
+    return text[1:] if text.startswith("'") and text[1:].startswith((*FORMULA_START, "'")) else text
 
 
 @dataclass
@@ -45,7 +66,8 @@ def _rows(path: Path) -> tuple[list[str], Any]:
     if not path.is_file():
         raise UserError("no such file", path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        with path.open(encoding="utf-8-sig", newline="") as f:  # newline="": a \r inside a quoted cell stays
+            text = f.read()
     except UnicodeDecodeError:
         raise UserError("not valid UTF-8", path) from None
     reader = csv.reader(text.splitlines(keepends=True))
@@ -125,6 +147,7 @@ def load_texts(comments: str | Path) -> dict[str, str]:
     path = Path(comments)
     names, reader = _rows(path)
     id_col, text_col = (names.index(c) for c in _layout(names, path, (("comment-id", "comment-body"), ("statement", "text"))))
+    ours = names[text_col] == "text"  # only our own export is escaped; a Polis export is read as is
     texts: dict[str, str] = {}
     for row in reader:
         if not any(cell.strip() for cell in row):
@@ -133,5 +156,6 @@ def load_texts(comments: str | Path) -> dict[str, str]:
             raise UserError(f"expected {len(names)} fields, got {len(row)}", path, reader.line_num)
         if not row[id_col].strip():
             raise UserError("empty statement id", path, reader.line_num)
-        texts[row[id_col].strip()] = row[text_col].strip()
+        text = row[text_col].strip()
+        texts[row[id_col].strip()] = from_spreadsheet_safe(text) if ours else text
     return texts

@@ -1,23 +1,27 @@
 """The admin's pages: create a conversation, moderate statements, close voting, invite, export.
 
-Every route here needs the admin token (403 otherwise); every POST also needs the CSRF token.
+Every route here but the login needs an admin session (or the Bearer token; 403 otherwise);
+every POST also needs the CSRF token. The token is posted in the login form, never put in a URL:
+URLs end up in access logs, browser history and Referer headers.
 The export is the layout `cai collective analyze` (and `to-constitution`) reads:
 `votes.csv` (participant,statement,vote) and `comments.csv` (statement,text).
 """
 
 from __future__ import annotations
 
-import hmac
-
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
+from constitutional.collective.web.limits import limit
 from constitutional.collective.web.pages import conversation_or_404, render
 from constitutional.collective.web.security import (
     ADMIN_COOKIE,
+    SESSION_SECONDS,
+    is_admin,
     new_token,
     require_admin,
     require_csrf,
+    same_secret,
 )
 from constitutional.collective.web.store import MAX_STATEMENT, MAX_TOPIC, Store
 
@@ -28,16 +32,31 @@ MAX_INVITES = 500  # per click
 
 
 @router.get("", response_class=HTMLResponse)
-def dashboard(request: Request, token: str | None = None) -> Response:
-    """The admin's home. `?token=...` (the link `serve` prints) logs this browser in."""
-    if token is not None:
-        if not hmac.compare_digest(token.encode(), request.app.state.admin_token.encode()):
-            raise HTTPException(403, "wrong admin token")
-        response = RedirectResponse("/admin", status_code=303)  # drop the token from the address bar
-        response.set_cookie(ADMIN_COOKIE, token, httponly=True, samesite="strict")
-        return response
-    require_admin(request)
+def dashboard(request: Request) -> Response:
+    """The admin's home, or the login form. A `?token=` in the URL is ignored: it logs no one in."""
+    if not is_admin(request):
+        return render(request, "admin_login.html", wrong=False)
     return render(request, "admin.html", conversations=request.app.state.store.conversations())
+
+
+@router.post("/login", dependencies=[Depends(require_csrf)])
+def login(request: Request, token: str = Form("")) -> Response:
+    """The admin token, posted: the browser gets a cookie holding a new random session id."""
+    limit(request, "logins", "admin login attempts")
+    if not same_secret(token, request.app.state.admin_token):
+        return render(request, "admin_login.html", 403, wrong=True)
+    response = RedirectResponse("/admin", status_code=303)
+    response.set_cookie(ADMIN_COOKIE, request.app.state.sessions.start(), max_age=SESSION_SECONDS,
+                        httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    return response
+
+
+@router.post("/logout", dependencies=[Depends(require_csrf)])
+def logout(request: Request) -> RedirectResponse:
+    request.app.state.sessions.end(request.cookies.get(ADMIN_COOKIE, ""))
+    response = RedirectResponse("/", status_code=303)
+    response.delete_cookie(ADMIN_COOKIE)
+    return response
 
 
 @router.post("/conversations", dependencies=admin_form)
@@ -104,7 +123,8 @@ def invite(request: Request, cid: int, count: int = Form(...)) -> HTMLResponse:
 @router.get("/c/{cid}/votes.csv", dependencies=admin_only)
 def export_votes(request: Request, cid: int) -> PlainTextResponse:
     conversation_or_404(request, cid)
-    return _csv(request.app.state.store.export_votes(cid), f"conversation-{cid}-votes.csv")
+    votes = request.app.state.store.export_votes(cid, request.app.state.invite_only)
+    return _csv(votes, f"conversation-{cid}-votes.csv")
 
 
 @router.get("/c/{cid}/comments.csv", dependencies=admin_only)

@@ -7,12 +7,14 @@
 Pages are rendered on the server with Jinja2 (autoescape on, so every user string is escaped)
 and need no script. Forms post and redirect (303), so a reload never votes twice; the vote
 itself is an upsert on a UNIQUE (participant, statement) pair anyway.
+
+Ballot stuffing is bounded three ways (see security.py and limits.py): participant cookies are
+signed by the server; each IP address may bring only so many new participants, votes and
+statements per period (429 beyond); and with `invite_only` only invited participants vote.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from pathlib import Path
 
 import jinja2
@@ -24,12 +26,15 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from constitutional.collective.web import admin
+from constitutional.collective.web.limits import Limits, SlidingWindow, limit
 from constitutional.collective.web.pages import conversation_or_404, render
-from constitutional.collective.web.results import group_name, results
+from constitutional.collective.web.results import ResultsCache, group_name
 from constitutional.collective.web.security import (
-    PARTICIPANT_COOKIE,
     Guard,
+    Keys,
+    Sessions,
     participant,
+    participant_cookie,
     require_csrf,
     valid_token,
 )
@@ -40,27 +45,36 @@ MAX_BODY_BYTES = 64 * 1024  # forms only: a statement is at most 280 characters,
 router = APIRouter()  # the participant's pages, below create_app
 
 
-def create_app(store: Store, *, admin_token: str, seed: int = 0, min_votes: int = 7,
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def create_app(store: Store, *, admin_token: str, secret: str | None = None, seed: int = 0, min_votes: int = 7,
+               max_body_bytes: int = MAX_BODY_BYTES, limits: Limits | None = None, invite_only: bool = False) -> FastAPI:
     """The web app over `store`.
 
     Args:
         store: the database (`Store(open_engine(url))`).
-        admin_token: the secret that opens /admin; also keys the CSRF tokens, so forms stay valid
-            across a restart with the same token.
+        admin_token: the secret an admin logs in with at /admin (or sends as a Bearer token).
+        secret: signs participant cookies and CSRF tokens; default: one made once and kept in the
+            database, so cookies stay valid across restarts.
         seed: stored with each new conversation; orders every participant's statements.
         min_votes: participants with fewer votes are left out of the analysis (Polis uses 7).
         max_body_bytes: larger request bodies get 413.
+        limits: per-IP rates of new participants, votes, statements and admin logins (429 beyond);
+            default `Limits()`.
+        invite_only: only invited participants may vote or submit, and only their votes count.
     """
     app = FastAPI(title="constitutional collective", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store, app.state.admin_token, app.state.seed = store, admin_token, seed
-    app.state.min_votes = min_votes
-    app.state.secret = hmac.new(admin_token.encode(), b"collective-web", hashlib.sha256).digest()
+    app.state.min_votes, app.state.invite_only = min_votes, invite_only
+    app.state.keys = Keys(secret.encode() if secret is not None else store.secret())
+    app.state.sessions = Sessions()
+    limits = limits or Limits()
+    app.state.limiters = {name: SlidingWindow(getattr(limits, name))
+                          for name in ("participants", "votes", "statements", "logins")}
+    app.state.results = ResultsCache(store, min_votes, invite_only)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined)
     env.globals.update(group_name=group_name, max_statement=MAX_STATEMENT)
     app.state.templates = Jinja2Templates(env=env)
-    app.add_middleware(Guard, max_body_bytes=max_body_bytes)
+    app.add_middleware(Guard, max_body_bytes=max_body_bytes, keys=app.state.keys)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(admin.router)
     app.include_router(router)
@@ -71,12 +85,28 @@ def create_app(store: Store, *, admin_token: str, seed: int = 0, min_votes: int 
 def _error_pages(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        return render(request, "message.html", exc.status_code, title=f"Error {exc.status_code}", text=exc.detail)
+        response = render(request, "message.html", exc.status_code, title=f"Error {exc.status_code}", text=exc.detail)
+        response.headers.update(exc.headers or {})  # Retry-After on a 429
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         fields = ", ".join(".".join(str(p) for p in e["loc"][1:]) for e in exc.errors())
         return render(request, "message.html", 400, title="Error 400", text=f"missing or invalid form field: {fields}")
+
+
+def may_take_part(request: Request) -> bool:
+    """In invite-only mode, only invited participants vote and submit."""
+    return not request.app.state.invite_only or request.app.state.store.invited(participant(request))
+
+
+def admit(request: Request, name: str, what: str) -> None:
+    """The checks before a participant writes: invitation, then the per-IP limits."""
+    if not may_take_part(request):
+        raise HTTPException(403, "this conversation is by invitation only: open the invite link you were sent")
+    if not request.app.state.store.known(participant(request)):
+        limit(request, "participants", "new participants")
+    limit(request, name, what)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -90,7 +120,7 @@ def conversation(request: Request, cid: int, submitted: bool = False) -> HTMLRes
     convo = conversation_or_404(request, cid)
     statement, voted, total = request.app.state.store.next_statement(cid, participant(request))
     return render(request, "conversation.html", conversation=convo, statement=statement, voted=voted,
-                  total=total, submitted=submitted)
+                  total=total, submitted=submitted, needs_invite=not may_take_part(request))
 
 
 @router.post("/c/{cid}/vote", dependencies=[Depends(require_csrf)])
@@ -103,6 +133,7 @@ def vote(request: Request, cid: int, statement: int = Form(...), choice: str = F
     store: Store = request.app.state.store
     if statement not in {st.id for st, _ in store.statements(cid, "accepted")}:
         raise HTTPException(404, f"no statement {statement} open for votes in this conversation")
+    admit(request, "votes", "votes")
     store.vote(participant(request), statement, VOTE_VALUES[choice])
     return RedirectResponse(f"/c/{cid}", status_code=303)
 
@@ -116,6 +147,7 @@ def submit(request: Request, cid: int, text: str = Form(...)) -> RedirectRespons
     text = " ".join(text.split())
     if not text or len(text) > MAX_STATEMENT:
         raise HTTPException(400, f"a statement needs 1 to {MAX_STATEMENT} characters")
+    admit(request, "statements", "statements")
     request.app.state.store.add_statement(cid, participant(request), text)
     return RedirectResponse(f"/c/{cid}?submitted=true", status_code=303)
 
@@ -126,13 +158,14 @@ def join(request: Request, cid: int, token: str) -> RedirectResponse:
     conversation_or_404(request, cid)
     if not valid_token(token) or not request.app.state.store.invited(token):
         raise HTTPException(404, "this invite link is not valid")
-    response = RedirectResponse(f"/c/{cid}", status_code=303)
-    response.set_cookie(PARTICIPANT_COOKIE, token, max_age=31536000, httponly=True, samesite="lax")
+    response = RedirectResponse(f"/c/{cid}", status_code=303)  # the token leaves the address bar
+    response.headers.append("set-cookie", participant_cookie(request.app.state.keys, token).decode("latin-1"))
     return response
 
 
 @router.get("/c/{cid}/results", response_class=HTMLResponse)
 def results_page(request: Request, cid: int) -> HTMLResponse:
     convo = conversation_or_404(request, cid)
-    analysis = results(request.app.state.store, cid, request.app.state.min_votes)
-    return render(request, "results.html", conversation=convo, result=analysis)
+    analysis = request.app.state.results.get(cid)
+    return render(request, "results.html", conversation=convo, result=analysis,
+                  origins=request.app.state.store.origins(cid))

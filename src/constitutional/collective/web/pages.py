@@ -7,15 +7,16 @@ from typing import Any
 from fastapi import HTTPException, Request
 from fastapi.responses import HTMLResponse
 
-from constitutional.collective.web.security import csrf_token, is_admin, participant
+from constitutional.collective.web.security import is_admin, participant
 from constitutional.collective.web.store import Conversation
 
 
 def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     """A page with the CSRF token of this browser's participant and whether it is the admin."""
-    csrf = csrf_token(request.app.state.secret, participant(request))
+    csrf = request.app.state.keys.csrf_token(participant(request))
     return request.app.state.templates.TemplateResponse(
-        request, name, {"csrf": csrf, "admin": is_admin(request), **context}, status_code=status_code)
+        request, name, {"csrf": csrf, "admin": is_admin(request),
+                            "invite_only": request.app.state.invite_only, **context}, status_code=status_code)
 
 
 def conversation_or_404(request: Request, cid: int) -> Conversation:

@@ -4,11 +4,15 @@ The analysis is exactly `cai collective analyze` on the conversation's export (s
 config), so the page and an offline run agree. Charts go through the report's `to_svg`, so they
 need no font or script and label statements and groups by id only: their texts, which users
 wrote, appear only in the (escaped) tables.
+
+Anyone may load the page, and one analysis costs about half a second of CPU at a few hundred
+participants, so `ResultsCache` keeps each conversation's last result until its votes change.
 """
 
 from __future__ import annotations
 
 import string
+import threading
 from typing import Any
 
 from constitutional.collective.analysis import AnalysisConfig, analyze
@@ -23,13 +27,13 @@ def group_name(g: int) -> str:
     return string.ascii_uppercase[g % 26]
 
 
-def results(store: Store, cid: int, min_votes: int) -> dict[str, Any]:
+def results(store: Store, cid: int, min_votes: int, invited_only: bool = False) -> dict[str, Any]:
     """The analysis and its charts, or {"error": why} while there are too few votes.
 
     A participant who voted on every statement always counts, even when fewer statements exist
-    than `min_votes` (early in a conversation).
+    than `min_votes` (early in a conversation). `invited_only`: only invited participants' votes.
     """
-    votes = store.votes(cid)
+    votes = store.votes(cid, invited_only)
     if votes.n_votes == 0:
         return {"error": "no votes yet"}
     config = AnalysisConfig(min_votes=min(min_votes, len(votes.statements)), seed=store.conversation(cid).seed)
@@ -40,6 +44,32 @@ def results(store: Store, cid: int, min_votes: int) -> dict[str, Any]:
     result["map_svg"] = opinion_map(result["points"], result["k"], result["explained_variance"])
     result["agreement_svg"] = agreement(result["statement_stats"], result["k"])
     return result
+
+
+class ResultsCache:
+    """`results` per conversation, recomputed only when `Store.votes_version` changes.
+
+    One lock: when many requests arrive after a vote, one computes and the rest wait for its
+    result instead of each running the analysis.
+    """
+
+    def __init__(self, store: Store, min_votes: int, invited_only: bool = False, most: int = 64):
+        self.store, self.min_votes, self.invited_only, self.most = store, min_votes, invited_only, most
+        self._cached: dict[int, tuple[tuple, dict[str, Any]]] = {}  # cid -> (votes version, result)
+        self._lock = threading.Lock()
+        self.computed = 0  # analyses run, for tests and curious admins
+
+    def get(self, cid: int) -> dict[str, Any]:
+        with self._lock:
+            version = self.store.votes_version(cid, self.invited_only)
+            hit = self._cached.pop(cid, None)
+            if hit is None or hit[0] != version:
+                hit = (version, results(self.store, cid, self.min_votes, self.invited_only))
+                self.computed += 1
+            self._cached[cid] = hit  # (re)inserted last: the dict is in least-recently-used order
+            while len(self._cached) > self.most:
+                self._cached.pop(next(iter(self._cached)))
+            return hit[1]
 
 
 def opinion_map(points: list[dict[str, Any]], k: int, explained: list[float]) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import secrets
 from datetime import UTC, datetime
 
 import numpy as np
@@ -29,12 +30,13 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from constitutional.collective.votes import Votes
+from constitutional.collective.votes import Votes, spreadsheet_safe
 from constitutional.errors import UserError
 
 MAX_TOPIC = 200  # characters
 MAX_STATEMENT = 280  # characters, a little more than Polis's 140
 VOTE_VALUES = {"agree": 1, "disagree": -1, "pass": 0}
+MAX_ID = 2**63 - 1  # ids are 64-bit in the database; a larger one in a URL names nothing (404)
 
 
 def _now() -> datetime:
@@ -43,6 +45,14 @@ def _now() -> datetime:
 
 class Base(DeclarativeBase):
     pass
+
+
+class Setting(Base):
+    """Server-wide values that must survive a restart, such as the secret that signs cookies."""
+
+    __tablename__ = "collective_settings"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
 
 
 class Conversation(Base):
@@ -142,6 +152,13 @@ class Store:
         self.engine = engine
         self.session = sessionmaker(engine, expire_on_commit=False)
 
+    def secret(self) -> bytes:
+        """The server secret: 256 random bits made on first use and kept, so restarts keep cookies valid."""
+        with self.session.begin() as s:
+            s.execute(_insert(s)(Setting).values(name="secret", value=secrets.token_hex(32))
+                      .on_conflict_do_nothing(index_elements=["name"]))  # two servers starting at once agree
+            return bytes.fromhex(s.scalars(select(Setting.value).where(Setting.name == "secret")).one())
+
     # --- conversations and statements -------------------------------------------------------
     def create_conversation(self, topic: str, description: str, seeds: list[str], seed: int) -> int:
         with self.session.begin() as s:
@@ -152,6 +169,8 @@ class Store:
             return conversation.id
 
     def conversation(self, cid: int) -> Conversation | None:
+        if not 1 <= cid <= MAX_ID:
+            return None
         with self.session() as s:
             return s.get(Conversation, cid)
 
@@ -184,6 +203,8 @@ class Store:
 
     def moderate(self, sid: int, accept: bool) -> int | None:
         """Accept or reject a statement; returns its conversation id (None if there is no such statement)."""
+        if not 1 <= sid <= MAX_ID:
+            return None
         with self.session.begin() as s:
             statement = s.get(Statement, sid)
             if statement is None:
@@ -208,6 +229,11 @@ class Store:
         with self.session() as s:
             return bool(s.scalar(select(Participant.invited).where(Participant.token == token)))
 
+    def known(self, token: str) -> bool:
+        """Whether this participant has voted, submitted or been invited before."""
+        with self.session() as s:
+            return s.scalar(select(Participant.id).where(Participant.token == token)) is not None
+
     def vote(self, token: str, sid: int, value: int) -> None:
         """Record (or replace) this participant's vote on statement `sid`."""
         with self.session.begin() as s:
@@ -229,34 +255,52 @@ class Store:
         left.sort(key=lambda st: order_key(seed, token or "", st.id))
         return (left[0] if left else None), len(accepted) - len(left), len(accepted)
 
-    def vote_rows(self, cid: int) -> list[tuple[int, int, int]]:
-        """(participant id, statement id, vote) on this conversation's accepted statements."""
+    @staticmethod
+    def _counted(query, cid: int, invited_only: bool):
+        """`query` over votes narrowed to those that count: on accepted statements of `cid`, and
+        in invite-only mode cast by invited participants."""
+        query = query.join(Statement, Vote.statement_id == Statement.id).where(
+            Statement.conversation_id == cid, Statement.status == "accepted")
+        if invited_only:
+            query = query.join(Participant, Vote.participant_id == Participant.id).where(Participant.invited)
+        return query
+
+    def vote_rows(self, cid: int, invited_only: bool = False) -> list[tuple[int, int, int]]:
+        """(participant id, statement id, vote) of the votes that count, oldest first."""
         with self.session() as s:
-            query = (select(Vote.participant_id, Vote.statement_id, Vote.value).join(Statement)
-                     .where(Statement.conversation_id == cid, Statement.status == "accepted")
-                     .order_by(Vote.updated, Vote.id))
-            return [tuple(row) for row in s.execute(query)]
+            query = self._counted(select(Vote.participant_id, Vote.statement_id, Vote.value), cid, invited_only)
+            return [tuple(row) for row in s.execute(query.order_by(Vote.updated, Vote.id))]
+
+    def votes_version(self, cid: int, invited_only: bool = False) -> tuple:
+        """Changes whenever the votes that count change: a vote, a re-vote (its time), a statement
+        accepted or rejected (the statement ids). Cheap next to the analysis it keys."""
+        with self.session() as s:
+            query = select(func.count(Vote.id), func.max(Vote.updated), func.sum(Vote.statement_id))
+            return tuple(s.execute(self._counted(query, cid, invited_only)).one())
+
+    def origins(self, cid: int) -> dict[str, int]:
+        """How many participants who voted here came by invite and how many anonymously."""
+        with self.session() as s:
+            query = self._counted(select(Participant.invited, func.count(func.distinct(Participant.id)))
+                                  .join(Vote, Vote.participant_id == Participant.id), cid, False)
+            counts = dict(s.execute(query.group_by(Participant.invited)).all())
+        return {"invited": counts.get(True, 0), "anonymous": counts.get(False, 0)}
 
     # --- export -----------------------------------------------------------------------------
-    def export_votes(self, cid: int) -> str:
+    # Every cell goes through `spreadsheet_safe`: an organiser opens these files in a spreadsheet,
+    # where a statement starting with = or @ would run as a formula. `load_votes` undoes it.
+    def export_votes(self, cid: int, invited_only: bool = False) -> str:
         """votes.csv in the layout `cai collective analyze` reads: participant,statement,vote."""
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["participant", "statement", "vote"])
-        writer.writerows((f"p{pid}", sid, value) for pid, sid, value in self.vote_rows(cid))
-        return buf.getvalue()
+        rows = ((f"p{pid}", sid, value) for pid, sid, value in self.vote_rows(cid, invited_only))
+        return _csv(["participant", "statement", "vote"], rows)
 
     def export_comments(self, cid: int) -> str:
         """comments.csv: statement,text of every accepted statement."""
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["statement", "text"])
-        writer.writerows((st.id, st.text) for st, _ in self.statements(cid, "accepted"))
-        return buf.getvalue()
+        return _csv(["statement", "text"], ((st.id, st.text) for st, _ in self.statements(cid, "accepted")))
 
-    def votes(self, cid: int) -> Votes:
+    def votes(self, cid: int, invited_only: bool = False) -> Votes:
         """The same matrix `load_votes` builds from the export (voted statements only, in id order)."""
-        rows = self.vote_rows(cid)
+        rows = self.vote_rows(cid, invited_only)
         participants = list(dict.fromkeys(f"p{pid}" for pid, _, _ in rows))
         statement_ids = sorted({sid for _, sid, _ in rows})
         row_of = {p: i for i, p in enumerate(participants)}
@@ -266,3 +310,13 @@ class Store:
             matrix[row_of[f"p{pid}"], col_of[sid]] = value
         texts = {str(st.id): st.text for st, _ in self.statements(cid, "accepted")}
         return Votes(participants, [str(sid) for sid in statement_ids], matrix, texts)
+
+
+def _csv(header: list[str], rows) -> str:
+    buf = io.StringIO()
+    # CRLF, as RFC 4180 has it: the csv module then quotes any cell holding a \r or \n, which it
+    # would leave bare (and so break the row) with a plain \n terminator.
+    writer = csv.writer(buf, lineterminator="\r\n")
+    writer.writerow(header)
+    writer.writerows([spreadsheet_safe(cell) for cell in row] for row in rows)
+    return buf.getvalue()
