@@ -174,7 +174,12 @@ def main() -> None:
             "faults_injected": dict(sorted(injected.items())), "retries": faulty_requests - clean_requests,
             "seconds": {"clean": round(clean_s, 2), "faulty": round(faulty_s, 2)},
         }  # fmt: skip
+    from constitutional.eval.stats import rate
+
     report["rows_lost"] = report["rows"]["clean"] - report["rows"]["faulty"]
+    # Rates with their n and 95 % Wilson interval: the faults actually met, and rows lost.
+    report["fault_share"] = rate(f != "ok" for f in plan[:faulty_requests])
+    report["rows_lost_share"] = rate([True] * report["rows_lost"] + [False] * report["rows"]["faulty"])
     print(json.dumps(report, indent=2))
     ok = report["rows_lost"] == 0 and report["traces_identical"] and report["sft_identical"]
     ok = ok and report["retries"] == sum(injected.values())  # each fault cost exactly one retry
