@@ -76,7 +76,7 @@ def test_rl_cai_label_resumes_after_sigkill(tmp_path, tiny_model_dir):
 
     out, cache = run / "labels.jsonl", run / "cache.sqlite"
     killed_at = run_and_kill(label_args(tiny_model_dir, prompts, out), cache, at_least=4)
-    assert 4 <= killed_at < 20  # 20 policy samples; the judgements come after them
+    assert 4 <= killed_at < cached_rows(ref / "cache.sqlite")  # 20 samples, then 20 judgements
     assert_nothing_written(run, out, run / "labels.dpo.jsonl", run / "labels.jsonl.manifest.json")
 
     finish(*label_args(tiny_model_dir, prompts, out))
@@ -114,7 +114,7 @@ def test_eval_resumes_after_sigkill(tmp_path, tiny_model_dir):
 
 def synth_args(model: Path, out: Path) -> list:
     return ["guard", "synth", "--model", model, "--out", out, "--cache", out.parent / "cache.sqlite",
-            "--per-category", "1", "--augment", "roleplay,obfuscate", "--batch-size", "4", "--seed", "5"]  # fmt: skip
+            "--per-category", "1", "--augment", "roleplay,obfuscate", "--batch-size", "7", "--seed", "5"]  # fmt: skip
 
 
 def test_guard_synth_resumes_after_sigkill(tmp_path, tiny_model_dir):
