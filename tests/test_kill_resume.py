@@ -25,6 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(autouse=True)
 def single_thread_children(monkeypatch):
+    """`cai --threads 1` for the subprocesses and the in-process reference alike."""
     monkeypatch.setenv("CAI_THREADS", "1")
 
 
@@ -129,8 +130,8 @@ def test_guard_synth_resumes_after_sigkill(tmp_path, tiny_model_dir):
 
     finish(*synth_args(tiny_model_dir, out))
     assert_same_files(run, ref, "guard.jsonl", "guard.discards.jsonl")
-    rows = sum(1 for _ in (run / "guard.jsonl").open()) + sum(1 for _ in (run / "guard.discards.jsonl").open())
-    assert rows >= asked  # every sampled query is in one file or the other
+    # Both files have rows, so the comparison covers kept queries (and their augmentations) too.
+    assert all((run / name).stat().st_size > 0 for name in ("guard.jsonl", "guard.discards.jsonl"))
     used = tokens(run / "guard.jsonl.manifest.json", "guard_synth")
     assert used["calls"] == asked and used["cache_hits"] == killed_at
 
