@@ -5,8 +5,8 @@
 The server (127.0.0.1, a free port, up only while this script runs) answers chat and text
 completions with a deterministic function of the request (seeded words; no model), so a clean
 run and a faulty run must write the same bytes. `tests/faults.py`'s `FaultInjector` sits in
-front of it and replaces `--rate` of the requests (exactly that share of every block of 5/rate requests, at
-seeded places) with one of these five, in equal numbers: HTTP 429, HTTP 500, a
+front of it and replaces `--rate` of the requests (exactly that share of every block of 5/rate
+requests, at seeded places) with one of five faults, in equal numbers: HTTP 429, HTTP 500, a
 stall the client gives up on (a real client-side timeout), a 200 whose body is not JSON, and a
 200 whose JSON has no `choices`.
 
