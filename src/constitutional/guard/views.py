@@ -15,6 +15,7 @@ way, a response counting as flagged when any of its prefixes is (`per_row_max`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ VIEWS = ("input", "output", "exchange")
 SPLITS = ("train", "heldout")
 ROLES = {"system", "user", "assistant"}
 PREFIX_CUTS = (0.25, 0.5, 0.75, 1.0)  # shares of the response's words kept when training
+HOLDBACK_CHARS = 64  # the proxy's default hold-back (`cai guard serve --holdback`)
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,37 @@ def prefixes(text: str, cuts: tuple[float, ...] = PREFIX_CUTS) -> list[str]:
         if prefix not in out:
             out.append(prefix)
     return out
+
+
+def release_point(length: int, released: int, holdback: int) -> int | None:
+    """The stream's cadence: with `length` characters arrived and `released` shown, how far the
+    proxy may release after a passing check, or None when no check is due (nothing new would
+    pass). Shared by the proxy and `stream_checkpoints`, so evaluation checks what serving does.
+    """
+    safe = length - holdback
+    return safe if safe > released else None
+
+
+def stream_pieces(text: str) -> list[str]:
+    """A response cut as an OpenAI stream delivers it: about one token per chunk, here one word
+    with its leading whitespace (our server streams per token; words are a close stand-in)."""
+    return re.findall(r"\s*\S+", text) or [text]
+
+
+def stream_checkpoints(response: str, holdback: int = HOLDBACK_CHARS) -> list[str]:
+    """Every response prefix the proxy would check when `response` streams in `stream_pieces`
+    chunks, in order and without repeats: a check per chunk that lets something new out, then
+    the whole answer (the proxy's `_guarded`)."""
+    text, released, checked = "", 0, []
+    for piece in stream_pieces(response):
+        text += piece
+        safe = release_point(len(text), released, holdback)
+        if safe is not None:
+            checked.append(text)
+            released = safe
+    if not checked or checked[-1] != response:
+        checked.append(response)
+    return checked
 
 
 def view_rows(view: str, rows: list[GuardRow], split: str) -> tuple[list[str], list[int], list[int]]:
