@@ -208,7 +208,8 @@ class _Proxy:
     async def failed(self, record: AuditRecord, start: float, e: Exception) -> JSONResponse:
         where = self.note_failure(record, e)
         await self.finish(record, start)
-        return openai_error(502, f"{where} failed: {type(e).__name__}", "server_error")
+        status = 502 if record.decision == "upstream_error" else 500
+        return openai_error(status, f"{where} failed: {type(e).__name__}", "server_error")
 
     async def chat(self, body: ChatCompletionRequest):
         start = time.perf_counter()
@@ -223,6 +224,18 @@ class _Proxy:
             await self.finish(record, start)
             return openai_error(400, "the request holds text that is not valid Unicode "
                                 "(a lone surrogate such as \\ud800)", "invalid_request_error")  # fmt: skip
+        try:
+            return await self.serve(record, start, body, payload)
+        except Exception as e:  # noqa: BLE001 - a bug of ours still gets an audit row, no text
+            return await self.failed(record, start, e)
+
+    async def serve(
+        self,
+        record: AuditRecord,
+        start: float,
+        body: ChatCompletionRequest,
+        payload: dict[str, Any],
+    ):
         messages = [m.as_backend_message() for m in body.messages]
         verdict = await self.judge(record, lambda: self.guard.check_input(messages))
         if verdict is not None:
@@ -246,7 +259,7 @@ class _Proxy:
             r = await self.http().post(f"{self.upstream}/chat/completions", json=payload)
             if r.status_code != 200:
                 return await self.upstream_status(record, start, r.status_code)
-            text, finish_reason, usage = _read_answer(r.json())
+            text, finish_reason, usage = _read_answer(_upstream_json(r.content))
         except Exception as e:  # noqa: BLE001 - unreachable, malformed, anything: no text leaks
             return await self.failed(record, start, e)
         if not await self.check_output(record, messages, text):
@@ -321,6 +334,13 @@ class UpstreamError(ValueError):
 
 FINISH_REASONS = {"stop", "length", "content_filter"}
 USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def _upstream_json(data: str | bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise UpstreamError("the upstream sent something that is not JSON") from None
 
 
 def _finish_reason(value: Any) -> str | None:
@@ -406,7 +426,7 @@ async def _guarded(
         data = line[len("data:") :].strip()
         if data == "[DONE]":
             break
-        content, finish, counts = _read_chunk(json.loads(data))
+        content, finish, counts = _read_chunk(_upstream_json(data))
         text += content
         finish_reason, usage = finish or finish_reason, counts or usage
         safe = release_point(len(text), released, holdback)
