@@ -18,6 +18,10 @@ def serve(
     api_key: list[str] = typer.Option(
         [], "--api-key", help="Bearer token clients must send; repeat for several. None: open."
     ),
+    metrics_key: str | None = typer.Option(
+        None, "--metrics-key", envvar="CAI_METRICS_KEY",
+        help="Bearer token for /metrics. Without it /metrics answers loopback clients only.",
+    ),  # fmt: skip
     upstream_api_key: str | None = typer.Option(
         None, "--upstream-api-key", envvar="CAI_UPSTREAM_API_KEY", help="Token for the upstream."
     ),
@@ -52,6 +56,7 @@ def serve(
         upstream_url,
         transport=transport,
         api_keys=set(api_key),
+        metrics_key=metrics_key,
         audit_db=audit_db,
         fail_closed=not fail_open,
         holdback_chars=holdback,
