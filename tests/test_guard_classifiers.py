@@ -321,9 +321,10 @@ def test_evaluate_compute_counts_strong_calls_of_cascade_and_strong_only(strong_
     per_request = compute["texts_per_request"]
     cascade_calls = compute["cascade"]["strong_calls_per_request"] * len(held)
     assert compute["strong_only"]["strong_calls_per_request"] == pytest.approx(per_request)
-    # The strong stage saw the in-band texts (cascade) and then every text (strong-only), and
-    # the per-classifier metrics were read from those scores, not scored again.
-    assert calls["texts"] == pytest.approx(cascade_calls + per_request * len(held))
+    # The strong stage saw the in-band texts (cascade; a text seen before comes from the cache)
+    # and then every text (strong-only), and the per-classifier metrics were read from those
+    # scores, not scored again.
+    assert per_request * len(held) < calls["texts"] <= cascade_calls + per_request * len(held)
     assert 0 < cascade_calls < 0.5 * per_request * len(held)
     assert compute["cascade_over_strong_only_seconds"] > 0
     assert set(report["classifiers"]["input"]) >= {"recall", "frr", "auc", "strong_share"}

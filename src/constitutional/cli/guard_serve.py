@@ -21,7 +21,7 @@ def serve(
     metrics_key: str | None = typer.Option(
         None, "--metrics-key", envvar="CAI_METRICS_KEY",
         help="Bearer token for /metrics. Without it /metrics answers loopback clients only.",
-    ),  # fmt: skip
+    ),
     upstream_api_key: str | None = typer.Option(
         None, "--upstream-api-key", envvar="CAI_UPSTREAM_API_KEY", help="Token for the upstream."
     ),
