@@ -124,7 +124,7 @@ class Cascade:
     def score(self, texts: Sequence[str]) -> tuple[list[float], list[str]]:
         """(scores, deciding stage per text), each the max over the text's windows; the strong
         stage sees only the windows of in-band texts, batched."""
-        scores = windowed_max(texts, self.cheap.scores, self.cheap_cache)
+        scores = self.cheap_scores(texts)
         stages = ["cheap"] * len(scores)
         if self.strong is None:
             return scores, stages
@@ -137,6 +137,10 @@ class Cascade:
             for i, p in zip(uncertain, strong):
                 scores[i], stages[i] = p, "strong"
         return scores, stages
+
+    def cheap_scores(self, texts: Sequence[str]) -> list[float]:
+        """The cheap stage's score of each text (the max over its windows)."""
+        return windowed_max(texts, self.cheap.scores, self.cheap_cache)
 
     def verdicts(self, texts: Sequence[str]) -> list[Verdict]:
         scores, stages = self.score(texts)

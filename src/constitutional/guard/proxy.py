@@ -420,6 +420,7 @@ async def _guarded(
     `views.stream_checkpoints`, which evaluation uses.
     """
     text, released, finish_reason, usage = "", 0, "stop", None
+    passed = None  # the last text that passed a check
     async for line in response.aiter_lines():
         if not line.startswith("data:"):
             continue
@@ -437,8 +438,8 @@ async def _guarded(
             yield {"content": OUTPUT_REFUSAL}, "content_filter"
             return
         yield {"content": text[released:safe]}, None
-        released = safe
-    if not await check(record, messages, text):
+        released, passed = safe, text
+    if text != passed and not await check(record, messages, text):
         record.decision = "refused_output"
         yield {"content": OUTPUT_REFUSAL}, "content_filter"
         return
