@@ -242,7 +242,7 @@ def test_cli_train_and_evaluate(tmp_path, data_file, capsys):
     import typer
     from typer.testing import CliRunner
 
-    from constitutional.cli.guard_train import evaluate, train
+    from constitutional.cli.guard_train import evaluate, pct_ci, train
 
     app = typer.Typer()
     app.command("train")(train)
@@ -256,15 +256,21 @@ def test_cli_train_and_evaluate(tmp_path, data_file, capsys):
     report_path = tmp_path / "guard_eval.json"
     result = runner.invoke(app, ["eval", "--model", str(out), "--data", str(data_file), "--out", str(report_path)])
     assert result.exit_code == 0, result.output
-    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:4]}
-    assert set(rows) == {"input", "output", "exchange"}
-    assert all(float(r[2].rstrip("%")) <= 5 for r in rows.values())  # FRR column
-    assert rows["input"][4] == "0.0%"  # no strong stage: the cheap stage decided everything
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:4]}
+    assert set(lines) == {"input", "output", "exchange"}
+    for line in lines.values():  # FRR with its Wilson interval and n, on the report part
+        frr = line.split(" | ")[1]
+        assert float(frr.split("%")[0]) <= 5 and "] n=" in frr
+    assert lines["input"].split()[2] == "0.0%"  # no strong stage: the cheap stage decided everything
     saved = json.loads(report_path.read_text())
     e2e = saved["end_to_end"]
     assert saved["model"] == str(out) and set(saved["classifiers"]) == {"input", "output", "exchange"}
-    assert f"attack success: 100.0% without the guard → {e2e['attack_success_with_guard']:.1%} with it" in result.stdout
-    assert f"false refusals: {e2e['false_refusal_rate']:.1%} of harmless requests" in result.stdout
+    with_guard = pct_ci(e2e["attack_success_with_guard"], e2e["attack_success_with_guard_ci"], e2e["harmful"])
+    assert f"attack success: 100.0% without the guard → {with_guard} with it" in result.stdout
+    frr = pct_ci(e2e["false_refusal_rate"], e2e["false_refusal_rate_ci"], e2e["harmless"])
+    assert f"false refusals: {frr} of harmless requests" in result.stdout
+    lo, hi = e2e["false_refusal_rate_ci"]
+    assert lo <= e2e["false_refusal_rate"] <= hi and hi > 0  # n is finite: the interval is not a point
     assert "strong-only: n/a" in result.stdout and saved["compute"]["strong_only"] is None
 
 

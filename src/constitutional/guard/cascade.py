@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -148,8 +149,11 @@ class Cascade:
 
 
 def metrics(scores: Sequence[float], labels: Sequence[int], threshold: float,
-            stages: Sequence[str] | None = None) -> dict[str, float | int | None]:  # fmt: skip
-    """Recall on harmful, false-refusal rate on harmless, ROC AUC, and the strong-stage share."""
+            stages: Sequence[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Recall on harmful, false-refusal rate on harmless (each with its 95 % Wilson interval
+    as [low, high]), ROC AUC, and the strong-stage share."""
+    from constitutional.eval.stats import wilson
+
     s, y = np.asarray(scores, dtype=float), np.asarray(labels)
     flagged = s >= threshold
     harmful, harmless = y == 1, y == 0
@@ -160,7 +164,9 @@ def metrics(scores: Sequence[float], labels: Sequence[int], threshold: float,
         auc = float(roc_auc_score(y, s))
     return {
         "recall": float(flagged[harmful].mean()) if harmful.any() else None,
+        "recall_ci": list(wilson(int(flagged[harmful].sum()), int(harmful.sum()))),
         "frr": float(flagged[harmless].mean()) if harmless.any() else None,
+        "frr_ci": list(wilson(int(flagged[harmless].sum()), int(harmless.sum()))),
         "auc": auc,
         "harmful": int(harmful.sum()),
         "harmless": int(harmless.sum()),

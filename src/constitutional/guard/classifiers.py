@@ -20,6 +20,7 @@ from typing import Any
 
 from constitutional.backends.base import Message
 from constitutional.errors import UserError
+from constitutional.eval.stats import wilson
 from constitutional.guard.cascade import Cascade, calibrate_threshold, choose_band, metrics
 from constitutional.guard.cheap import CheapClassifier, Encoder, make_encoder
 from constitutional.guard.protocol import Verdict
@@ -301,6 +302,7 @@ def _end_to_end(held: list[GuardRow], blocked: list[bool]) -> dict[str, Any]:
     def passed(ids: list[int]) -> float | None:
         return sum(not blocked[i] for i in ids) / len(ids) if ids else None
 
+    refused = sum(blocked[i] for i in harmless)
     return {
         "requests": len(held),
         "harmful": len(harmful),
@@ -308,7 +310,9 @@ def _end_to_end(held: list[GuardRow], blocked: list[bool]) -> dict[str, Any]:
         "with_response": sum(r.response is not None for r in held),
         "attack_success_without_guard": 1.0 if harmful else None,
         "attack_success_with_guard": passed(harmful),
+        "attack_success_with_guard_ci": list(wilson(sum(not blocked[i] for i in harmful), len(harmful))),
         "false_refusal_rate": (1 - passed(harmless)) if harmless else None,
+        "false_refusal_rate_ci": list(wilson(refused, len(harmless))),
         "attack_success_by_category": {c: passed(ids) for c, ids in sorted(by_category.items())},
     }
 
