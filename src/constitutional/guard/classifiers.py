@@ -132,16 +132,15 @@ def train_guard(
         target_frr: share of held-out harmless rows each classifier may flag (0.001–0.1).
         encoder: the cheap stage's encoder, by name ("minilm", "hashing") or an `Encoder`.
         band: the cheap stage's uncertainty band [lo, hi]; default chosen by `choose_band`.
-        band_miss: for the default band, the share of held-out harmful rows the cheap stage
-            may clear on its own (0.005–0.1).
-        constitution: the constitution the data came from (default: the packaged one, unless
-            the rows carry `constitution_hash`).
+        band_miss: default band: share of harmful rows the cheap stage may clear (0.005–0.1).
+        constitution: the data's constitution (default: the rows' `constitution_hash`, else
+            the packaged one).
         strong_options: keyword arguments for `train_strong` (epochs, max_steps, batch_size, ...).
         seed: seeds the regression and the strong stage.
         overwrite: replace an existing non-empty `out`.
 
-    Returns:
-        {"out", "wall_seconds", "classifiers": {view: held-out metrics + threshold + band}}.
+    Returns {"out", "wall_seconds", "classifiers": {view: metrics on the report part of the
+    held-out rows, with the threshold and band fitted on the calibration part}}.
     """
     started = time.monotonic()
     data, out = Path(data), Path(out)
@@ -176,12 +175,7 @@ def train_guard(
             "data": {"path": str(data.resolve()), "sha256": sha256_file(data), "rows": len(rows)},
             "seed": seed,
             "metrics": report,
-            # The rows the thresholds were fitted on: `evaluate_guard` leaves them out.
-            "calibration": {
-                "rows": len(calibration),
-                "report_rows": len(held_report),
-                "keys": sorted({r.key for r in calibration}),
-            },
+            "calibration": _calibration_meta(calibration, held_report),
         }
         TrainedGuard(cascades, chash, meta).save(tmp)
         publish_dir(tmp, out)
@@ -193,6 +187,13 @@ def train_guard(
         "wall_seconds": round(time.monotonic() - started, 3),
         "classifiers": report,
     }
+
+
+def _calibration_meta(calibration: list[GuardRow], report: list[GuardRow]) -> dict[str, Any]:
+    """What guard.json records of the held-out cut: the keys of the rows the thresholds were
+    fitted on, which `evaluate_guard` leaves out."""
+    keys = sorted({r.key for r in calibration})
+    return {"rows": len(calibration), "report_rows": len(report), "keys": keys}
 
 
 def evaluate_guard(

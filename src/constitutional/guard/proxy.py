@@ -114,15 +114,7 @@ def create_guard_app(
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus(request: Request):
-        if metrics_keys:
-            if not _bearer_matches(
-                request.headers.get("authorization", "").encode("latin-1"), metrics_keys
-            ):
-                return openai_error(401, "missing or invalid metrics key", "invalid_request_error")
-        elif not _loopback(request.client.host if request.client else None):
-            return openai_error(403, "/metrics answers loopback clients only; start the proxy "
-                                "with --metrics-key to scrape it from elsewhere", "invalid_request_error")  # fmt: skip
-        return PlainTextResponse(proxy.metrics.render())
+        return _metrics_refusal(request, metrics_keys) or PlainTextResponse(proxy.metrics.render())
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -606,6 +598,20 @@ def _bearer_matches(header: bytes, keys: list[bytes]) -> bool:
     for key in keys:
         matched |= hmac.compare_digest(token, key)
     return scheme.lower() == b"bearer" and matched
+
+
+def _metrics_refusal(request: Request, keys: list[bytes]) -> JSONResponse | None:
+    """Why this client may not read /metrics (401 / 403), or None when it may: with a metrics
+    key, every client must send it; without one, only loopback clients are answered."""
+    if keys:
+        header = request.headers.get("authorization", "").encode("latin-1")  # the raw bytes
+        if not _bearer_matches(header, keys):
+            return openai_error(401, "missing or invalid metrics key", "invalid_request_error")
+        return None
+    if not _loopback(request.client.host if request.client else None):
+        message = "/metrics answers loopback clients only; start the proxy with --metrics-key"
+        return openai_error(403, message + " to scrape it from elsewhere", "invalid_request_error")
+    return None
 
 
 def _loopback(host: str | None) -> bool:
