@@ -133,3 +133,12 @@ def test_stream_checkpoints_are_exactly_what_the_proxy_checks(tmp_path):
                 shown, _, _ = stream_chat(base)
             assert shown == text
             assert guard.outputs == stream_checkpoints(text, holdback)
+
+
+def test_eval_says_when_the_calibrated_frr_does_not_transfer():
+    from constitutional.cli.guard_train import transfer_warnings
+
+    report = {"input": {"frr": 0.15}, "output": {"frr": 0.06}, "exchange": {"frr": None}}
+    [line] = transfer_warnings(report, 0.05)
+    assert line.startswith("warning: input FRR 15.0% is more than 2 points from the calibration target 5.0%")
+    assert transfer_warnings(report, None) == []

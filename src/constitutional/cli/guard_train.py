@@ -61,8 +61,11 @@ def evaluate(
     rows = load_guard_rows(data)  # check the data before loading models
     if not any(r.split == "heldout" for r in rows):
         raise UserError("no held-out rows (split: heldout) to evaluate on", data)
-    report = evaluate_guard(TrainedGuard.load(model_dir), rows, strong_only=strong_only)
+    guard = TrainedGuard.load(model_dir)
+    report = evaluate_guard(guard, rows, strong_only=strong_only)
     typer.echo(format_report(report["classifiers"]))
+    for line in transfer_warnings(report["classifiers"], guard.meta.get("target_frr")):
+        typer.echo(line)
     typer.echo(format_end_to_end(report))
     if out is not None:
         from constitutional.jsonl import write_json
@@ -77,6 +80,19 @@ def pct_ci(value: float | None, ci: list[float] | None, n: int) -> str:
         return "n/a (n=0)"
     low, high = ci or (0.0, 1.0)
     return f"{value:.1%} [{low:.1%}-{high:.1%}] n={n}"
+
+
+def transfer_warnings(classifiers: dict[str, dict], target_frr: float | None) -> list[str]:
+    """A line for each classifier whose false-refusal rate here is more than 2 points from the
+    target its threshold was calibrated to: the calibration did not carry over to this data."""
+    if target_frr is None:
+        return []
+    return [
+        f"warning: {view} FRR {m['frr']:.1%} is more than 2 points from the calibration target "
+        f"{target_frr:.1%}: the threshold does not transfer to this data"
+        for view, m in classifiers.items()
+        if m["frr"] is not None and abs(m["frr"] - target_frr) > 0.02
+    ]
 
 
 def format_report(report: dict[str, dict]) -> str:
