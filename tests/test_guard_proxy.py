@@ -370,6 +370,7 @@ def test_cli_serve_loads_the_guard_and_runs_uvicorn(monkeypatch, tmp_path):
         audit_db=tmp_path / "g.sqlite",
         fail_open=False,
         holdback=32,
+        max_check_chars=64_000,
         model_name="guarded-tiny",
         host="127.0.0.1",
         port=8124,

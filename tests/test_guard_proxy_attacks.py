@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, StreamingResponse
 from faults import running_server
-from test_guard_proxy import MARKER, ScriptedGuard
+from test_guard_proxy import MARKER, ScriptedGuard, stream_chat
 
 from constitutional.guard.proxy import create_guard_app
 
@@ -330,3 +330,43 @@ async def _get(app, client, path, headers=None):
     transport = httpx.ASGITransport(app=app, client=client)
     async with httpx.AsyncClient(transport=transport, base_url="http://guard") as http:
         return await http.get(path, headers=headers)
+
+
+# --- bounded classifier work ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_texts_longer_than_the_guard_checks_are_refused_unscored(hostile, tmp_path, stream):
+    upstream, url = hostile
+    long_answer = "calm sea " * 200  # 1,800 chars, over the 1,000 allowed below
+    upstream.status, upstream.body = 200, answer(long_answer)
+    upstream.events = [
+        chunk({"content": long_answer[i : i + 100]}) for i in range(0, len(long_answer), 100)
+    ]
+    guard = ScriptedGuard(marker=None)
+    app = create_guard_app(
+        guard, url, audit_db=tmp_path / "a.db", holdback_chars=8, max_check_chars=1000
+    )
+    with running_server(app) as base:
+        long_ask = [{"role": "user", "content": "x" * 1001}]
+        r = httpx.post(
+            f"{base}/chat/completions", json={"messages": long_ask, "stream": stream}, timeout=30
+        )
+        assert (
+            r.status_code == 400 and "longer than this guard checks" in r.json()["error"]["message"]
+        )
+        if stream:
+            shown, last, _ = stream_chat(base)
+            assert last["finish_reason"] == "content_filter" and len(shown) <= 1000
+        else:
+            [choice] = httpx.post(
+                f"{base}/chat/completions", json={"messages": HELLO}, timeout=30
+            ).json()["choices"]
+            assert (
+                choice["finish_reason"] == "content_filter"
+                and "calm sea" not in choice["message"]["content"]
+            )
+    assert all(len(t) <= 1000 for t in guard.outputs)  # never asked to score past the limit
+    rows = audit(tmp_path)
+    assert [r["decision"] for r in rows] == ["bad_request", "refused_output"]
+    assert rows[1]["error"] == "output over 1000 characters: cut off unchecked"

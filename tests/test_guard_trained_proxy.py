@@ -70,7 +70,7 @@ def served(guard_dir, tmp_path, monkeypatch):
     with running_server(upstream.app) as upstream_url:
         serve(guard_dir=guard_dir, upstream=upstream_url, api_key=["k"], metrics_key=None,
               upstream_api_key=None, audit_db=tmp_path / "audit.sqlite", fail_open=False,
-              holdback=16, model_name="guarded", host="127.0.0.1", port=0)  # fmt: skip
+              holdback=16, max_check_chars=64_000, model_name="guarded", host="127.0.0.1", port=0)  # fmt: skip
         with running_server(built["app"]) as base:
             yield base, upstream, tmp_path / "audit.sqlite"
 

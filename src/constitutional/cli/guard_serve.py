@@ -34,6 +34,10 @@ def serve(
     holdback: int = typer.Option(
         64, "--holdback", min=0, help="Characters of a stream held back until checked past them."
     ),
+    max_check_chars: int = typer.Option(
+        64_000, "--max-check-chars", min=1,
+        help="Longest conversation or answer scored; longer requests get 400, longer answers are cut.",
+    ),
     model_name: str = typer.Option("guarded", "--model-name", help="Model id in /v1/models."),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 for all)."),
     port: int = typer.Option(8080, help="TCP port to listen on."),
@@ -60,6 +64,7 @@ def serve(
         audit_db=audit_db,
         fail_closed=not fail_open,
         holdback_chars=holdback,
+        max_check_chars=max_check_chars,
         model_name=model_name,
         upstream_api_key=upstream_api_key,
     )

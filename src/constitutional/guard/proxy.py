@@ -53,6 +53,10 @@ OUTPUT_REFUSAL = (
     "policy does not allow.]"
 )
 MAX_BODY_BYTES = 1_000_000  # far above any chat request a person types; stops abuse early
+# Classifier work grows with the text (it is scored in windows), so texts past this many
+# characters are refused unscored rather than scored in part: ~250 MiniLM windows, a few
+# seconds of CPU. A request over it gets a 400; an answer growing past it is cut off.
+MAX_CHECK_CHARS = 64_000
 
 
 def create_guard_app(
@@ -67,6 +71,7 @@ def create_guard_app(
     model_name: str = "guarded",
     upstream_api_key: str | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    max_check_chars: int = MAX_CHECK_CHARS,
     timeout: float = 120.0,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
@@ -86,6 +91,8 @@ def create_guard_app(
         model_name: the model id listed by /v1/models.
         upstream_api_key: bearer token sent to the upstream, if it needs one.
         max_body_bytes: larger request bodies get 413.
+        max_check_chars: longest conversation or answer the classifiers are asked to score; a
+            longer request gets a 400, a longer answer is cut off (both audited).
         timeout: seconds allowed for connecting to and between reads from the upstream.
 
     Returns:
@@ -105,7 +112,7 @@ def create_guard_app(
     app.add_middleware(_Gate, api_keys=set(api_keys or ()), max_body_bytes=max_body_bytes)
     proxy = _Proxy(guard, upstream_url, AuditLog(audit_db), fail_closed=fail_closed,
                    holdback=holdback_chars, model_name=model_name, upstream_api_key=upstream_api_key,
-                   timeout=timeout, transport=transport)  # fmt: skip
+                   timeout=timeout, transport=transport, max_check_chars=max_check_chars)  # fmt: skip
     metrics_keys = _encoded_keys({metrics_key} if metrics_key else set())
 
     @app.get("/healthz")
@@ -135,8 +142,9 @@ class _Proxy:
 
     def __init__(self, guard: Guard, upstream_url: str, audit: AuditLog, *, fail_closed: bool, holdback: int,
                  model_name: str, upstream_api_key: str | None, timeout: float,
-                 transport: httpx.AsyncBaseTransport | None):  # fmt: skip
+                 transport: httpx.AsyncBaseTransport | None, max_check_chars: int):  # fmt: skip
         self.guard, self.audit, self.fail_closed = guard, audit, fail_closed
+        self.max_check_chars = max_check_chars
         self.holdback, self.model_name = holdback, model_name
         self.upstream = upstream_url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {upstream_api_key}"} if upstream_api_key else {}
@@ -171,7 +179,11 @@ class _Proxy:
         return verdict.flagged if verdict is not None else self.fail_closed
 
     async def check_output(self, record: AuditRecord, messages: list[Message], text: str) -> bool:
-        """True when `text` may be shown; updates the record."""
+        """True when `text` may be shown; updates the record. Past `max_check_chars` the text
+        is not scored and not shown (fail closed: scoring only part of it would be a bypass)."""
+        if len(text) > self.max_check_chars:
+            record.error = f"output over {self.max_check_chars} characters: cut off unchecked"
+            return False
         verdict = await self.judge(record, lambda: self.guard.check_output(messages, text))
         record.output_checks += 1
         if verdict is not None:
@@ -229,6 +241,12 @@ class _Proxy:
         payload: dict[str, Any],
     ):
         messages = [m.as_backend_message() for m in body.messages]
+        if sum(len(m["content"]) for m in messages) > self.max_check_chars:
+            record.decision = "bad_request"
+            record.error = f"request: conversation over {self.max_check_chars} characters"
+            await self.finish(record, start)
+            message = f"the conversation is longer than this guard checks ({self.max_check_chars} characters)"
+            return openai_error(400, message, "invalid_request_error")
         verdict = await self.judge(record, lambda: self.guard.check_input(messages))
         if verdict is not None:
             record.input_score, record.input_flagged = verdict.score, verdict.flagged
