@@ -8,6 +8,10 @@ only `len(text) - holdback_chars` characters are released, so the classifier alw
 `holdback_chars` characters past anything the client has received. When a check flags, the
 held-back text is dropped and the stream ends with finish_reason "content_filter". The tail is
 released only after the complete answer passes. Non-streamed answers are checked whole.
+Either way the client gets only text the guard passed: the proxy writes its own answers and
+chunks from the upstream's message content, never the upstream's bodies, so other choices, tool
+calls, reasoning fields, logprobs, extra fields and error messages of the upstream are dropped
+(docs/guard.md lists what is enforced).
 (Constitutional Classifiers, Sharma et al. 2025, https://arxiv.org/abs/2501.18837.)
 
 The proxy only ever calls `Guard.check_input` / `Guard.check_output` (guard/protocol.py). They
