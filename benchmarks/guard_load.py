@@ -1,7 +1,7 @@
 """Load test of the guard proxy on loopback: N concurrent streams through it vs straight to the
 upstream, to see what the proxy itself adds per streamed chunk.
 
-    .venv/bin/python benchmarks/guard_load.py [--concurrency 16] [--rounds 4] [--holdback 64]
+    .venv/bin/python benchmarks/guard_load.py [--concurrency 16,128,500] [--rounds 4] [--holdback 64]
 
 The upstream is a scripted OpenAI-style server streaming `--chunks` pieces of `--piece` chars,
 `--delay-ms` apart (a stand-in for token generation); the guard is a scripted substring check,
@@ -145,18 +145,56 @@ def pct(values: list[float], q: float) -> float:
     )
 
 
+def measure(upstream: str, proxy: str, concurrency: int, args: argparse.Namespace) -> dict:
+    """ABBA runs of `concurrency` streams at a time, straight and through the proxy."""
+    shape = (concurrency, args.rounds, args.piece, args.chunks)
+    runs: dict[str, tuple[list, int, float]] = {}
+    for name, url in [  # ABBA: a drift in machine load hits both alike
+        ("direct", f"{upstream}/chat/completions"),
+        ("proxy", f"{proxy}/v1/chat/completions"),
+        ("proxy", f"{proxy}/v1/chat/completions"),
+        ("direct", f"{upstream}/chat/completions"),
+    ]:
+        good, errors, wall = asyncio.run(load(url, *shape))
+        old = runs.get(name, ([], 0, 0.0))
+        runs[name] = (old[0] + good, old[1] + errors, old[2] + wall)
+    direct, proxied = runs["direct"][0], runs["proxy"][0]
+    mean_direct = [statistics.fmean(r[j] for r in direct) for j in range(args.chunks)]
+    added = [(r[j] - mean_direct[j]) * 1000 for r in proxied for j in range(args.chunks)]
+    return {"concurrency": concurrency, "streams": 2 * concurrency * args.rounds, "runs": runs,
+            "added_p50": pct(added, 50), "added_p95": pct(added, 95)}  # fmt: skip
+
+
+def report(result: dict, args: argparse.Namespace) -> None:
+    streams = result["streams"]
+    print(f"\n{result['concurrency']} concurrent: {streams} streams per path, {args.chunks} chunks of "
+          f"{args.piece} chars {args.delay_ms:g} ms apart, holdback {args.holdback}")  # fmt: skip
+    for name, (good, errors, wall) in result["runs"].items():
+        first = [r[0] * 1000 for r in good]
+        print(f"{name:>6}: errors {errors}, {streams / wall:.1f} streams/s, first chunk "
+              f"p50 {pct(first, 50):.1f} ms p95 {pct(first, 95):.1f} ms")  # fmt: skip
+    print(
+        f"added latency per chunk: p50 {result['added_p50']:.1f} ms, p95 {result['added_p95']:.1f} ms"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--concurrency", type=int, default=16, help="streams in flight at once")
+    parser.add_argument(
+        "--concurrency", default="16", help="streams in flight at once; a comma list runs each"
+    )
     parser.add_argument("--rounds", type=int, default=4, help="batches of --concurrency streams")
     parser.add_argument("--chunks", type=int, default=64, help="chunks per upstream stream")
     parser.add_argument("--piece", type=int, default=8, help="characters per upstream chunk")
     parser.add_argument("--delay-ms", type=float, default=5.0, help="upstream gap between chunks")
     parser.add_argument("--holdback", type=int, default=64, help="the proxy's hold-back chars")
     args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    if not all(1 <= c <= 1000 for c in levels):
+        raise SystemExit("--concurrency: each level in 1..1000 (loopback load, bounded)")
 
     up_port, proxy_port = free_port(), free_port()
-    upstream = f"http://127.0.0.1:{up_port}/v1"
+    upstream, proxy = f"http://127.0.0.1:{up_port}/v1", f"http://127.0.0.1:{proxy_port}"
     with tempfile.TemporaryDirectory() as tmp:
         procs = [
             mp.Process(
@@ -168,38 +206,13 @@ def main() -> None:
             p.start()
         try:
             wait_up(f"{upstream}/models")
-            wait_up(f"http://127.0.0.1:{proxy_port}/healthz")
-            shape = (args.concurrency, args.rounds, args.piece, args.chunks)
-            runs = {}
-            for name, url in [  # ABBA: a drift in machine load hits both alike
-                ("direct", f"{upstream}/chat/completions"),
-                ("proxy", f"http://127.0.0.1:{proxy_port}/v1/chat/completions"),
-                ("proxy", f"http://127.0.0.1:{proxy_port}/v1/chat/completions"),
-                ("direct", f"{upstream}/chat/completions"),
-            ]:
-                good, errors, wall = asyncio.run(load(url, *shape))
-                old = runs.get(name, ([], 0, 0.0))
-                runs[name] = (old[0] + good, old[1] + errors, old[2] + wall)
+            wait_up(f"{proxy}/healthz")
+            for level in levels:
+                report(measure(upstream, proxy, level, args), args)
         finally:
             for p in procs:
                 p.terminate()
                 p.join()
-
-    streams = 2 * args.concurrency * args.rounds
-    direct, proxied = runs["direct"][0], runs["proxy"][0]
-    mean_direct = [statistics.fmean(r[j] for r in direct) for j in range(args.chunks)]
-    added = [(r[j] - mean_direct[j]) * 1000 for r in proxied for j in range(args.chunks)]
-    print(
-        f"streams per path: {streams}, {args.concurrency} concurrent, {args.chunks} chunks of "
-        f"{args.piece} chars {args.delay_ms:g} ms apart, holdback {args.holdback}"
-    )
-    for name, (good, errors, wall) in runs.items():
-        first = [r[0] * 1000 for r in good]
-        print(
-            f"{name:>6}: errors {errors}, {streams / wall:.1f} streams/s, first chunk "
-            f"p50 {pct(first, 50):.1f} ms p95 {pct(first, 95):.1f} ms"
-        )
-    print(f"added latency per chunk: p50 {pct(added, 50):.1f} ms, p95 {pct(added, 95):.1f} ms")
 
 
 if __name__ == "__main__":

@@ -365,10 +365,12 @@ def test_cli_serve_loads_the_guard_and_runs_uvicorn(monkeypatch, tmp_path):
         guard_dir=tmp_path / "guard",
         upstream="http://127.0.0.1:1/v1",
         api_key=["k"],
+        metrics_key="mk",
         upstream_api_key=None,
         audit_db=tmp_path / "g.sqlite",
         fail_open=False,
         holdback=32,
+        max_check_chars=64_000,
         model_name="guarded-tiny",
         host="127.0.0.1",
         port=8124,
@@ -376,6 +378,9 @@ def test_cli_serve_loads_the_guard_and_runs_uvicorn(monkeypatch, tmp_path):
     assert seen["port"] == 8124 and (tmp_path / "g.sqlite").exists()
     with running_server(seen["app"]) as base:
         models = httpx.get(f"{base}/models", headers={"Authorization": "Bearer k"}).json()
+        metrics = base.removesuffix("/v1") + "/metrics"
+        assert httpx.get(metrics).status_code == 401  # --metrics-key set: loopback needs it too
+        assert httpx.get(metrics, headers={"Authorization": "Bearer mk"}).status_code == 200
     assert models["data"][0]["id"] == "guarded-tiny"
 
 

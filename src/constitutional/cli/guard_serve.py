@@ -18,6 +18,10 @@ def serve(
     api_key: list[str] = typer.Option(
         [], "--api-key", help="Bearer token clients must send; repeat for several. None: open."
     ),
+    metrics_key: str | None = typer.Option(
+        None, "--metrics-key", envvar="CAI_METRICS_KEY",
+        help="Bearer token for /metrics. Without it /metrics answers loopback clients only.",
+    ),
     upstream_api_key: str | None = typer.Option(
         None, "--upstream-api-key", envvar="CAI_UPSTREAM_API_KEY", help="Token for the upstream."
     ),
@@ -29,6 +33,10 @@ def serve(
     ),
     holdback: int = typer.Option(
         64, "--holdback", min=0, help="Characters of a stream held back until checked past them."
+    ),
+    max_check_chars: int = typer.Option(
+        64_000, "--max-check-chars", min=1,
+        help="Longest conversation or answer scored; longer requests get 400, longer answers are cut.",
     ),
     model_name: str = typer.Option("guarded", "--model-name", help="Model id in /v1/models."),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 for all)."),
@@ -52,9 +60,11 @@ def serve(
         upstream_url,
         transport=transport,
         api_keys=set(api_key),
+        metrics_key=metrics_key,
         audit_db=audit_db,
         fail_closed=not fail_open,
         holdback_chars=holdback,
+        max_check_chars=max_check_chars,
         model_name=model_name,
         upstream_api_key=upstream_api_key,
     )

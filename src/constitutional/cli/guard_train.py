@@ -61,8 +61,11 @@ def evaluate(
     rows = load_guard_rows(data)  # check the data before loading models
     if not any(r.split == "heldout" for r in rows):
         raise UserError("no held-out rows (split: heldout) to evaluate on", data)
-    report = evaluate_guard(TrainedGuard.load(model_dir), rows, strong_only=strong_only)
+    guard = TrainedGuard.load(model_dir)
+    report = evaluate_guard(guard, rows, strong_only=strong_only)
     typer.echo(format_report(report["classifiers"]))
+    for line in transfer_warnings(report["classifiers"], guard.meta.get("target_frr")):
+        typer.echo(line)
     typer.echo(format_end_to_end(report))
     if out is not None:
         from constitutional.jsonl import write_json
@@ -71,36 +74,53 @@ def evaluate(
         typer.echo(f"report → {out}", err=True)
 
 
+def pct_ci(value: float | None, ci: list[float] | None, n: int) -> str:
+    """A rate with its 95 % Wilson interval and n, e.g. "93.0% [88.1-96.0] n=200"."""
+    if value is None or not n:
+        return "n/a (n=0)"
+    low, high = ci or (0.0, 1.0)
+    return f"{value:.1%} [{low:.1%}-{high:.1%}] n={n}"
+
+
+def transfer_warnings(classifiers: dict[str, dict], target_frr: float | None) -> list[str]:
+    """A line for each classifier whose false-refusal rate here is more than 2 points from the
+    target its threshold was calibrated to: the calibration did not carry over to this data."""
+    if target_frr is None:
+        return []
+    return [
+        f"warning: {view} FRR {m['frr']:.1%} is more than 2 points from the calibration target "
+        f"{target_frr:.1%}: the threshold does not transfer to this data"
+        for view, m in classifiers.items()
+        if m["frr"] is not None and abs(m["frr"] - target_frr) > 0.02
+    ]
+
+
 def format_report(report: dict[str, dict]) -> str:
-    """One line per classifier: held-out recall, FRR, AUC and how often the strong stage decided."""
-
-    def pct(x):
-        return "n/a" if x is None else f"{x:.1%}"
-
-    lines = [f"{'classifier':<10} {'recall':>7} {'FRR':>6} {'AUC':>6} {'strong':>7}  harmful/harmless"]
+    """One line per classifier on the report part of the held-out rows: recall and FRR with
+    95 % Wilson intervals and n, AUC, and how often the strong stage decided."""
+    lines = [f"{'classifier':<10} {'AUC':>6} {'strong':>7}  recall (harmful) | FRR (harmless)"]
     for view in VIEW_NAMES:
         m = report.get(view)
         if m is None:
             continue
         auc = "n/a" if m["auc"] is None else f"{m['auc']:.3f}"
-        lines.append(f"{view:<10} {pct(m['recall']):>7} {pct(m['frr']):>6} {auc:>6} "
-                     f"{pct(m['strong_share']):>7}  {m['harmful']}/{m['harmless']}")  # fmt: skip
+        recall = pct_ci(m["recall"], m.get("recall_ci"), m["harmful"])
+        frr = pct_ci(m["frr"], m.get("frr_ci"), m["harmless"])
+        lines.append(f"{view:<10} {auc:>6} {m['strong_share']:>7.1%}  {recall} | {frr}")
     return "\n".join(lines)
 
 
 def format_end_to_end(report: dict) -> str:
     """Attack success without / with the guard, end-to-end FRR, and compute per request."""
-
-    def pct(x):
-        return "n/a" if x is None else f"{x:.1%}"
-
     e, c = report["end_to_end"], report["compute"]
+    left_out = e.get("calibration_rows_left_out", 0)
     lines = [
         (f"\nend to end on {e['requests']} held-out requests ({e['harmful']} harmful, "
-         f"{e['harmless']} harmless, {e['with_response']} with a response):"),
-        (f"  attack success: {pct(e['attack_success_without_guard'])} without the guard → "
-         f"{pct(e['attack_success_with_guard'])} with it"),
-        f"  false refusals: {pct(e['false_refusal_rate'])} of harmless requests",
+         f"{e['harmless']} harmless, {e['with_response']} with a response; {left_out} rows the "
+         "thresholds were calibrated on left out):"),
+        (f"  attack success: {'n/a' if e['attack_success_without_guard'] is None else '100.0%'} without "
+         f"the guard → {pct_ci(e['attack_success_with_guard'], e.get('attack_success_with_guard_ci'), e['harmful'])} with it"),
+        f"  false refusals: {pct_ci(e['false_refusal_rate'], e.get('false_refusal_rate_ci'), e['harmless'])} of harmless requests",
         f"compute per request ({c['texts_per_request']:.1f} texts scored):",
         (f"  cascade:     {c['cascade']['strong_calls_per_request']:.2f} strong calls, "
          f"{c['cascade']['seconds_per_request'] * 1000:.1f} ms"),

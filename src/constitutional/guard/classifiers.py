@@ -20,6 +20,7 @@ from typing import Any
 
 from constitutional.backends.base import Message
 from constitutional.errors import UserError
+from constitutional.eval.stats import wilson
 from constitutional.guard.cascade import Cascade, calibrate_threshold, choose_band, metrics
 from constitutional.guard.cheap import CheapClassifier, Encoder, make_encoder
 from constitutional.guard.protocol import Verdict
@@ -27,9 +28,11 @@ from constitutional.guard.strong import StrongClassifier, train_strong
 from constitutional.guard.views import (
     VIEWS,
     GuardRow,
+    check_disjoint,
+    heldout_parts,
     load_guard_rows,
     per_row_max,
-    prefixes,
+    stream_checkpoints,
     view_rows,
     view_text,
 )
@@ -43,7 +46,12 @@ class TrainedGuard:
     """A trained guard: `check_input` runs the input cascade, `check_output` the output and
     exchange cascades on the response so far (the more alarming verdict wins)."""
 
-    def __init__(self, cascades: dict[str, Cascade], constitution_hash: str, meta: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        cascades: dict[str, Cascade],
+        constitution_hash: str,
+        meta: dict[str, Any] | None = None,
+    ):
         self.cascades, self.constitution_hash, self.meta = cascades, constitution_hash, meta or {}
 
     def check_input(self, messages: list[Message]) -> Verdict:
@@ -52,7 +60,9 @@ class TrainedGuard:
     def check_output(self, messages: list[Message], response_so_far: str) -> Verdict:
         turns = _plain(messages)
         output = self.cascades["output"].verdicts([view_text("output", turns, response_so_far)])[0]
-        exchange = self.cascades["exchange"].verdicts([view_text("exchange", turns, response_so_far)])[0]
+        exchange = self.cascades["exchange"].verdicts(
+            [view_text("exchange", turns, response_so_far)]
+        )[0]
         if output.flagged and not exchange.flagged:
             return output
         if output.flagged and exchange.flagged:
@@ -75,12 +85,16 @@ class TrainedGuard:
                                         "classifiers": classifiers})  # fmt: skip
 
     @classmethod
-    def load(cls, path: str | Path, *, encoder: Encoder | None = None, device: str | None = None) -> TrainedGuard:
+    def load(
+        cls, path: str | Path, *, encoder: Encoder | None = None, device: str | None = None
+    ) -> TrainedGuard:
         """Load a guard directory; `encoder` overrides the one it records (e.g. one already loaded)."""
         path = Path(path).expanduser()
         meta_path = path / "guard.json"
         if not meta_path.is_file():
-            raise UserError("not a guard directory (no guard.json); train one with `cai guard train`", path)
+            raise UserError(
+                "not a guard directory (no guard.json); train one with `cai guard train`", path
+            )
         meta = json.loads(meta_path.read_text())
         if meta.get("schema") != SCHEMA:
             raise UserError(f"unsupported guard schema {meta.get('schema')!r}", meta_path)
@@ -118,16 +132,15 @@ def train_guard(
         target_frr: share of held-out harmless rows each classifier may flag (0.001–0.1).
         encoder: the cheap stage's encoder, by name ("minilm", "hashing") or an `Encoder`.
         band: the cheap stage's uncertainty band [lo, hi]; default chosen by `choose_band`.
-        band_miss: for the default band, the share of held-out harmful rows the cheap stage
-            may clear on its own (0.005–0.1).
-        constitution: the constitution the data came from (default: the packaged one, unless
-            the rows carry `constitution_hash`).
+        band_miss: default band: share of harmful rows the cheap stage may clear (0.005–0.1).
+        constitution: the data's constitution (default: the rows' `constitution_hash`, else
+            the packaged one).
         strong_options: keyword arguments for `train_strong` (epochs, max_steps, batch_size, ...).
         seed: seeds the regression and the strong stage.
         overwrite: replace an existing non-empty `out`.
 
-    Returns:
-        {"out", "wall_seconds", "classifiers": {view: held-out metrics + threshold + band}}.
+    Returns {"out", "wall_seconds", "classifiers": {view: metrics on the report part of the
+    held-out rows, with the threshold and band fitted on the calibration part}}.
     """
     started = time.monotonic()
     data, out = Path(data), Path(out)
@@ -140,6 +153,7 @@ def train_guard(
     enc = make_encoder(encoder) if isinstance(encoder, str) else encoder
     chash = _constitution_hash(data, constitution)
 
+    calibration, held_report = heldout_parts(rows)
     tmp = staging_dir(out)
     try:
         cascades, report = {}, {}
@@ -150,19 +164,10 @@ def train_guard(
             if strong:
                 strong_clf = train_strong(texts, labels, base, tmp / view / "strong", seed=seed,
                                           **(strong_options or {}))  # fmt: skip
-            cascade = Cascade(cheap, strong_clf)
-            if strong_clf is not None:
-                held_texts, held_labels, _ = view_rows(view, rows, "heldout")
-                cheap_scores = cheap.scores(held_texts)
-                harmful = [p for p, y in zip(cheap_scores, held_labels) if y == 1]
-                harmless = [p for p, y in zip(cheap_scores, held_labels) if y == 0]
-                cascade.band = band or choose_band(harmful, harmless, target_frr, band_miss)
-            scores, held_labels, stages = heldout_scores(cascade, view, rows)
-            cascade.threshold = calibrate_threshold([p for p, y in zip(scores, held_labels) if y == 0], target_frr)
-            cascades[view] = cascade
-            report[view] = {**metrics(scores, held_labels, cascade.threshold, stages),
-                            "threshold": cascade.threshold, "band": list(cascade.band),
-                            "train_texts": len(texts), "heldout_texts": len(stages)}  # fmt: skip
+            cascades[view] = Cascade(cheap, strong_clf)
+            fitted = fit_threshold(cascades[view], view, calibration, held_report, target_frr,
+                                   band=band, band_miss=band_miss)  # fmt: skip
+            report[view] = {**fitted, "train_texts": len(texts)}
         meta = {
             "encoder": enc.name,
             "base": base_reference(base) if strong else None,
@@ -170,48 +175,97 @@ def train_guard(
             "data": {"path": str(data.resolve()), "sha256": sha256_file(data), "rows": len(rows)},
             "seed": seed,
             "metrics": report,
+            "calibration": _calibration_meta(calibration, held_report),
         }
         TrainedGuard(cascades, chash, meta).save(tmp)
         publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"out": str(out), "wall_seconds": round(time.monotonic() - started, 3), "classifiers": report}
+    return {
+        "out": str(out),
+        "wall_seconds": round(time.monotonic() - started, 3),
+        "classifiers": report,
+    }
 
 
-def evaluate_guard(guard: TrainedGuard, rows: list[GuardRow], *, strong_only: bool = True) -> dict[str, Any]:
+def _calibration_meta(calibration: list[GuardRow], report: list[GuardRow]) -> dict[str, Any]:
+    """What guard.json records of the held-out cut: the keys of the rows the thresholds were
+    fitted on, which `evaluate_guard` leaves out."""
+    keys = sorted({r.key for r in calibration})
+    return {"rows": len(calibration), "report_rows": len(report), "keys": keys}
+
+
+def evaluate_guard(
+    guard: TrainedGuard, rows: list[GuardRow], *, strong_only: bool = True
+) -> dict[str, Any]:
     """The guard on the held-out rows, per classifier and end to end, with its compute.
 
-    Each held-out row is one request as the proxy sees it: the input classifier reads its
-    conversation and, when it has a response, the output and exchange classifiers read each
-    prefix of the response (`PREFIX_CUTS`); the row is blocked when any of these is flagged.
+    Held-out rows the guard's thresholds were calibrated on (listed in its guard.json) are left
+    out: the rates are measured on the other rows only. Each remaining row is one request as
+    the proxy sees it: the input classifier reads its conversation and, when it has a response,
+    the output and exchange classifiers read the response at every point the proxy would check
+    it as it streams (`stream_checkpoints`); the row is blocked when any of these is flagged.
 
     Returns:
         classifiers: {view: recall, frr, auc, strong_share, ...} as `train_guard` reports them;
             a view with no held-out texts (prompts without responses) is left out.
         end_to_end: attack success without the guard (every harmful row gets through: the rows
             are the attacks, their responses the unguarded model's answers) and with it (harmful
-            rows none of whose checks flags), the false-refusal rate on harmless rows, and
-            attack success per category.
+            rows none of whose checks flags), the false-refusal rate on harmless rows, attack
+            success per category, and how many calibration rows were left out.
         compute: per request, texts scored, strong-stage calls and seconds of the cascade, and
             of strong-only (every text to the strong stage; None where a view has none, or
             with `strong_only=False`).
     """
-    held = [r for r in rows if r.split == "heldout"]
-    if not held:
-        raise UserError("no held-out rows (split: heldout) to evaluate on")
+    held, excluded = _report_rows(guard, rows)
     texts: dict[str, list[str]] = {view: [] for view in guard.cascades}
     owner: dict[str, list[int]] = {view: [] for view in guard.cascades}
     for i, row in enumerate(held):
         texts["input"].append(view_text("input", row.messages, None))
         owner["input"].append(i)
-        for prefix in prefixes(row.response) if row.response is not None else []:
+        for prefix in stream_checkpoints(row.response) if row.response is not None else []:
             for view in ("output", "exchange"):
                 texts[view].append(view_text(view, row.messages, prefix))
                 owner[view].append(i)
-
+    scored, compute = _score_views(guard, texts, strong_only, len(held))
     blocked = [False] * len(held)
-    scored: dict[str, dict[str, tuple[float, str]]] = {}
+    for view, cascade in guard.cascades.items():
+        for i, (p, _) in zip(owner[view], scored[view]):
+            blocked[i] = blocked[i] or p >= cascade.threshold
+
+    classifiers = {}
+    for view, cascade in guard.cascades.items():
+        view_texts, labels, groups = view_rows(view, held, None, stream=True)
+        if not view_texts:  # e.g. prompts without responses: nothing for the output views
+            continue
+        looked_up = dict(zip(texts[view], scored[view]))
+        found = [looked_up[t] for t in view_texts]
+        row_scores, picked = per_row_max([p for p, _ in found], groups)
+        classifiers[view] = metrics(row_scores, [labels[i] for i in picked], cascade.threshold,
+                                    [stage for _, stage in found])  # fmt: skip
+    end_to_end = {**_end_to_end(held, blocked), "calibration_rows_left_out": excluded}
+    return {"classifiers": classifiers, "end_to_end": end_to_end, "compute": compute}
+
+
+def _report_rows(guard: TrainedGuard, rows: list[GuardRow]) -> tuple[list[GuardRow], int]:
+    """The held-out rows the guard was not calibrated on, and how many were left out."""
+    held = [r for r in rows if r.split == "heldout"]
+    if not held:
+        raise UserError("no held-out rows (split: heldout) to evaluate on")
+    calibrated = set(guard.meta.get("calibration", {}).get("keys", ()))
+    kept = [r for r in held if r.key not in calibrated]
+    if not kept:
+        raise UserError("every held-out row was used to calibrate this guard's thresholds; "
+                        "evaluate on rows it has not seen")  # fmt: skip
+    return kept, len(held) - len(kept)
+
+
+def _score_views(guard: TrainedGuard, texts: dict[str, list[str]], strong_only: bool,
+                 n: int) -> tuple[dict[str, list[tuple[float, str]]], dict[str, Any]]:  # fmt: skip
+    """Each view's texts through its cascade ((score, stage) per text), and the compute per
+    request of the cascade and, with `strong_only`, of sending every text to the strong stage."""
+    scored: dict[str, list[tuple[float, str]]] = {}
     cascade_s = strong_s = 0.0
     strong_calls = texts_scored = 0
     strong_only_ok = strong_only
@@ -227,21 +281,19 @@ def evaluate_guard(guard: TrainedGuard, rows: list[GuardRow], *, strong_only: bo
             strong_s += time.perf_counter() - started
         texts_scored += len(texts[view])
         strong_calls += sum(stage == "strong" for stage in stages)
-        scored[view] = dict(zip(texts[view], zip(scores, stages)))
-        for i, p in zip(owner[view], scores):
-            blocked[i] = blocked[i] or p >= cascade.threshold
+        scored[view] = list(zip(scores, stages))
+    compute = {
+        "texts_per_request": texts_scored / n,
+        "cascade": {"strong_calls_per_request": strong_calls / n, "seconds_per_request": cascade_s / n},
+        "strong_only": {"strong_calls_per_request": texts_scored / n, "seconds_per_request": strong_s / n}
+        if strong_only_ok else None,
+    }  # fmt: skip
+    if strong_only_ok and strong_s > 0:
+        compute["cascade_over_strong_only_seconds"] = cascade_s / strong_s
+    return scored, compute
 
-    classifiers = {}
-    for view, cascade in guard.cascades.items():
-        view_texts, labels, groups = view_rows(view, rows, "heldout")
-        if not view_texts:  # e.g. prompts without responses: nothing for the output views
-            continue
-        looked_up = [scored[view].get(t) or _score_one(cascade, t) for t in view_texts]
-        row_scores, picked = per_row_max([p for p, _ in looked_up], groups)
-        classifiers[view] = metrics(row_scores, [labels[i] for i in picked], cascade.threshold,
-                                    [stage for _, stage in looked_up])  # fmt: skip
 
-    n = len(held)
+def _end_to_end(held: list[GuardRow], blocked: list[bool]) -> dict[str, Any]:
     harmful = [i for i, r in enumerate(held) if r.label == 1]
     harmless = [i for i, r in enumerate(held) if r.label == 0]
     by_category: dict[str, list[int]] = {}
@@ -251,52 +303,74 @@ def evaluate_guard(guard: TrainedGuard, rows: list[GuardRow], *, strong_only: bo
     def passed(ids: list[int]) -> float | None:
         return sum(not blocked[i] for i in ids) / len(ids) if ids else None
 
-    end_to_end = {
-        "requests": n,
+    refused = sum(blocked[i] for i in harmless)
+    return {
+        "requests": len(held),
         "harmful": len(harmful),
         "harmless": len(harmless),
         "with_response": sum(r.response is not None for r in held),
         "attack_success_without_guard": 1.0 if harmful else None,
         "attack_success_with_guard": passed(harmful),
+        "attack_success_with_guard_ci": list(wilson(sum(not blocked[i] for i in harmful), len(harmful))),
         "false_refusal_rate": (1 - passed(harmless)) if harmless else None,
+        "false_refusal_rate_ci": list(wilson(refused, len(harmless))),
         "attack_success_by_category": {c: passed(ids) for c, ids in sorted(by_category.items())},
     }
-    compute = {
-        "texts_per_request": texts_scored / n,
-        "cascade": {"strong_calls_per_request": strong_calls / n, "seconds_per_request": cascade_s / n},
-        "strong_only": {"strong_calls_per_request": texts_scored / n, "seconds_per_request": strong_s / n}
-        if strong_only_ok else None,
-    }  # fmt: skip
-    if strong_only_ok and strong_s > 0:
-        compute["cascade_over_strong_only_seconds"] = cascade_s / strong_s
-    return {"classifiers": classifiers, "end_to_end": end_to_end, "compute": compute}
 
 
-def _score_one(cascade: Cascade, text: str) -> tuple[float, str]:
-    scores, stages = cascade.score([text])
-    return scores[0], stages[0]
-
-
-def heldout_scores(cascade: Cascade, view: str, rows: list[GuardRow]) -> tuple[list[float], list[int], list[str]]:
-    """Per held-out row: its score (the maximum over its response prefixes for output and
-    exchange) and label; plus the deciding stage of every text scored."""
-    texts, labels, groups = view_rows(view, rows, "heldout")
+def heldout_scores(
+    cascade: Cascade, view: str, rows: list[GuardRow]
+) -> tuple[list[float], list[int], list[str]]:
+    """Per row of `rows` (one part of the held-out split): its score (for output and exchange
+    the maximum over the prefixes the proxy would check as it streams) and label; plus the
+    deciding stage of every text scored."""
+    texts, labels, groups = view_rows(view, rows, None, stream=True)
     scores, stages = cascade.score(texts)
     row_scores, picked = per_row_max(scores, groups)
     return row_scores, [labels[i] for i in picked], stages
 
 
+def fit_threshold(cascade: Cascade, view: str, calibration: list[GuardRow], report: list[GuardRow],
+                  target_frr: float, *, band: tuple[float, float] | None = None,
+                  band_miss: float = 0.02) -> dict[str, Any]:  # fmt: skip
+    """Set the cascade's band (with a strong stage) and threshold on the `calibration` rows, and
+    measure it on the `report` rows; refuses rows shared by both (`check_disjoint`).
+
+    Returns the report part's metrics (`metrics`), with the threshold, band and text counts.
+    """
+    check_disjoint(calibration, report)
+    if cascade.strong is not None:
+        texts, labels, groups = view_rows(view, calibration, None, stream=True)
+        cheap, picked = per_row_max(cascade.cheap_scores(texts), groups)
+        harmful = [p for p, i in zip(cheap, picked) if labels[i] == 1]
+        harmless = [p for p, i in zip(cheap, picked) if labels[i] == 0]
+        cascade.band = band or choose_band(harmful, harmless, target_frr, band_miss)
+    scores, labels, cal_stages = heldout_scores(cascade, view, calibration)
+    cascade.threshold = calibrate_threshold(
+        [p for p, y in zip(scores, labels) if y == 0], target_frr
+    )
+    scores, labels, stages = heldout_scores(cascade, view, report)
+    return {**metrics(scores, labels, cascade.threshold, stages), "threshold": cascade.threshold,
+            "band": list(cascade.band), "calibration_texts": len(cal_stages),
+            "heldout_texts": len(stages)}  # fmt: skip
+
+
 def check_guard_rows(rows: list[GuardRow], path: Path) -> None:
-    """Refuse data that cannot train and calibrate all three classifiers."""
+    """Refuse data that cannot train, calibrate and measure all three classifiers."""
+    calibration, report = heldout_parts(rows)
     for view in VIEWS:
         train = set(view_rows(view, rows, "train")[1])
         if train != {0, 1}:
             raise UserError(f"the {view} classifier needs harmful and harmless train rows"
                             + ("" if view == "input" else " with a response"), path)  # fmt: skip
-        if 0 not in view_rows(view, rows, "heldout")[1]:
+        with_response = ")" if view == "input" else ", with a response)"
+        if 0 not in view_rows(view, calibration, None)[1]:
             raise UserError(f"no held-out harmless rows for the {view} classifier: its threshold "
-                            "is calibrated on them (split: heldout, label: 0"
-                            + (")" if view == "input" else ", with a response)"), path)  # fmt: skip
+                            f"is calibrated on them (split: heldout, label: 0{with_response}", path)  # fmt: skip
+        if not view_rows(view, report, None)[0]:
+            raise UserError(f"too few held-out rows for the {view} classifier: half of them "
+                            "calibrate its threshold, the other half measure it (split: heldout"
+                            f"{with_response}", path)  # fmt: skip
 
 
 def _constitution_hash(data: Path, constitution: str | Path | None) -> str:

@@ -8,6 +8,10 @@ only `len(text) - holdback_chars` characters are released, so the classifier alw
 `holdback_chars` characters past anything the client has received. When a check flags, the
 held-back text is dropped and the stream ends with finish_reason "content_filter". The tail is
 released only after the complete answer passes. Non-streamed answers are checked whole.
+Either way the client gets only text the guard passed: the proxy writes its own answers and
+chunks from the upstream's message content, never the upstream's bodies, so other choices, tool
+calls, reasoning fields, logprobs, extra fields and error messages of the upstream are dropped
+(docs/guard.md lists what is enforced).
 (Constitutional Classifiers, Sharma et al. 2025, https://arxiv.org/abs/2501.18837.)
 
 The proxy only ever calls `Guard.check_input` / `Guard.check_output` (guard/protocol.py). They
@@ -18,6 +22,7 @@ serving other streams meanwhile.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 import threading
@@ -29,7 +34,7 @@ from typing import Any, ClassVar
 
 import anyio
 import httpx
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -37,6 +42,7 @@ from constitutional.backends.base import Message
 from constitutional.errors import UserError
 from constitutional.guard.audit import AuditLog, AuditRecord
 from constitutional.guard.protocol import Guard, Verdict
+from constitutional.guard.views import HOLDBACK_CHARS, release_point
 from constitutional.serve.app import install_error_handlers, openai_error
 from constitutional.serve.schemas import ChatCompletionRequest
 
@@ -51,6 +57,11 @@ OUTPUT_REFUSAL = (
     "policy does not allow.]"
 )
 MAX_BODY_BYTES = 1_000_000  # far above any chat request a person types; stops abuse early
+# Classifier work grows with the text (it is scored in windows), so texts past this many
+# characters are refused unscored rather than scored in part: ~250 MiniLM windows (a 25 KB text,
+# 97 windows, took 10 s on a busy 2-core host). A request over it gets a 400; an answer
+# growing past it is cut off.
+MAX_CHECK_CHARS = 64_000
 
 
 def create_guard_app(
@@ -59,11 +70,13 @@ def create_guard_app(
     *,
     audit_db: str | Path,
     api_keys: set[str] | None = None,
+    metrics_key: str | None = None,
     fail_closed: bool = True,
-    holdback_chars: int = 64,
+    holdback_chars: int = HOLDBACK_CHARS,
     model_name: str = "guarded",
     upstream_api_key: str | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    max_check_chars: int = MAX_CHECK_CHARS,
     timeout: float = 120.0,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
@@ -76,12 +89,15 @@ def create_guard_app(
         transport: how to reach the upstream; default the network. `local_upstream` gives an
             in-process one, so the guard can front the local backend without a second server.
         api_keys: bearer tokens accepted on /v1/*; None or empty: no authentication.
+        metrics_key: bearer token for /metrics; None: /metrics answers loopback clients only.
         fail_closed: when the classifier raises, refuse (True) or let the text through (False).
         holdback_chars: characters of a stream kept back until the classifier has seen past
             them; larger is safer and adds latency (typical 32-256).
         model_name: the model id listed by /v1/models.
         upstream_api_key: bearer token sent to the upstream, if it needs one.
         max_body_bytes: larger request bodies get 413.
+        max_check_chars: longest conversation or answer the classifiers are asked to score; a
+            longer request gets a 400, a longer answer is cut off (both audited).
         timeout: seconds allowed for connecting to and between reads from the upstream.
 
     Returns:
@@ -91,65 +107,26 @@ def create_guard_app(
         raise UserError(f"holdback_chars must be >= 0, got {holdback_chars}")
     app = FastAPI(title="constitutional guard", docs_url=None, redoc_url=None)
     install_error_handlers(app)
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, exc: Exception) -> JSONResponse:
+        # Overrides the serve app's handler: exception text may quote a request or a secret.
+        log.error("unhandled %s in the guard proxy", type(exc).__name__)
+        return openai_error(500, "internal error in the guard proxy", "server_error")
+
     app.add_middleware(_Gate, api_keys=set(api_keys or ()), max_body_bytes=max_body_bytes)
-    audit = AuditLog(audit_db)
-    metrics = _Metrics()
-    lock = threading.Lock()
-    upstream = upstream_url.rstrip("/")
-    headers = {"Authorization": f"Bearer {upstream_api_key}"} if upstream_api_key else {}
-    client: list[httpx.AsyncClient] = []  # made on first use, inside the server's event loop
-
-    def http() -> httpx.AsyncClient:
-        if not client:
-            limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-            client.append(httpx.AsyncClient(timeout=timeout, headers=headers, limits=limits, transport=transport))
-        return client[0]
-
-    async def judge(record: AuditRecord, check: Callable[[], Verdict]) -> Verdict | None:
-        """Run one check; on a classifier error count it, log it and decide by policy.
-
-        Returns the verdict, or None when the classifier failed.
-        """
-
-        def locked() -> Verdict:
-            with lock:  # one classifier: concurrent requests take turns
-                return check()
-
-        try:
-            return await run_in_threadpool(locked)
-        except Exception as e:  # noqa: BLE001 - any classifier failure: the policy decides
-            metrics.inc("classifier_errors")
-            record.error = f"classifier: {type(e).__name__}: {e}"
-            log.warning("request %s: %s", record.request_id, record.error)
-            return None
-
-    def blocked(verdict: Verdict | None) -> bool:
-        return verdict.flagged if verdict is not None else fail_closed
-
-    async def check_output(record: AuditRecord, messages: list[Message], text: str) -> bool:
-        """True when `text` may be shown; updates the record."""
-        verdict = await judge(record, lambda: guard.check_output(messages, text))
-        record.output_checks += 1
-        if verdict is not None:
-            record.output_score, record.output_flagged = verdict.score, verdict.flagged
-        return not blocked(verdict)
-
-    async def finish(record: AuditRecord, start: float) -> None:
-        record.latency_ms = (time.perf_counter() - start) * 1000
-        if record.decision == "refused_output":
-            metrics.inc("flagged_outputs")
-        try:
-            await run_in_threadpool(audit.write, record)
-        except Exception:  # the log must not take answers down with it
-            log.exception("request %s: audit write failed", record.request_id)
+    proxy = _Proxy(guard, upstream_url, AuditLog(audit_db), fail_closed=fail_closed,
+                   holdback=holdback_chars, model_name=model_name, upstream_api_key=upstream_api_key,
+                   timeout=timeout, transport=transport, max_check_chars=max_check_chars)  # fmt: skip
+    metrics_keys = _encoded_keys({metrics_key} if metrics_key else set())
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/metrics", response_class=PlainTextResponse)
-    async def prometheus() -> str:
-        return metrics.render()
+    async def prometheus(request: Request):
+        return _metrics_refusal(request, metrics_keys) or PlainTextResponse(proxy.metrics.render())
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -158,116 +135,289 @@ def create_guard_app(
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest):
+        return await proxy.chat(body)
+
+    # Exposed for tests and the benchmark.
+    app.state.metrics, app.state.audit = proxy.metrics, proxy.audit
+    return app
+
+
+class _Proxy:
+    """The request path of the guard proxy: input check, upstream call, output checks, audit."""
+
+    def __init__(self, guard: Guard, upstream_url: str, audit: AuditLog, *, fail_closed: bool, holdback: int,
+                 model_name: str, upstream_api_key: str | None, timeout: float,
+                 transport: httpx.AsyncBaseTransport | None, max_check_chars: int):  # fmt: skip
+        self.guard, self.audit, self.fail_closed = guard, audit, fail_closed
+        self.max_check_chars = max_check_chars
+        self.holdback, self.model_name = holdback, model_name
+        self.upstream = upstream_url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {upstream_api_key}"} if upstream_api_key else {}
+        self.timeout, self.transport = timeout, transport
+        self.metrics = _Metrics()
+        self.lock = threading.Lock()  # one classifier: concurrent requests take turns
+        self.client: httpx.AsyncClient | None = None  # made on first use, inside the server's loop
+
+    def http(self) -> httpx.AsyncClient:
+        if self.client is None:
+            limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+            self.client = httpx.AsyncClient(timeout=self.timeout, headers=self.headers, limits=limits,
+                                            transport=self.transport)  # fmt: skip
+        return self.client
+
+    async def judge(self, record: AuditRecord, check: Callable[[], Verdict]) -> Verdict | None:
+        """Run one check; on a classifier error count it, log it and return None."""
+
+        def locked() -> Verdict:
+            with self.lock:
+                return check()
+
+        try:
+            return await run_in_threadpool(locked)
+        except Exception as e:  # noqa: BLE001 - any classifier failure: the policy decides
+            self.metrics.inc("classifier_errors")
+            record.error = f"classifier: {type(e).__name__}: {e}"
+            log.warning("request %s: %s", record.request_id, record.error)
+            return None
+
+    def blocked(self, verdict: Verdict | None) -> bool:
+        return verdict.flagged if verdict is not None else self.fail_closed
+
+    async def check_output(self, record: AuditRecord, messages: list[Message], text: str) -> bool:
+        """True when `text` may be shown; updates the record. Past `max_check_chars` the text
+        is not scored and not shown (fail closed: scoring only part of it would be a bypass)."""
+        if len(text) > self.max_check_chars:
+            record.error = f"output over {self.max_check_chars} characters: cut off unchecked"
+            return False
+        verdict = await self.judge(record, lambda: self.guard.check_output(messages, text))
+        record.output_checks += 1
+        if verdict is not None:
+            record.output_score, record.output_flagged = verdict.score, verdict.flagged
+        return not self.blocked(verdict)
+
+    async def finish(self, record: AuditRecord, start: float) -> None:
+        record.latency_ms = (time.perf_counter() - start) * 1000
+        if record.decision == "refused_output":
+            self.metrics.inc("flagged_outputs")
+        try:
+            await run_in_threadpool(self.audit.write, record)
+        except Exception:  # the log must not take answers down with it
+            log.exception("request %s: audit write failed", record.request_id)
+
+    def note_failure(self, record: AuditRecord, e: Exception) -> str:
+        """Count and audit a failure by its type only (exception text may quote the request);
+        returns who failed, for the client's message."""
+        upstream = isinstance(e, (httpx.HTTPError, UpstreamError))
+        self.metrics.inc("upstream_errors" if upstream else "internal_errors")
+        record.decision = "upstream_error" if upstream else "error"
+        record.error = f"{'upstream' if upstream else 'proxy'}: {type(e).__name__}"
+        log.warning("request %s: %s", record.request_id, record.error)
+        return "the upstream model" if upstream else "the guard proxy"
+
+    async def failed(self, record: AuditRecord, start: float, e: Exception) -> JSONResponse:
+        where = self.note_failure(record, e)
+        await self.finish(record, start)
+        status = 502 if record.decision == "upstream_error" else 500
+        return openai_error(status, f"{where} failed: {type(e).__name__}", "server_error")
+
+    async def chat(self, body: ChatCompletionRequest):
         start = time.perf_counter()
-        metrics.inc("requests")
+        self.metrics.inc("requests")
         if body.n != 1 or body.logprobs:
             # Other samples and token logprobs would show text the guard has not cleared.
             raise UserError("the guard proxy serves n=1 without logprobs")
-        record = AuditRecord(uuid.uuid4().hex, guard.constitution_hash, stream=body.stream)
+        record = AuditRecord(uuid.uuid4().hex, self.guard.constitution_hash, stream=body.stream)
+        payload = body.model_dump(exclude_none=True)
+        if not _encodable(payload):
+            record.decision, record.error = "bad_request", "request: text is not valid Unicode"
+            await self.finish(record, start)
+            return openai_error(400, "the request holds text that is not valid Unicode "
+                                "(a lone surrogate such as \\ud800)", "invalid_request_error")  # fmt: skip
+        try:
+            return await self.serve(record, start, body, payload)
+        except Exception as e:  # noqa: BLE001 - a bug of ours still gets an audit row, no text
+            return await self.failed(record, start, e)
+
+    async def serve(
+        self,
+        record: AuditRecord,
+        start: float,
+        body: ChatCompletionRequest,
+        payload: dict[str, Any],
+    ):
         messages = [m.as_backend_message() for m in body.messages]
-        verdict = await judge(record, lambda: guard.check_input(messages))
+        if sum(len(m["content"]) for m in messages) > self.max_check_chars:
+            record.decision = "bad_request"
+            record.error = f"request: conversation over {self.max_check_chars} characters"
+            await self.finish(record, start)
+            message = f"the conversation is longer than this guard checks ({self.max_check_chars} characters)"
+            return openai_error(400, message, "invalid_request_error")
+        verdict = await self.judge(record, lambda: self.guard.check_input(messages))
         if verdict is not None:
             record.input_score, record.input_flagged = verdict.score, verdict.flagged
             record.input_stage = verdict.stage
-        if blocked(verdict):
-            metrics.inc("flagged_inputs")
+        if self.blocked(verdict):
+            self.metrics.inc("flagged_inputs")
             record.decision = "refused_input"
-            await finish(record, start)
-            return _refusal(model_name, body.stream, INPUT_REFUSAL)
-        payload = body.model_dump(exclude_none=True)
+            await self.finish(record, start)
+            return _refusal(self.model_name, body.stream, INPUT_REFUSAL)
         if body.stream:
-            return await stream(record, start, messages, payload)
-        return await complete(record, start, messages, payload)
+            return await self.stream(record, start, messages, payload)
+        return await self.complete(record, start, messages, payload)
 
     async def complete(
-        record: AuditRecord, start: float, messages: list[Message], payload: dict[str, Any]
+        self, record: AuditRecord, start: float, messages: list[Message], payload: dict[str, Any]
     ):
+        """A non-streamed answer, rebuilt from its checked text: nothing else of the upstream's
+        body (other choices, tool calls, reasoning, logprobs, extra fields) reaches the client."""
         try:
-            r = await http().post(f"{upstream}/chat/completions", json=payload)
-            answer = r.json() if r.status_code == 200 else None
-            text = answer["choices"][0]["message"]["content"] or "" if answer else ""
-        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as e:
-            return await upstream_failed(record, start, e)
-        if answer is None:
-            metrics.inc("upstream_errors")
-            record.decision, record.error = "upstream_error", f"upstream: HTTP {r.status_code}"
-            await finish(record, start)
-            return JSONResponse(_json_or_error(r), status_code=r.status_code)
-        if not await check_output(record, messages, text):
+            r = await self.http().post(f"{self.upstream}/chat/completions", json=payload)
+            if r.status_code != 200:
+                return await self.upstream_status(record, start, r.status_code)
+            text, finish_reason, usage = _read_answer(_upstream_json(r.content))
+        except Exception as e:  # noqa: BLE001 - unreachable, malformed, anything: no text leaks
+            return await self.failed(record, start, e)
+        if not await self.check_output(record, messages, text):
             record.decision = "refused_output"
-            await finish(record, start)
-            return _refusal(model_name, False, OUTPUT_REFUSAL.strip())
-        await finish(record, start)
-        return answer
+            await self.finish(record, start)
+            return _refusal(self.model_name, False, OUTPUT_REFUSAL.strip())
+        await self.finish(record, start)
+        return _answer(self.model_name, text, finish_reason, usage)
+
+    async def upstream_status(self, record: AuditRecord, start: float, status: int) -> JSONResponse:
+        """An upstream error status: its body (unchecked text) is dropped, only the status told.
+        429 and 503 keep their status so that clients back off; anything else is a 502."""
+        self.metrics.inc("upstream_errors")
+        record.decision, record.error = "upstream_error", f"upstream: HTTP {status}"
+        await self.finish(record, start)
+        message = f"the upstream model answered HTTP {status}"
+        return openai_error(status if status in (429, 503) else 502, message, "server_error")
 
     async def stream(
-        record: AuditRecord, start: float, messages: list[Message], payload: dict[str, Any]
+        self, record: AuditRecord, start: float, messages: list[Message], payload: dict[str, Any]
     ):
         try:
-            request = http().build_request("POST", f"{upstream}/chat/completions", json=payload)
-            response = await http().send(request, stream=True)
-        except httpx.HTTPError as e:
-            return await upstream_failed(record, start, e)
-        if response.status_code != 200:
-            await response.aread()
-            await response.aclose()
-            metrics.inc("upstream_errors")
-            record.decision, record.error = (
-                "upstream_error",
-                f"upstream: HTTP {response.status_code}",
+            request = self.http().build_request(
+                "POST", f"{self.upstream}/chat/completions", json=payload
             )
-            await finish(record, start)
-            return JSONResponse(_json_or_error(response), status_code=response.status_code)
+            response = await self.http().send(request, stream=True)
+        except Exception as e:  # noqa: BLE001 - see `complete`
+            return await self.failed(record, start, e)
+        if response.status_code != 200:
+            await response.aclose()
+            return await self.upstream_status(record, start, response.status_code)
+        return StreamingResponse(
+            self.events(record, start, messages, response), media_type="text/event-stream"
+        )
 
-        async def events() -> AsyncIterator[str]:
-            chunks, done = _ChunkMaker(model_name), False
-            try:
-                yield _sse(chunks.make({"role": "assistant", "content": ""}))
-                async for event in _guarded(
-                    record, messages, response, check_output, holdback_chars
-                ):
-                    yield _sse(
-                        chunks.make(*event) if isinstance(event, tuple) else chunks.restamp(event)
-                    )
-            except (httpx.HTTPError, ValueError) as e:
-                # The held-back text was never cleared, so it is dropped; OpenAI streams report
-                # a failure mid-stream as an event carrying an error object.
-                metrics.inc("upstream_errors")
-                record.decision, record.error = "upstream_error", f"upstream: {e!r}"
-                message = f"the upstream model failed mid-stream: {type(e).__name__}"
-                yield _sse(
-                    {
-                        "error": {
-                            "message": message,
-                            "type": "server_error",
-                            "param": None,
-                            "code": None,
-                        }
-                    }
-                )
-            else:
-                done = True
-            finally:
-                if not done and record.decision == "allowed":
-                    record.decision = "client_closed"
-                # Shielded: when the client hangs up this runs while the task is cancelled, and
-                # the upstream must still be closed and the request still logged.
-                with anyio.CancelScope(shield=True):
-                    await response.aclose()
-                    await finish(record, start)
-            yield "data: [DONE]\n\n"
+    async def events(self, record: AuditRecord, start: float, messages: list[Message],
+                     response: httpx.Response) -> AsyncIterator[str]:  # fmt: skip
+        """The client's SSE stream. Every failure inside it, of any kind, ends it with an error
+        event and still writes the audit row."""
+        chunks, done = _ChunkMaker(self.model_name), False
+        try:
+            yield _sse(chunks.make({"role": "assistant", "content": ""}))
+            async for event in _guarded(
+                record, messages, response, self.check_output, self.holdback
+            ):
+                yield _sse(chunks.make(*event) if isinstance(event, tuple) else chunks.usage(event))
+        except Exception as e:  # noqa: BLE001 - the held-back text was never cleared: dropped
+            where = self.note_failure(record, e)
+            # OpenAI streams report a failure mid-stream as an event carrying an error object.
+            error = {
+                "message": f"{where} failed mid-stream: {type(e).__name__}",
+                "type": "server_error",
+            }
+            yield _sse({"error": {**error, "param": None, "code": None}})
+        else:
+            done = True
+        finally:
+            if not done and record.decision == "allowed":
+                record.decision = "client_closed"
+            # Shielded: when the client hangs up this runs while the task is cancelled, and
+            # the upstream must still be closed and the request still logged.
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+                await self.finish(record, start)
+        yield "data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream")
 
-    async def upstream_failed(record: AuditRecord, start: float, e: Exception) -> JSONResponse:
-        metrics.inc("upstream_errors")
-        record.decision, record.error = "upstream_error", f"upstream: {type(e).__name__}: {e}"
-        await finish(record, start)
-        return openai_error(502, f"the upstream model failed: {type(e).__name__}", "server_error")
+class UpstreamError(ValueError):
+    """The upstream's answer is not one the proxy can check and pass on (wrong shape, or an
+    error object mid-stream)."""
 
-    # Exposed for tests and the benchmark.
-    app.state.metrics, app.state.audit = metrics, audit
-    return app
+
+FINISH_REASONS = {"stop", "length", "content_filter"}
+USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def _upstream_json(data: str | bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise UpstreamError("the upstream sent something that is not JSON") from None
+
+
+def _finish_reason(value: Any) -> str | None:
+    """An upstream finish_reason as the client may see it: a string from a fixed set, since
+    the upstream's own string is unchecked text ("tool_calls": the calls were dropped, "stop")."""
+    if value is None:
+        return None
+    return value if value in FINISH_REASONS else "stop"
+
+
+def _usage(value: Any) -> dict[str, int] | None:
+    """The token counts of an upstream usage object, and nothing else it carries."""
+    if not isinstance(value, dict):
+        return None
+    counts = {k: value[k] for k in USAGE_FIELDS if type(value.get(k)) is int}
+    return counts or None
+
+
+def _read_answer(body: Any) -> tuple[str, str, dict[str, int] | None]:
+    """(content, finish_reason, usage) of choice 0 of a chat.completion; UpstreamError when the
+    body is not one."""
+    choices = body.get("choices") if isinstance(body, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise UpstreamError("the upstream answer has no choices list")
+    message = choices[0].get("message")
+    content = message.get("content") if isinstance(message, dict) else 0
+    if content is not None and not isinstance(content, str):
+        raise UpstreamError("the upstream answer's message.content is not a string")
+    return (
+        content or "",
+        _finish_reason(choices[0].get("finish_reason")) or "stop",
+        _usage(body.get("usage")),
+    )
+
+
+def _read_chunk(chunk: Any) -> tuple[str, str | None, dict[str, int] | None]:
+    """(content delta, finish_reason, usage) of one upstream chat.completion.chunk; anything
+    else it holds is ignored; UpstreamError when it is not a chunk."""
+    if not isinstance(chunk, dict) or "error" in chunk:
+        raise UpstreamError("the upstream sent an error or a non-object mid-stream")
+    choices = chunk.get("choices")
+    if not isinstance(choices, list):
+        raise UpstreamError("an upstream chunk's choices is not a list")
+    if not choices:
+        return "", None, _usage(chunk.get("usage"))
+    choice = choices[0]
+    delta = choice.get("delta") if isinstance(choice, dict) else None
+    if not isinstance(delta, dict):
+        raise UpstreamError("an upstream chunk has no delta object")
+    content = delta.get("content")
+    if content is not None and not isinstance(content, str):
+        raise UpstreamError("an upstream chunk's delta.content is not a string")
+    return content or "", _finish_reason(choice.get("finish_reason")), None
+
+
+def _encodable(payload: dict[str, Any]) -> bool:
+    """False when the request holds a lone surrogate: no UTF-8 for the upstream or the model."""
+    try:
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def _guarded(
@@ -276,37 +426,35 @@ async def _guarded(
     response: httpx.Response,
     check: Callable[[AuditRecord, list[Message], str], Awaitable[bool]],
     holdback: int,
-) -> AsyncIterator[tuple[dict[str, Any], str | None] | dict[str, Any]]:
+) -> AsyncIterator[tuple[dict[str, Any], str | None] | dict[str, int]]:
     """Read the upstream SSE stream; yield (delta, finish_reason) pairs the client may see, and
-    the upstream's usage chunk (a dict) at the very end.
+    the upstream's token counts (a dict) at the very end.
 
     Invariant: every character yielded was part of a text that passed `check` and that ran at
-    least `holdback` characters further (or was the complete answer).
+    least `holdback` characters further (or was the complete answer); the same cadence as
+    `views.stream_checkpoints`, which evaluation uses.
     """
     text, released, finish_reason, usage = "", 0, "stop", None
+    passed = None  # the last text that passed a check
     async for line in response.aiter_lines():
         if not line.startswith("data:"):
             continue
         data = line[len("data:") :].strip()
         if data == "[DONE]":
             break
-        chunk = json.loads(data)
-        if not chunk.get("choices"):
-            usage = chunk  # the usage chunk comes last; forward it after the final check
-            continue
-        choice = chunk["choices"][0]
-        text += choice.get("delta", {}).get("content") or ""
-        finish_reason = choice.get("finish_reason") or finish_reason
-        safe = len(text) - holdback
-        if safe <= released:
+        content, finish, counts = _read_chunk(_upstream_json(data))
+        text += content
+        finish_reason, usage = finish or finish_reason, counts or usage
+        safe = release_point(len(text), released, holdback)
+        if safe is None:
             continue  # nothing new could be released: save the classifier call
         if not await check(record, messages, text):
             record.decision = "refused_output"
             yield {"content": OUTPUT_REFUSAL}, "content_filter"
             return
         yield {"content": text[released:safe]}, None
-        released = safe
-    if not await check(record, messages, text):
+        released, passed = safe, text
+    if text != passed and not await check(record, messages, text):
         record.decision = "refused_output"
         yield {"content": OUTPUT_REFUSAL}, "content_filter"
         return
@@ -332,9 +480,9 @@ class _ChunkMaker:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return {**self.meta, "choices": [choice]}
 
-    def restamp(self, chunk: dict[str, Any]) -> dict[str, Any]:
-        """An upstream chunk (the usage one) under our id and model."""
-        return {**chunk, **self.meta}
+    def usage(self, counts: dict[str, int]) -> dict[str, Any]:
+        """The usage chunk that ends a stream, holding only the upstream's token counts."""
+        return {**self.meta, "choices": [], "usage": counts}
 
 
 def _sse(event: dict[str, Any]) -> str:
@@ -352,33 +500,23 @@ def _refusal(model: str, stream: bool, message: str) -> dict[str, Any] | Streami
             "data: [DONE]\n\n",
         ]
         return StreamingResponse(iter(events), media_type="text/event-stream")
+    return _answer(model, message, "content_filter", None)
+
+
+def _answer(
+    model: str, text: str, finish_reason: str, usage: dict[str, int] | None
+) -> dict[str, Any]:
+    """A chat.completion holding one choice with `text`, under our own id and model."""
+    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+              "finish_reason": finish_reason}  # fmt: skip
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": message},
-                "logprobs": None,
-                "finish_reason": "content_filter",
-            }
-        ],
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        "choices": [choice],
+        "usage": usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
     }
-
-
-def _json_or_error(response: httpx.Response) -> dict[str, Any]:
-    """The upstream's error body when it is JSON, else one in OpenAI's shape."""
-    try:
-        body = response.json()
-        if isinstance(body, dict):
-            return body
-    except ValueError:
-        pass
-    message = f"the upstream model answered HTTP {response.status_code}"
-    return {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
 
 
 class _Metrics:
@@ -389,7 +527,8 @@ class _Metrics:
         "flagged_inputs": "Requests refused because the input classifier flagged them.",
         "flagged_outputs": "Responses stopped because the output classifier flagged them.",
         "classifier_errors": "Classifier calls that raised (handled by the fail-open/closed policy).",
-        "upstream_errors": "Requests the upstream model failed (unreachable, error status, cut off).",
+        "upstream_errors": "Requests the upstream model failed (unreachable, error status, cut off, malformed).",
+        "internal_errors": "Requests the proxy itself failed (a bug; the audit row names the exception type).",
     }
 
     def __init__(self) -> None:
@@ -426,14 +565,15 @@ class _Gate:
     """
 
     def __init__(self, app: Any, *, api_keys: set[str], max_body_bytes: int):
-        self.app, self.api_keys, self.max_body_bytes = app, api_keys, max_body_bytes
+        self.app, self.max_body_bytes = app, max_body_bytes
+        self.api_keys = _encoded_keys(api_keys)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        if self.api_keys and not self._authorized(headers.get(b"authorization", b"")):
+        if self.api_keys and not _bearer_matches(headers.get(b"authorization", b""), self.api_keys):
             error = openai_error(401, "missing or invalid API key", "invalid_request_error")
             error.headers["WWW-Authenticate"] = "Bearer"
             await error(scope, receive, send)
@@ -466,12 +606,42 @@ class _Gate:
 
         await self.app(scope, replay, send)
 
-    def _authorized(self, header: bytes) -> bool:
-        scheme, _, token = header.decode("latin-1").partition(" ")
-        # compare_digest on every key: the time taken does not reveal which prefix matched.
-        return scheme.lower() == "bearer" and any(
-            hmac.compare_digest(token.strip(), key) for key in self.api_keys
-        )
+
+def _encoded_keys(keys: set[str]) -> list[bytes]:
+    return [key.encode("utf-8") for key in keys]
+
+
+def _bearer_matches(header: bytes, keys: list[bytes]) -> bool:
+    """Whether an Authorization header carries one of `keys`. Compared as bytes: a header may
+    hold any byte, and `compare_digest` raises on non-ASCII str. Every key is compared, so the
+    time taken does not reveal which key or prefix matched."""
+    scheme, _, token = header.partition(b" ")
+    token = token.strip()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(token, key)
+    return scheme.lower() == b"bearer" and matched
+
+
+def _metrics_refusal(request: Request, keys: list[bytes]) -> JSONResponse | None:
+    """Why this client may not read /metrics (401 / 403), or None when it may: with a metrics
+    key, every client must send it; without one, only loopback clients are answered."""
+    if keys:
+        header = request.headers.get("authorization", "").encode("latin-1")  # the raw bytes
+        if not _bearer_matches(header, keys):
+            return openai_error(401, "missing or invalid metrics key", "invalid_request_error")
+        return None
+    if not _loopback(request.client.host if request.client else None):
+        message = "/metrics answers loopback clients only; start the proxy with --metrics-key"
+        return openai_error(403, message + " to scrape it from elsewhere", "invalid_request_error")
+    return None
+
+
+def _loopback(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:  # not an address (e.g. a unix socket path)
+        return False
 
 
 def local_upstream(model: str) -> tuple[str, httpx.AsyncBaseTransport]:
