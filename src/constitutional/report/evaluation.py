@@ -47,7 +47,7 @@ def render(run: RunArtifacts) -> tuple[str, str, str]:
         _gate(judge),
         _models(ev.get("models") or {}),
         _side_by_side(ev, warn),
-        warn + _elo(ev.get("elo") or {}, ev.get("pareto") or []),
+        _elo(ev.get("elo") or {}, ev.get("pareto") or [], warn),
         _rates(ev, warn),
     ]
     return ANCHOR, TITLE, section(ANCHOR, TITLE, "".join(body))
@@ -110,13 +110,13 @@ def _side_by_side(ev: dict[str, Any], warn: str) -> str:
             + table(headers, rows, numeric=[False] + [True] * len(SIDE_BY_SIDE)))  # fmt: skip
 
 
-def _elo(elo: dict[str, Any], frontier: list[str]) -> str:
+def _elo(elo: dict[str, Any], frontier: list[str], warn: str) -> str:
     helpful = (elo.get("helpful") or {}).get("ratings") or {}
     harmless = (elo.get("harmless") or {}).get("ratings") or {}
     names = list(dict.fromkeys([*harmless, *helpful]))
     if not names:
         return '<h3>Elo</h3><p class="not-run">No pairwise comparisons were recorded.</p>'
-    out = ["<h3>Helpfulness against harmlessness</h3>"]
+    out = ["<h3>Helpfulness against harmlessness</h3>", warn]
     both = {n: {"helpful": helpful[n], "harmless": harmless[n]} for n in names if n in helpful and n in harmless}
     if both:
         caption = "Elo with 95% bootstrap intervals; diamonds joined by the dashed line form the Pareto frontier."
