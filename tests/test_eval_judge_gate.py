@@ -196,7 +196,7 @@ def test_cli_prints_one_warning_line_for_an_unreliable_judge(tmp_path, monkeypat
         outputs.append(result.stderr)
     warnings = [line for line in outputs[0].splitlines() if "warning:" in line]
     assert len(warnings) == 1 and warnings[0].startswith("cai: warning: the judge is unreliable (position flip rate 50%")
-    assert "warning:" not in outputs[1]
+    assert "warning:" not in outputs[1] and "judge: passed its audit (position flips 0% [0%, " in outputs[1]
     # judge and instrument side by side, with intervals and n
     assert re.search(r"u: .*attack success: judge \S+ \[.*\] n=4, instrument 100% \[\d+%, 100%\] n=4", outputs[1])
     assert judge_warning(json.loads((tmp_path / "steady.json").read_text())) is None

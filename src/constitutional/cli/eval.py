@@ -20,7 +20,7 @@ from constitutional.cli.models import (
     stage_progress,
 )
 from constitutional.errors import UserError
-from constitutional.eval.run import EvalRunConfig, judge_warning, run_eval, summary_lines
+from constitutional.eval.run import EvalRunConfig, judge_line, run_eval, summary_lines
 
 D = EvalRunConfig()  # the defaults, declared once
 
@@ -90,9 +90,7 @@ def eval_command(
     )  # fmt: skip
     for line in summary_lines(doc):
         typer.echo(line, err=True)
-    warning = judge_warning(doc)
-    if warning:
-        typer.echo(f"cai: {warning}", err=True)
+    typer.echo(judge_line(doc), err=True)
     typer.echo(f"Pareto frontier: {', '.join(doc['pareto'])} → {out}", err=True)
 
 

@@ -125,6 +125,18 @@ def judge_warning(doc: Mapping[str, Any]) -> str | None:
             + "): its Elo, Pareto frontier, attack success and over-refusal are not results; trust the instrument's")
 
 
+def judge_line(doc: Mapping[str, Any]) -> str:
+    """The judge's audit in one line: the warning when it failed, else what it passed with."""
+    judge = doc.get("judge") or {}
+    if "reliable" not in judge:
+        return "judge: not audited (this eval.json predates the judge gate)"
+    warning = judge_warning(doc)
+    if warning:
+        return f"cai: {warning}"
+    return (f"judge: passed its audit (position flips {rate_text(judge.get('flip_rate'))}, "
+            f"agreement with people {rate_text(judge.get('human_agreement'))})")
+
+
 def summary_lines(doc: Mapping[str, Any]) -> list[str]:
     """Per model: the judge's and the instrument's harm numbers side by side, each with its CI."""
     inst = doc.get("instrument") or {}
