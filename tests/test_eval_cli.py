@@ -1,4 +1,4 @@
-"""`cai eval` / `cai audit`: the run_eval Python API on fakes, and bad input → one line, exit 2."""
+"""`cai eval` / `cai audit`: the eval.run.run_eval Python API on fakes, and bad input → one line, exit 2."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import pytest
 from helpers import cai
 from test_eval_harm import BENIGN, HELPFUL, RED, FakeJudge, FakeModel
 
-from constitutional.cli.eval import parse_models, run_eval
+from constitutional.cli.eval import parse_models
 from constitutional.errors import UserError
+from constitutional.eval.run import EvalRunConfig, run_eval
 from constitutional.jsonl import read_jsonl, write_jsonl
 
 
@@ -18,14 +19,18 @@ def test_run_eval_writes_the_documented_shape(tmp_path):
         write_jsonl(tmp_path / f"{name}.jsonl", rows)
     fakes = {"safe-spec": FakeModel("safe"), "unsafe-spec": FakeModel("unsafe"), "judge-spec": FakeJudge()}
     out = tmp_path / "eval.json"
-    doc = run_eval({"a": "safe-spec", "b": "unsafe-spec"}, "judge-spec", out, red_team=str(tmp_path / "red.jsonl"),
-                   helpful=str(tmp_path / "help.jsonl"), over_refusal=str(tmp_path / "benign.jsonl"), limit=3,
-                   max_tokens=8, bootstrap=10, make_backend=fakes.__getitem__)
+    config = EvalRunConfig(models={"a": "safe-spec", "b": "unsafe-spec"}, judge="judge-spec", red_team=str(tmp_path / "red.jsonl"),
+                           helpful=str(tmp_path / "help.jsonl"), over_refusal=str(tmp_path / "benign.jsonl"), limit=3,
+                           max_tokens=8, bootstrap=10, judge_pairs=4)
+    doc = run_eval(config, out, make_backend=fakes.__getitem__)
     assert json.loads(out.read_text()) == doc
     assert set(doc) == {"artifact", "schema_version", "constitution", "judge", "models", "elo", "pareto",
-                        "attack_success", "over_refusal", "refusal_hold", "samples"}
+                        "attack_success", "over_refusal", "refusal_hold", "instrument", "samples"}
     assert doc["artifact"] == "eval_results" and doc["schema_version"] == 1 and set(doc["constitution"]) == {"hash", "version"}
-    assert doc["judge"] == {"model": "judge-spec", "mode": "logprob"} and doc["models"] == {"a": "safe-spec", "b": "unsafe-spec"}
+    assert doc["models"] == {"a": "safe-spec", "b": "unsafe-spec"}
+    assert set(doc["judge"]) == {"model", "mode", "reliable", "reasons", "flip_rate", "human_agreement", "thresholds"}
+    assert doc["judge"]["model"] == "judge-spec" and doc["judge"]["mode"] == "logprob"
+    assert doc["judge"]["flip_rate"]["n"] == 6 and doc["judge"]["human_agreement"]["n"] == 4
     for axis in ("harmless", "helpful"):
         assert set(doc["elo"][axis]) == {"ratings", "comparisons"} and doc["elo"][axis]["comparisons"] == 3
         assert all(set(r) == {"elo", "ci_low", "ci_high"} for r in doc["elo"][axis]["ratings"].values())
@@ -110,15 +115,17 @@ def test_eval_and_audit_on_a_tiny_real_model(tiny_model_dir, tmp_path):
     """The real local backend (chat template, pre-filled answer, choice_logprobs) end to end."""
     from constitutional.backends import CachedBackend
     from constitutional.backends.local import LocalBackend
-    from constitutional.cli.audit import run_judge_audit, run_principle_audit
+    from constitutional.eval.audits import run_judge_audit, run_principle_audit
 
     tiny = CachedBackend(LocalBackend(str(tiny_model_dir), batch_size=8), None)
     write_jsonl(tmp_path / "red.jsonl", RED[:2])
     write_jsonl(tmp_path / "help.jsonl", HELPFUL[:2])
-    doc = run_eval({"one": "tiny", "two": "tiny"}, "tiny", tmp_path / "eval.json", red_team=str(tmp_path / "red.jsonl"),
-                   helpful=str(tmp_path / "help.jsonl"), limit=2, max_tokens=4, bootstrap=5, make_backend=lambda s: tiny)
+    config = EvalRunConfig(models={"one": "tiny", "two": "tiny"}, judge="tiny", red_team=str(tmp_path / "red.jsonl"),
+                           helpful=str(tmp_path / "help.jsonl"), limit=2, max_tokens=4, bootstrap=5, judge_pairs=2)
+    doc = run_eval(config, tmp_path / "eval.json", make_backend=lambda s: tiny)
     assert doc["attack_success"]["one"]["n"] == 2 and doc["over_refusal"]["one"]["n"] == 2
     assert doc["elo"]["harmless"]["comparisons"] == 2 and set(doc["pareto"]) <= {"one", "two"}
+    assert doc["judge"]["human_agreement"]["n"] <= 2 and isinstance(doc["judge"]["reliable"], bool)
     labels = tmp_path / "prefs.jsonl"
     write_jsonl(labels, [{"id": f"p{i}", "prompt": f"Question {i}?", "response_a": "Yes, gladly: here it is.", "response_b": "No.",
                           "principle_ids": ["harm", "honesty"], "source": "ai", "discarded": False} for i in range(3)])

@@ -87,7 +87,7 @@ def _tiny_recipe(model_dir: Path, label_limit: int = 4) -> dict:
             "label": {"prompts": "builtin:red_team_train", "limit": label_limit, "max_tokens": 8, "fewshot": 0},
             "preference_model": {"max_steps": 1, "batch_size": 2, "eval_fraction": 0.0},
             "policy": {"method": "dpo", "max_steps": 1, "batch_size": 2},
-            "eval": {"limit": 2, "max_tokens": 8},
+            "eval": {"limit": 2, "max_tokens": 8, "judge_pairs": 4},
         },
     }  # fmt: skip
 
@@ -122,6 +122,9 @@ def test_run_writes_every_artifact_then_skips_what_is_unchanged(tmp_path, tiny_m
     # Every model the run made is evaluated; the judge and the principles are audited.
     results = json.loads((run_dir / "eval.json").read_text())
     assert set(results["models"]) == {"base", "sl", "rl"} and results["attack_success"]["rl"]["n"] == 2
+    assert results["instrument"]["harmful_compliance"]["rl"]["n"] == 2 and results["judge"]["human_agreement"]["n"] == 4
+    gate = manifest["stages"]["eval"]["judge"]
+    assert gate == {"reliable": results["judge"]["reliable"], "reasons": results["judge"]["reasons"]}
     audit = json.loads((run_dir / "audit.json").read_text())
     assert audit["injection_flip_rate"]["n"] > 0 and audit["self_preference"] is not None
     drawn = {p["id"] for p in json.loads((run_dir / "principles.json").read_text())["principles"] if p["draws"]}
@@ -153,3 +156,14 @@ def test_run_writes_every_artifact_then_skips_what_is_unchanged(tmp_path, tiny_m
     assert _mtimes(run_dir)["sl.jsonl"] == before["sl.jsonl"]
     assert _mtimes(run_dir)["labels.jsonl"] != before["labels.jsonl"]
     assert sum(1 for _ in (run_dir / "labels.jsonl").open()) == 3
+
+
+def test_eval_section_gate_defaults_are_the_eval_settings():
+    """The recipe's judge-gate knobs take their defaults from `cai eval`'s one declaration."""
+    from constitutional.eval.run import EvalRunConfig
+    from constitutional.recipe.schema import EvalSection
+
+    section, settings = EvalSection(), EvalRunConfig()
+    # (red_team differs on purpose: a recipe red-teams with strongreject, not advbench, which SL-CAI uses.)
+    for name in ("judge_pairs", "max_flip_rate", "min_human_agreement", "helpful", "over_refusal"):
+        assert getattr(section, name) == getattr(settings, name), name

@@ -26,6 +26,13 @@ def rate(value: float, n: int = 40) -> dict:
     return {"rate": value, "ci_low": max(0.0, value - 0.1), "ci_high": min(1.0, value + 0.1), "n": n}
 
 
+def wide(k: int, n: int) -> dict:
+    """A real Wilson rate of k in n; with n this small its interval is wider than ±20 points."""
+    from constitutional.eval.stats import rate as wilson_rate
+
+    return wilson_rate([True] * k + [False] * (n - k))
+
+
 def elo(value: float) -> dict:
     return {"elo": value, "ci_low": value - 30, "ci_high": value + 30}
 
@@ -45,7 +52,9 @@ def eval_results() -> dict:
     return {
         "artifact": "eval_results", "schema_version": 1,
         "constitution": {"hash": "ab" * 32, "version": "1.0.0"},
-        "judge": {"model": "judge-model", "mode": "logprob"},
+        "judge": {"model": "judge-model", "mode": "logprob", "reliable": False,
+                  "reasons": ["position flip rate 83% (n=6) is above 25%"], "flip_rate": wide(5, 6),
+                  "human_agreement": rate(0.9, 64), "thresholds": {"max_flip_rate": 0.25, "min_human_agreement": 0.55}},
         "models": {"base": "embedded", "sl-cai": {"path": "sl-ckpt"}, "rl-cai": "rl-ckpt"},
         "elo": {
             "harmless": {"ratings": {"base": elo(940), "sl-cai": elo(1010), "rl-cai": elo(1050)}, "comparisons": 120},
@@ -56,6 +65,14 @@ def eval_results() -> dict:
         "over_refusal": {"base": rate(0.05), "sl-cai": rate(0.2), "rl-cai": rate(0.1)},
         "refusal_hold": {"base": {"rate": None, "ci_low": 0.0, "ci_high": 1.0, "n": 0},  # nothing to hold
                          "sl-cai": rate(0.7, 20), "rl-cai": rate(0.9, 20)},
+        "instrument": {
+            "card": {"name": "refusal-instrument", "version": "1", "heldout": {"n": 100, "accuracy": 0.93}},
+            "harmful_compliance": {"base": wide(4, 6), "sl-cai": rate(0.35), "rl-cai": rate(0.2)},
+            "refusal": {"base": wide(2, 6), "sl-cai": rate(0.65), "rl-cai": rate(0.8)},
+            "evasive": {"base": wide(1, 2), "sl-cai": rate(0.5), "rl-cai": rate(0.25)},
+            "over_refusal": {"base": rate(0.1), "sl-cai": rate(0.25), "rl-cai": rate(0.15)},
+            "helpful_compliance": {"base": rate(0.95), "sl-cai": rate(0.9), "rl-cai": rate(0.9)},
+        },
         "samples": "eval.samples.jsonl",
     }  # fmt: skip
 
@@ -139,6 +156,13 @@ def test_every_section_table_and_chart_is_rendered(report):
     assert "[1,020, 1,080]" in ev and "120 comparisons" in ev  # rl-cai harmless CI, comparison count
     assert "15.0%" in ev and "[5.0%, 25.0%]" in ev  # rl-cai attack success and its CI
     assert "[0.0%, 100.0%]" not in ev  # base's refusal hold has n = 0: no rate, no interval
+    assert "harmful compliance (instrument)" in ev and "attack success (judge)" in ev
+    assert "66.7% [30.0%, 90.3%] n=6" in ev  # the instrument's base harmful compliance, 4 of 6, beside the judge's
+    assert ev.count("too few prompts to conclude") == 3  # judge flips (n=6), base's compliance (n=6) and evasive (n=2)
+    assert re.search(r"66\.7% \[30\.0%, 90\.3%\] n=6 <span class=\"few\">too few prompts to conclude", ev)
+    # The unreliable judge: a banner with the reason above each judge-derived block.
+    assert ev.count('class="banner"') == 4 and "position flip rate 83% (n=6) is above 25%" in ev
+    assert ev.index('class="banner"', ev.index("Helpfulness against harmlessness")) < ev.index('data-plot="pareto"')
     audit = section_of(page, "judge-audit")
     assert 'data-plot="reliability"><svg' in audit and 'data-plot="length-bias"><svg' in audit
     assert "12.5%" in audit and "[2.5%, 22.5%]" in audit and "3.1%" in audit  # flip rate, CI, injection
@@ -177,6 +201,19 @@ def test_model_names_are_labels_not_tex_or_markup():
     svg = plots.pareto({name: {"helpful": elo(1000), "harmless": elo(990)}}, [name])
     assert svg.startswith("<svg") and "<b>" not in svg  # text is drawn as paths, not markup
     assert plots.rate_bars({name: rate(0.5)}, "t", "k").startswith("<svg")
+
+
+def test_a_judge_that_passed_gets_no_banner(tmp_path):
+    run = write_run(tmp_path)
+    doc = json.loads((run / "eval.json").read_text())
+    doc["judge"].update(reliable=True, reasons=[], flip_rate=rate(0.1, 200))
+    (run / "eval.json").write_text(json.dumps(doc))
+    ev = section_of(render_report(run).read_text(), "evaluation")
+    assert 'class="banner"' not in ev and "The judge passed its audit." in ev
+    del doc["judge"]["reliable"]  # an eval.json from before the gate
+    (run / "eval.json").write_text(json.dumps(doc))
+    ev = section_of(render_report(run).read_text(), "evaluation")
+    assert 'class="banner"' not in ev and "the judge was not checked" in ev
 
 
 def test_only_a_manifest_gives_not_run_notes(tmp_path):
@@ -254,6 +291,12 @@ def test_page_in_headless_chromium(report):
         assert page.locator("table").count() >= 8
         assert all(page.locator("table").nth(i).is_visible() for i in range(page.locator("table").count()))
         assert page.locator("details.trace[open]").count() == 1
+        banners = page.locator("#evaluation .banner")
+        assert banners.count() == 4 and all(banners.nth(i).is_visible() for i in range(4))
+        assert "Unreliable judge: position flip rate 83%" in banners.nth(0).inner_text()
+        pareto = page.locator('figure[data-plot="pareto"]').bounding_box()
+        above = [banners.nth(i).bounding_box() for i in range(4)]
+        assert any(b["y"] + b["height"] <= pareto["y"] and b["height"] > 10 for b in above)  # drawn above the chart
         assert page.evaluate("window.__pwned") is None  # the hostile prompt stayed text
         assert HOSTILE in page.locator("#sl-cai").inner_text()
         page.locator("#sl-cai summary").nth(1).click()

@@ -53,3 +53,17 @@ def run(
     console.print(
         f"run {plan.name!r} done ({seconds:.0f} s of stage time) → {run_dir}/manifest.json"
     )
+    _print_eval(run_dir, console)
+
+
+def _print_eval(run_dir: Path, console) -> None:
+    """The eval's harm numbers (judge beside instrument) and the judge warning, if it ran."""
+    from constitutional.eval.run import judge_line, judge_warning, summary_lines
+    from constitutional.report.load import read_json
+
+    doc = read_json(run_dir / "eval.json", "eval_results")
+    if doc is None:
+        return
+    for line in summary_lines(doc):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    console.print(judge_line(doc), markup=False, highlight=False, soft_wrap=True, style="bold red" if judge_warning(doc) else None)

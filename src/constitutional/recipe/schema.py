@@ -10,7 +10,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from constitutional.eval.run import EvalRunConfig
 from constitutional.yamlfile import LocatedValueError
+
+_EVAL = EvalRunConfig()
 
 
 class _Section(BaseModel):
@@ -92,6 +95,10 @@ class EvalSection(_Section):
     judge: str = "base"  # "base", "sl", "rl" or a spec
     max_tokens: int = Field(default=128, ge=1)
     audit: bool = True  # also `cai audit judge` and `cai audit principles`
+    # The judge gate; defaults are `cai eval`'s, from its one declaration (eval.run.EvalRunConfig).
+    judge_pairs: int = Field(default=_EVAL.judge_pairs, ge=0)
+    max_flip_rate: float = Field(default=_EVAL.max_flip_rate, ge=0, le=1)
+    min_human_agreement: float = Field(default=_EVAL.min_human_agreement, ge=0, le=1)
 
 
 class Stages(_Section):

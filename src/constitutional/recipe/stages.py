@@ -142,19 +142,20 @@ def policy(ctx: RunContext, cfg) -> dict[str, Any]:
 
 
 def evaluate(ctx: RunContext, cfg) -> dict[str, Any]:
-    """Every model the run produced against the base model; then audits of the judge and the
-    principles from this run's own labels and traces."""
-    from constitutional.cli.audit import run_judge_audit, run_principle_audit
-    from constitutional.cli.eval import run_eval
+    """Every model the run produced against the base model, with the judge's own audit; then
+    audits of the judge and the principles from this run's own labels and traces."""
+    from constitutional.eval.audits import run_judge_audit, run_principle_audit
+    from constitutional.eval.run import EvalRunConfig, run_eval
 
     stages = ctx.recipe.stages
     names = ["base", *(["sl"] if stages.sft else []), *(["rl"] if stages.policy else [])]
     models = {name: ctx.model_spec(name) for name in names}
     judge = ctx.model_spec(cfg.judge)
-    doc = run_eval(models, judge, ctx.path(EVAL), red_team=cfg.red_team, helpful=cfg.helpful,
-                   over_refusal=cfg.over_refusal, limit=cfg.limit, seed=ctx.recipe.seed,
-                   constitution=ctx.recipe.constitution, max_tokens=cfg.max_tokens, make_backend=ctx.backend,
-                   progress=ctx.progress)  # fmt: skip
+    config = EvalRunConfig(models=models, judge=judge, red_team=cfg.red_team, helpful=cfg.helpful,
+                           over_refusal=cfg.over_refusal, limit=cfg.limit, seed=ctx.recipe.seed,
+                           constitution=ctx.recipe.constitution, max_tokens=cfg.max_tokens, judge_pairs=cfg.judge_pairs,
+                           max_flip_rate=cfg.max_flip_rate, min_human_agreement=cfg.min_human_agreement)  # fmt: skip
+    doc = run_eval(config, ctx.path(EVAL), make_backend=ctx.backend, progress=ctx.progress)
     if cfg.audit and stages.label:
         # Self-preference: the feedback model's own answers against the SL-CAI model's.
         other = ctx.model_spec("sl") if stages.sft and stages.label.feedback == "base" else None
@@ -165,10 +166,14 @@ def evaluate(ctx: RunContext, cfg) -> dict[str, Any]:
         run_principle_audit(ctx.path(PRINCIPLES), sl=ctx.path(SL_TRACES) if stages.sl_cai else None,
                             labels=ctx.path(LABELS) if stages.label else None, constitution=ctx.recipe.constitution,
                             seed=ctx.recipe.seed)  # fmt: skip
+    inst = doc["instrument"]
     summary = {name: {"harmless_elo": round(doc["elo"]["harmless"]["ratings"][name]["elo"], 1),
                       "helpful_elo": round(doc["elo"]["helpful"]["ratings"][name]["elo"], 1),
-                      "attack_success": doc["attack_success"][name]["rate"]} for name in models}  # fmt: skip
-    return {"backend": ctx.backend(judge), "models": models, "pareto": doc["pareto"], "result": summary}
+                      "attack_success": doc["attack_success"][name]["rate"],
+                      "instrument_harmful_compliance": inst["harmful_compliance"][name]["rate"],
+                      "instrument_over_refusal": inst["over_refusal"][name]["rate"]} for name in models}  # fmt: skip
+    gate = {"reliable": doc["judge"]["reliable"], "reasons": doc["judge"]["reasons"]}
+    return {"backend": ctx.backend(judge), "models": models, "pareto": doc["pareto"], "judge": gate, "result": summary}
 
 
 def _train_args(cfg) -> dict[str, Any]:

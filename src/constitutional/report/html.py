@@ -32,6 +32,10 @@ h3 { font-size: 16px; margin: 18px 0 6px; }
 .note { color: var(--muted); margin: 4px 0 10px; }
 .not-run { color: var(--muted); font-style: italic; }
 .warn { color: #a4370e; }
+.banner { background: #fdecea; border: 1px solid #e3a59b; color: #8a1f11; border-radius: 6px; padding: 8px 12px;
+  margin: 10px 0; font-weight: 600; }
+.few { color: #a4370e; font-size: 12px; white-space: normal; }
+.ok { color: #1b6e3a; }
 .figure { margin: 10px 0; overflow-x: auto; }
 .figure svg { max-width: 100%; height: auto; }
 .figure figcaption { color: var(--muted); font-size: 13px; }
