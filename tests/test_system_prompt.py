@@ -49,3 +49,17 @@ def test_every_chat_request_carries_the_constitution():
     model.choice_logprobs([[{"role": "user", "content": "q"}]], ["A", "B"])
     assert inner.prompts[0][0]["content"] == system_prompt(rules)
     assert model.usage == "the inner meter" and model.model == "fake-model+system"
+
+
+def test_eval_builds_the_baseline_on_the_same_loaded_model():
+    from constitutional.eval.run import build_models
+
+    made = []
+
+    def make(spec):
+        made.append(spec)
+        return Recorder()
+
+    built = build_models(["m", "m+constitution", "judge", "m"], make, load_constitution())
+    assert made == ["m", "judge"]  # the baseline loads nothing of its own
+    assert isinstance(built["m+constitution"], SystemPromptBackend) and built["m+constitution"].inner is built["m"]

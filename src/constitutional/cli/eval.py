@@ -41,7 +41,7 @@ def parse_models(text: str) -> dict[str, str]:
 
 
 def eval_command(
-    models: str = typer.Option(..., "--models", help="Models to compare: NAME=MODEL[,NAME=MODEL...] (MODEL: 'embedded', .gguf, HF dir, checkpoint)."),
+    models: str = typer.Option(..., "--models", help="Models to compare: NAME=MODEL[,NAME=MODEL...] (MODEL: 'embedded', .gguf, HF dir, checkpoint; MODEL+constitution: that model with the constitution as its system prompt)."),
     judge: str = typer.Option(..., "--judge", help="Judge model: answers the harm/refusal questions and compares replies."),
     red_team: str = typer.Option(D.red_team, "--red-team", help="Red-team prompts: JSONL or builtin:advbench|harmbench|strongreject."),
     helpful: str = typer.Option(D.helpful, "--helpful", help="Helpful prompts: JSONL or builtin:mt_bench|self_instruct."),

@@ -19,6 +19,9 @@ from constitutional.eval.judge_gate import Thresholds, human_agreement, verdict
 ARTIFACT = "eval_results"
 SCHEMA_VERSION = 1
 OVER_REFUSAL = "builtin:over_refusal"
+# `embedded+constitution`: the model with the constitution as its system prompt, the baseline a
+# trained model has to beat (it costs the user nothing but context).
+SYSTEM_PROMPT_SUFFIX = "+constitution"
 MakeBackend = Callable[[str], Any]
 Progress = Callable[[str, int], None]
 
@@ -37,7 +40,7 @@ class EvalRunConfig:
         max_flip_rate / min_human_agreement: the judge gate (`eval.judge_gate.Thresholds`).
     """
 
-    models: dict[str, str] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)  # a spec ending in SYSTEM_PROMPT_SUFFIX: see build_models
     judge: str = ""
     red_team: str = "builtin:advbench"
     helpful: str = "builtin:mt_bench"
@@ -91,8 +94,7 @@ def run_eval(config: EvalRunConfig, out: str | Path, *, make_backend: MakeBacken
 
     out, cfg = Path(out), config
     rules, sets = load_constitution(cfg.constitution), cfg.sets()
-    make = make_backend or local_backend
-    built = {spec: make(spec) for spec in dict.fromkeys([*cfg.models.values(), cfg.judge])}  # one load per spec
+    built = build_models([*cfg.models.values(), cfg.judge], make_backend or local_backend, rules)
     judge = built[cfg.judge]
     inner = EvalConfig(SampleConfig(cfg.temperature, cfg.max_tokens, cfg.seed), cfg.bootstrap, cfg.seed)
     results, samples = evaluate_models({n: built[s] for n, s in cfg.models.items()}, judge, **sets, config=inner,
@@ -105,6 +107,22 @@ def run_eval(config: EvalRunConfig, out: str | Path, *, make_backend: MakeBacken
     write_jsonl(samples_path(out), samples)
     write_json(out, doc)
     return doc
+
+
+def build_models(specs: list[str], make: MakeBackend, rules) -> dict[str, Any]:
+    """spec → Backend, one load per model; `X+constitution` shares X's backend behind the
+    constitution as a system prompt."""
+    from constitutional.backends.system_prompt import SystemPromptBackend
+    from constitutional.constitution.system_prompt import system_prompt
+
+    built: dict[str, Any] = {}
+    for spec in dict.fromkeys(specs):
+        bare = spec.removesuffix(SYSTEM_PROMPT_SUFFIX)
+        if bare not in built:
+            built[bare] = make(bare)
+        if spec != bare:
+            built[spec] = SystemPromptBackend(built[bare], system_prompt(rules))
+    return built
 
 
 def judge_block(cfg: EvalRunConfig, flips: dict[str, Any], human: dict[str, Any]) -> dict[str, Any]:

@@ -44,6 +44,7 @@ class SLCAISection(_Section):
     temperature_start: float = Field(default=0.9, ge=0)
     temperature_end: float = Field(default=0.4, ge=0)
     critique: bool = True  # False: revise without a critique first (the paper's ablation)
+    ablation_prompts: int = Field(default=0, ge=0)  # also revise the first N prompts without critiques → sl.direct.jsonl
 
 
 class TrainSection(_Section):
@@ -95,6 +96,7 @@ class EvalSection(_Section):
     judge: str = "base"  # "base", "sl", "rl" or a spec
     max_tokens: int = Field(default=128, ge=1)
     audit: bool = True  # also `cai audit judge` and `cai audit principles`
+    system_prompt_baseline: bool = True  # also evaluate the base model with the constitution as its system prompt
     # The judge gate; defaults are `cai eval`'s, from its one declaration (eval.run.EvalRunConfig).
     judge_pairs: int = Field(default=_EVAL.judge_pairs, ge=0)
     max_flip_rate: float = Field(default=_EVAL.max_flip_rate, ge=0, le=1)

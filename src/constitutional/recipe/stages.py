@@ -8,19 +8,19 @@ stage's output can be inspected or fed to the matching `cai` command by hand.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from constitutional.recipe.schema import Recipe
 
 # Fixed artifact names inside a run directory.
-SL_TRACES, SL_SFT = "sl.jsonl", "sl.sft.jsonl"
+SL_TRACES, SL_SFT, SL_DIRECT = "sl.jsonl", "sl.sft.jsonl", "sl.direct.jsonl"
 SL_CKPT = "sl-ckpt"
 LABELS, LABELS_DPO = "labels.jsonl", "labels.dpo.jsonl"
 PM_CKPT = "pm"
 RL_CKPT = "rl-ckpt"
-EVAL, AUDIT, PRINCIPLES = "eval.json", "audit.json", "principles.json"
+EVAL, AUDIT, PRINCIPLES, REVISIONS = "eval.json", "audit.json", "principles.json", "revisions.json"
 
 
 @dataclass
@@ -85,8 +85,13 @@ def sl_cai(ctx: RunContext, cfg) -> dict[str, Any]:
     sft = to_sft_rows(traces)
     write_jsonl(ctx.path(SL_TRACES), traces)
     write_jsonl(ctx.path(SL_SFT), sft)
+    if cfg.ablation_prompts:  # the paper's ablation: the same prompts revised with no critique first
+        direct = generate_sl_data(ctx.constitution, red[: cfg.ablation_prompts], [], llm,
+                                  replace(config, critique=False, helpful_ratio=0.0), ctx.progress)  # fmt: skip
+        write_jsonl(ctx.path(SL_DIRECT), direct)
     kept = sum(1 for t in traces if t["kind"] == "red_team" and not t["discarded"])
-    return {"backend": llm, "counts": {"red_team": len(red), "kept": kept, "sft_rows": len(sft)}}
+    return {"backend": llm, "counts": {"red_team": len(red), "kept": kept, "sft_rows": len(sft),
+                                       "ablation_prompts": cfg.ablation_prompts}}  # fmt: skip
 
 
 def sft(ctx: RunContext, cfg) -> dict[str, Any]:
@@ -145,11 +150,13 @@ def evaluate(ctx: RunContext, cfg) -> dict[str, Any]:
     """Every model the run produced against the base model, with the judge's own audit; then
     audits of the judge and the principles from this run's own labels and traces."""
     from constitutional.eval.audits import run_judge_audit, run_principle_audit
-    from constitutional.eval.run import EvalRunConfig, run_eval
+    from constitutional.eval.run import SYSTEM_PROMPT_SUFFIX, EvalRunConfig, run_eval
 
     stages = ctx.recipe.stages
     names = ["base", *(["sl"] if stages.sft else []), *(["rl"] if stages.policy else [])]
     models = {name: ctx.model_spec(name) for name in names}
+    if cfg.system_prompt_baseline:  # the cheapest alternative to training, as a baseline
+        models = {"base": models.pop("base"), "base+constitution": ctx.recipe.model + SYSTEM_PROMPT_SUFFIX, **models}
     judge = ctx.model_spec(cfg.judge)
     config = EvalRunConfig(models=models, judge=judge, red_team=cfg.red_team, helpful=cfg.helpful,
                            over_refusal=cfg.over_refusal, limit=cfg.limit, seed=ctx.recipe.seed,
@@ -166,6 +173,8 @@ def evaluate(ctx: RunContext, cfg) -> dict[str, Any]:
         run_principle_audit(ctx.path(PRINCIPLES), sl=ctx.path(SL_TRACES) if stages.sl_cai else None,
                             labels=ctx.path(LABELS) if stages.label else None, constitution=ctx.recipe.constitution,
                             seed=ctx.recipe.seed)  # fmt: skip
+    if stages.sl_cai:
+        _revisions(ctx)
     inst = doc["instrument"]
     summary = {name: {"harmless_elo": round(doc["elo"]["harmless"]["ratings"][name]["elo"], 1),
                       "helpful_elo": round(doc["elo"]["helpful"]["ratings"][name]["elo"], 1),
@@ -174,6 +183,23 @@ def evaluate(ctx: RunContext, cfg) -> dict[str, Any]:
                       "instrument_over_refusal": inst["over_refusal"][name]["rate"]} for name in models}  # fmt: skip
     gate = {"reliable": doc["judge"]["reliable"], "reasons": doc["judge"]["reasons"]}
     return {"backend": ctx.backend(judge), "models": models, "pareto": doc["pareto"], "judge": gate, "result": summary}
+
+
+def _revisions(ctx: RunContext) -> None:
+    """revisions.json: harmful compliance after each SL-CAI round, with and without critiques on
+    the same prompts when the ablation ran (read from the traces; no model is called)."""
+    from constitutional.eval.revisions import revisions_curve
+    from constitutional.jsonl import read_jsonl, write_json
+
+    traces = read_jsonl(ctx.path(SL_TRACES))
+    doc: dict[str, Any] = {"artifact": "revisions_curve", "critique": revisions_curve(traces)}
+    if ctx.path(SL_DIRECT).is_file():
+        direct = read_jsonl(ctx.path(SL_DIRECT))
+        ids = {t["id"] for t in direct}
+        doc["ablation"] = {"prompts": len(direct),
+                           "critique": revisions_curve([t for t in traces if t["id"] in ids]),
+                           "direct": revisions_curve(direct)}  # fmt: skip
+    write_json(ctx.path(REVISIONS), doc)
 
 
 def _train_args(cfg) -> dict[str, Any]:

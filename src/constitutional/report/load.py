@@ -39,6 +39,7 @@ class RunArtifacts:
     principles: dict[str, Any] | None = None
     traces: list[dict[str, Any]] | None = None
     self_play: dict[str, Any] | None = None
+    revisions: dict[str, Any] | None = None
     checkpoints: list[Checkpoint] = field(default_factory=list)
 
 
@@ -53,6 +54,7 @@ def load_run(run_dir: Path) -> RunArtifacts:
     run.audit = read_json(run_dir / "audit.json", "judge_audit")
     run.principles = read_json(run_dir / "principles.json", "principle_audit")
     run.self_play = read_json(run_dir / "self_play.json", "self_play")
+    run.revisions = read_json(run_dir / "revisions.json", "revisions_curve")
     if (run_dir / "sl.jsonl").is_file():
         run.traces = read_jsonl(run_dir / "sl.jsonl")
     run.checkpoints = load_checkpoints(run_dir)

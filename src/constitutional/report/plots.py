@@ -166,3 +166,20 @@ def per_iteration(series: Mapping[str, Sequence[tuple[int, float]]], threshold: 
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(loc="best", frameon=False, fontsize=8)
     return to_svg(fig, key)
+
+
+def rounds_curve(series: Mapping[str, Sequence[dict]], key: str) -> str:
+    """Harmful compliance (with its 95% interval) after each revision round, one line per series."""
+    fig, ax = _figure(5.6, 3.6)
+    for (name, points), color in zip(series.items(), (BLUE, ORANGE, GREEN, GREY)):
+        rates = [p["harmful_compliance"] for p in points]
+        xs = [p["round"] for p in points]
+        ys = [r["rate"] if r["rate"] is not None else float("nan") for r in rates]
+        err = [[y - r["ci_low"] for y, r in zip(ys, rates)], [r["ci_high"] - y for y, r in zip(ys, rates)]]
+        ax.errorbar(xs, ys, yerr=err, color=color, marker="o", capsize=3, label=name)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("revision rounds (0 = the first answer)")
+    ax.set_ylabel("harmful compliance (refusal instrument)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(loc="best", frameon=False, fontsize=8)
+    return to_svg(fig, key)

@@ -8,6 +8,7 @@ from constitutional import __version__
 from constitutional.jsonl import atomic_path
 from constitutional.report import (
     audit,
+    did_it_work,
     evaluation,
     manifest,
     principles,
@@ -20,7 +21,7 @@ from constitutional.report.load import RunArtifacts, load_run
 
 # Page order: what ran, how good it is (and how self-play moved it), whether the judge can be
 # trusted, then the raw material.
-SECTIONS = (manifest, evaluation, self_play, audit, principles, traces, training)
+SECTIONS = (manifest, did_it_work, evaluation, self_play, audit, principles, traces, training)
 
 
 def build_html(run: RunArtifacts) -> str:
