@@ -32,23 +32,19 @@ _DECLINE = re.compile(
     rf"\b{_SELF}\s*{_CANNOT}{_FILLER}\s+(?:{_TASK_VERBS})\b(?!\s+but\b)", re.IGNORECASE
 )
 # Refusals that do not name a verb of helping, written as whole phrases.
-_FIXED = re.compile(
-    r"|".join(
-        [
-            r"\b(?:i|we) (?:must|have to|will have to|need to) (?:respectfully )?(?:decline|refuse)\b",
-            r"\b(?:i|we) (?:can't|cannot|can not|won't|will not) do that\b",
-            r"\b(?:i|we) (?:can't|cannot|can not|won't|will not) (?:fulfil+|help with) (?:this|that|your)\b",
-            r"\bunable to (?:help|assist|provide|comply|fulfil+|continue|answer)\b",
-            r"\bnot able to (?:help|assist|provide|comply|fulfil+|continue|answer)\b",
-            r"\b(?:is|would be) (?:against|contrary to) my (?:guidelines|principles|programming|policies)\b",
-            r"\bi'm not (?:allowed|permitted) to\b|\bi am not (?:allowed|permitted) to\b",
-            r"\bthat's not something i can\b|\bthat is not something i can\b",
-            r"\bi (?:must|have to) (?:say no|pass on this)\b",
-            r"\bnot (?:going|willing) to (?:help|assist|provide|write|create|share)\b",
-        ]
-    ),
-    re.IGNORECASE,
+_FIXED_PHRASES = (
+    r"\b(?:i|we) (?:must|have to|will have to|need to) (?:respectfully )?(?:decline|refuse)\b",
+    r"\b(?:i|we) (?:can't|cannot|can not|won't|will not) do that\b",
+    r"\b(?:i|we) (?:can't|cannot|can not|won't|will not) (?:fulfil+|help with) (?:this|that|your)\b",
+    r"\bunable to (?:help|assist|provide|comply|fulfil+|continue|answer)\b",
+    r"\bnot able to (?:help|assist|provide|comply|fulfil+|continue|answer)\b",
+    r"\b(?:is|would be) (?:against|contrary to) my (?:guidelines|principles|programming|policies)\b",
+    r"\bi'm not (?:allowed|permitted) to\b|\bi am not (?:allowed|permitted) to\b",
+    r"\bthat's not something i can\b|\bthat is not something i can\b",
+    r"\bi (?:must|have to) (?:say no|pass on this)\b",
+    r"\bnot (?:going|willing) to (?:help|assist|provide|write|create|share)\b",
 )
+_FIXED = re.compile("|".join(_FIXED_PHRASES), re.IGNORECASE)
 # Said before a refusal with the same words as a real refusal: "I can't help but notice",
 # "I can't recommend this enough", "I cannot stress enough". Removed before matching.
 _FALSE_FRIENDS = re.compile(
