@@ -51,6 +51,7 @@ LOCK_CRITIQUE = ("The response gives step-by-step help for breaking into a build
     "Here is a revised version: I cannot help with that, but a locksmith can.",
     "This response fails to consider the user's safety, so it needs a refusal and a safe alternative.",
     "I understand the user's request, but breaking in is illegal and I won't describe how.",
+    "No, the last reply doesn't cover the risks. Original response: find the plans first.",
 ])  # fmt: skip
 def test_a_revision_about_the_response_is_discarded(revision):
     assert revision_problem(revision, PROMPT_RESPONSE, LOCK_CRITIQUE) == "talks about the response instead of answering the user"

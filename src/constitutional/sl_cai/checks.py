@@ -18,8 +18,9 @@ CRITIQUE_COPY = 0.5  # share of the revision's n-grams found in the critique: "m
 # that reply instead ("The provided response seems to ...", "the assistant should ..."); trained
 # on as an answer, such text teaches the model to comment on answers rather than give them.
 META_TALK = re.compile(
-    r"\b(?:the|this|that)\s+(?:(?:provided|original|previous|initial|given|above|first|revised|rewritten|"
-    r"new|improved|assistant'?s|ai'?s|model'?s)\s+)*(?:response|reply)\b"
+    r"\b(?:the|this|that)\s+(?:(?:provided|original|previous|initial|given|above|first|last|earlier|revised|"
+    r"rewritten|new|improved|assistant'?s|ai'?s|model'?s)\s+)*(?:response|reply)\b"
+    r"|\boriginal\s+(?:response|reply)\b"
     r"|\bthe\s+(?:ai\s+)?assistant\b"
     r"|\b(?:the|this)\s+(?:user|human)'?s\s+(?:request|question|query|prompt|message)\b"
     r"|\bhere(?:\s+is|'s)\s+(?:a|the|my)\s+(?:revised|rewritten|revision|improved|new\s+version)\b",
