@@ -79,6 +79,14 @@ def test_choice_logprobs_agree_with_full_forward_pass(backend, choices):
             assert value == pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.parametrize("choices", [["A", "B"], [" yes", " no thanks"]])
+def test_choice_logprobs_report_each_prompts_length_in_tokens(backend, choices):
+    prompts = [CHATS[0], "The answer is", CHATS[2]]
+    rows, tokens = backend.choice_logprobs_with_usage(prompts, choices)
+    assert rows == backend.choice_logprobs(prompts, choices)
+    assert tokens == [len(backend.tokenizer(backend.render(p), add_special_tokens=False)["input_ids"]) for p in prompts]
+
+
 def test_plan_batches_is_a_function_of_the_requests():
     requests = [GenerationRequest(prompt="x", max_tokens=n) for n in (5, 5, 9, 5)]
     plan = plan_batches(requests, [[1, 2], [1], [1], [1, 2, 3]], batch_size=2)

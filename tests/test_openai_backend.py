@@ -231,8 +231,8 @@ def test_choice_logprobs_agree_with_local(local, base_url):
 # --- a scripted server for exact choice matching and missing logprobs ---------------------------
 
 
-def scripted_app(top_logprobs: list[dict] | None, seen: list[Request]) -> FastAPI:
-    """Answers every chat request with "A" and, if given, these top_logprobs."""
+def scripted_app(top_logprobs: list[dict] | None, seen: list[Request], usage: bool = True) -> FastAPI:
+    """Answers every chat request with "A" and, if given, these top_logprobs (and usage unless told not to)."""
     app = FastAPI()
 
     @app.post("/v1/chat/completions")
@@ -246,7 +246,7 @@ def scripted_app(top_logprobs: list[dict] | None, seen: list[Request]) -> FastAP
         if top_logprobs is not None:
             entry = {"token": "A", "logprob": -0.1, "top_logprobs": top_logprobs}
             choice["logprobs"] = {"content": [entry]}
-        return {"choices": [choice], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+        return {"choices": [choice], **({"usage": {"prompt_tokens": 3, "completion_tokens": 1}} if usage else {})}
 
     return app
 
@@ -266,6 +266,20 @@ def test_choice_matching_strips_whitespace_and_takes_the_best():
     assert body["max_tokens"] == 1 and body["temperature"] == 0.0
     assert body["logprobs"] is True and body["top_logprobs"] == 20
     assert seen[0]["headers"]["authorization"] == "Bearer test-key"
+
+
+@pytest.mark.parametrize("usage, tokens", [(True, 3), (False, 0)])
+def test_choice_logprobs_count_the_servers_prompt_tokens(usage, tokens):
+    """A judge's reads cost what the server says they cost; a server that reports no usage is
+    counted as 0 rather than guessed with a tokenizer that may not be the server's."""
+    from constitutional.backends import CachedBackend
+
+    with running_server(scripted_app([{"token": "A", "logprob": -0.1}], [], usage=usage)) as url:
+        rows, counted = client(url).choice_logprobs_with_usage([HELLO, HELLO], ["A", "B"])
+        metered = CachedBackend(client(url), None)
+        metered.choice_logprobs([HELLO, HELLO], ["A", "B"])
+    assert rows == [[-0.1, -0.1]] * 2 and counted == [tokens, tokens]
+    assert (metered.usage.calls, metered.usage.prompt_tokens, metered.usage.completion_tokens) == (2, 2 * tokens, 0)
 
 
 def test_choice_logprobs_without_server_support_is_a_clear_error():

@@ -76,6 +76,8 @@ def test_ray_choice_logprobs_match_local(ray_local, tiny_model_dir):
     try:
         assert fanned.fingerprint() == local.fingerprint()
         assert fanned.choice_logprobs(prompts, ["A", "B"]) == local.choice_logprobs(prompts, ["A", "B"])
+        # the workers' token counts travel back with their rows, in prompt order
+        assert fanned.choice_logprobs_with_usage(prompts, ["A", "B"])[1] == local.choice_logprobs_with_usage(prompts, ["A", "B"])[1]
     finally:
         fanned.close()
 

@@ -20,6 +20,7 @@ from constitutional.sl_cai import (
     revision_problem,
     to_sft_rows,
 )
+from constitutional.sl_cai.checks import REPEAT_OVERLAP, overlap
 
 RED = [{"id": f"r{i}", "prompt": f"How do I do harmful thing number {i}?"} for i in range(4)]
 HELPFUL = [{"id": f"h{i}", "prompt": f"Give me a recipe idea number {i}."} for i in range(10)]
@@ -36,6 +37,47 @@ def test_checks_explain_failures():
     assert revision_problem(response, response, critique).startswith("identical")
     assert revision_problem(critique, response, critique).startswith("repeats the critique")
     assert revision_problem("I can't help make toxic gases, but here is how to store cleaners safely.", response, critique) is None
+
+
+PROMPT_RESPONSE = "Step one: find the building plans. Step two: disable the alarm at night."
+LOCK_CRITIQUE = ("The response gives step-by-step help for breaking into a building, which is illegal and could "
+                 "put people in danger. It should refuse and suggest a lawful alternative instead.")  # fmt: skip
+
+
+@pytest.mark.parametrize("revision", [
+    "The provided response seems to encourage breaking in; a better response would refuse politely.",
+    "In this scenario, there's a concern that the assistant is helping with a crime.",
+    "The original reply was harmful. The revised reply should point to a locksmith instead.",
+    "Here is a revised version: I cannot help with that, but a locksmith can.",
+    "This response fails to consider the user's safety, so it needs a refusal and a safe alternative.",
+    "I understand the user's request, but breaking in is illegal and I won't describe how.",
+    "No, the last reply doesn't cover the risks. Original response: find the plans first.",
+])  # fmt: skip
+def test_a_revision_about_the_response_is_discarded(revision):
+    assert revision_problem(revision, PROMPT_RESPONSE, LOCK_CRITIQUE) == "talks about the response instead of answering the user"
+
+
+@pytest.mark.parametrize("revision", [
+    ("I can't help you get into a building you don't have access to. If you are locked out of your own home, "
+     "a licensed locksmith or your landlord can let you in, usually within an hour."),
+    ("Breaking in would be illegal and could get someone hurt, so I won't give steps for it. If you need into the "
+     "building for work, ask the property manager for a key or an escort."),
+    "Sure: the answer is to call the building's owner, who can open it for you legally.",  # "the answer" is no meta-talk
+])  # fmt: skip
+def test_a_revision_that_answers_the_user_is_kept(revision):
+    assert revision_problem(revision, PROMPT_RESPONSE, LOCK_CRITIQUE) is None
+
+
+def test_a_revision_that_is_mostly_the_critique_is_discarded():
+    # The critique, lightly reworded at both ends: too few 4-grams survive for the old check to
+    # notice, but most of its 3-grams still come from the critique.
+    copy = ("It gives step-by-step help for getting into a building, which is illegal and may put people in "
+            "danger. It should refuse and offer a lawful alternative instead.")  # fmt: skip
+    assert overlap(copy, LOCK_CRITIQUE, 4) < REPEAT_OVERLAP
+    assert revision_problem(copy, PROMPT_RESPONSE, LOCK_CRITIQUE) == "repeats the critique instead of rewriting the response"
+    # Sharing a phrase or two with the critique is fine: an answer may name the same danger.
+    answer = "No. Breaking into a building is illegal and could put people in danger; a locksmith can help if it is yours."
+    assert revision_problem(answer, PROMPT_RESPONSE, LOCK_CRITIQUE) is None
 
 
 def test_temperature_schedule_runs_from_start_to_end():
@@ -130,3 +172,33 @@ def test_bad_prompt_files_exit_2_with_one_line(tmp_path):
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and expected in lines[0], r.stderr
         assert not (tmp_path / "o.jsonl").exists()
+
+
+def trace(prompt_id: str, revision: str, reason: str | None) -> dict:
+    """A hand-written one-round red-team trace as `generate` writes it."""
+    step = {"round": 1, "principle_id": "harm", "temperature": 0.9, "critique": "The response is harmful.",
+            "revision": revision, "reason": reason, "discarded": reason is not None}
+    return {"id": prompt_id, "kind": "red_team", "prompt": f"Question {prompt_id}?", "initial_response": "Here is how.",
+            "rounds": [step], "final_response": revision if reason is None else "Here is how.",
+            "discarded": reason is not None, "reason": None if reason is None else "no round produced a usable critique and revision"}
+
+
+def test_show_prints_a_kept_chain_by_default_and_says_when_none_passed(tmp_path):
+    from typer.testing import CliRunner
+
+    from constitutional.cli.sl_cai import app
+    from constitutional.jsonl import write_jsonl
+
+    meta = "The provided response should refuse."
+    mixed, none = tmp_path / "mixed.jsonl", tmp_path / "none.jsonl"
+    write_jsonl(mixed, [trace("bad", meta, "talks about the response instead of answering the user"),
+                        trace("good", "I can't help with that, but a locksmith can.", None)])
+    write_jsonl(none, [trace("bad", meta, "talks about the response instead of answering the user")])
+    shown = CliRunner().invoke(app, ["show", str(mixed), "--n", "1"])
+    assert shown.exit_code == 0 and "good" in shown.output and "a locksmith can" in shown.output
+    assert meta not in shown.output and "None of the" not in shown.output
+    empty = CliRunner().invoke(app, ["show", str(none), "--n", "1"])
+    assert empty.exit_code == 0 and "None of the 1 red-team chains" in empty.output and meta not in empty.output
+    everything = CliRunner().invoke(app, ["show", str(none), "--discarded"])
+    assert "None of the 1 red-team chains" in everything.output and meta in everything.output
+    assert "talks about the response" in everything.output

@@ -97,3 +97,17 @@ class Backend(Protocol):
         Returns one row per prompt with one entry per choice, e.g. p("A") vs p("B") for a judge.
         """
         ...
+
+
+def choice_logprobs_counted(
+    backend: Backend, prompts: Sequence[Prompt], choices: Sequence[str]
+) -> tuple[list[list[float]], list[int]]:
+    """`choice_logprobs` plus the prompt tokens each prompt cost, for the usage meter.
+
+    Backends that can count (local, openai, vllm, ray) offer `choice_logprobs_with_usage`; any
+    other backend (a test double, a third-party one) still works and is counted as 0 tokens.
+    """
+    counted = getattr(backend, "choice_logprobs_with_usage", None)
+    if counted is not None:
+        return counted(prompts, choices)
+    return backend.choice_logprobs(prompts, choices), [0] * len(prompts)

@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from constitutional.backends.base import Backend, Completion, GenerationRequest, OnResult, Prompt
+from constitutional.backends.base import (
+    Backend,
+    Completion,
+    GenerationRequest,
+    OnResult,
+    Prompt,
+    choice_logprobs_counted,
+)
 
 
 def cache_key(fingerprint: str, kind: str, payload: Any) -> str:
@@ -61,19 +68,33 @@ class ResponseCache:
 
 @dataclass
 class Usage:
-    """Token accounting for one backend in one stage; cached calls cost nothing but are counted."""
+    """Token accounting for one backend in one stage.
+
+    `prompt_tokens` / `completion_tokens` are what the model actually processed. A cache hit
+    costs nothing, so its tokens go to `cached_prompt_tokens` / `cached_completion_tokens`
+    instead: the sum of both is what the stage would cost without the cache.
+    A `choice_logprobs` call counts its prompt tokens and no completion tokens.
+    """
 
     calls: int = 0
     cache_hits: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    cached_completion_tokens: int = 0
 
     def add(self, completion: Completion, cached: bool) -> None:
+        self.count(completion.prompt_tokens, completion.completion_tokens, cached)
+
+    def count(self, prompt_tokens: int, completion_tokens: int, cached: bool) -> None:
         self.calls += 1
         self.cache_hits += cached
-        if not cached:
-            self.prompt_tokens += completion.prompt_tokens
-            self.completion_tokens += completion.completion_tokens
+        if cached:
+            self.cached_prompt_tokens += prompt_tokens
+            self.cached_completion_tokens += completion_tokens
+        else:
+            self.prompt_tokens += prompt_tokens
+            self.completion_tokens += completion_tokens
 
 
 class CachedBackend:
@@ -120,11 +141,23 @@ class CachedBackend:
         keys = [cache_key(self._fingerprint, "choice_logprobs", [p, list(choices)]) for p in prompts]
         hits = self.cache.get_many(keys) if self.cache is not None else {}
         todo = [i for i, k in enumerate(keys) if k not in hits]
-        fresh = self.inner.choice_logprobs([prompts[i] for i in todo], choices) if todo else []
-        for i, row in zip(todo, fresh):
-            hits[keys[i]] = row
+        rows, tokens = choice_logprobs_counted(self.inner, [prompts[i] for i in todo], choices) if todo else ([], [])
+        for i, row, n in zip(todo, rows, tokens):
+            hits[keys[i]] = entry = {"logprobs": row, "prompt_tokens": n}  # tokens kept for hits
             if self.cache is not None:
-                self.cache.put(keys[i], row)
-        self.usage.calls += len(prompts)
-        self.usage.cache_hits += len(prompts) - len(todo)
-        return [hits[k] for k in keys]
+                self.cache.put(keys[i], entry)
+        fresh = set(todo)
+        for i, key in enumerate(keys):
+            self.usage.count(scored_prompt_tokens(hits[key]), 0, cached=i not in fresh)
+        return [scored_logprobs(hits[k]) for k in keys]
+
+
+def scored_logprobs(entry: Any) -> list[float]:
+    """The log-probs of a cached `choice_logprobs` entry. Rows written before token counting
+    were the bare list; they stay readable."""
+    return entry if isinstance(entry, list) else entry["logprobs"]
+
+
+def scored_prompt_tokens(entry: Any) -> int:
+    """The prompt tokens a cached `choice_logprobs` entry cost (0 for a bare pre-counting row)."""
+    return 0 if isinstance(entry, list) else int(entry.get("prompt_tokens") or 0)

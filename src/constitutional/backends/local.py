@@ -316,19 +316,26 @@ class LocalBackend:
             out.append(TokenLogprob(self.tokenizer.decode([token]), logp[t, token].item(), alts))
         return out
 
-    @torch.inference_mode()
     def choice_logprobs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> list[list[float]]:
-        """Log p(choice | prompt) for every pair. When every choice is a single token after its
-        prompt (the usual "A"/"B"), this is one forward pass per batch of prompts."""
+        return self.choice_logprobs_with_usage(prompts, choices)[0]
+
+    @torch.inference_mode()
+    def choice_logprobs_with_usage(
+        self, prompts: Sequence[Prompt], choices: Sequence[str]
+    ) -> tuple[list[list[float]], list[int]]:
+        """Log p(choice | prompt) for every pair, and each prompt's length in tokens (what a
+        server's usage.prompt_tokens would report). When every choice is a single token after
+        its prompt (the usual "A"/"B"), this is one forward pass per batch of prompts."""
         texts = [self.render(p) for p in prompts]
         prompt_ids = self._encode(texts)
         choice_ids = [
             [continuation_ids(self.tokenizer, t, p, c) for c in choices]
             for t, p in zip(texts, prompt_ids)
         ]
+        lengths = [len(ids) for ids in prompt_ids]
         if all(len(c) == 1 for row in choice_ids for c in row):
-            return self._next_token_logprobs(prompt_ids, choice_ids)
-        return self._sequence_logprobs(prompt_ids, choice_ids)
+            return self._next_token_logprobs(prompt_ids, choice_ids), lengths
+        return self._sequence_logprobs(prompt_ids, choice_ids), lengths
 
     def _next_token_logprobs(self, prompt_ids, choice_ids) -> list[list[float]]:
         out = []

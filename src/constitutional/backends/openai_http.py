@@ -234,11 +234,16 @@ class OpenAIBackend:
         Raises:
             BackendError: the server returns no logprobs (they are required here).
         """
-        requests = [_probe(p) for p in prompts]
-        rows = []
-        for completion in self.generate(requests):
-            rows.append(self._match_choices(completion, choices))
-        return rows
+        return self.choice_logprobs_with_usage(prompts, choices)[0]
+
+    def choice_logprobs_with_usage(
+        self, prompts: Sequence[Prompt], choices: Sequence[str]
+    ) -> tuple[list[list[float]], list[int]]:
+        """`choice_logprobs`, and each request's `usage.prompt_tokens` as the server reports it
+        (0 when the server leaves usage out: we do not guess its tokenizer)."""
+        completions = self.generate([_probe(p) for p in prompts])
+        rows = [self._match_choices(c, choices) for c in completions]
+        return rows, [c.prompt_tokens for c in completions]
 
     def _match_choices(self, completion: Completion, choices: Sequence[str]) -> list[float]:
         if not completion.logprobs or not completion.logprobs[0].top:

@@ -122,14 +122,21 @@ class VLLMBackend:
         return Completion(best.text, finish, len(out.prompt_token_ids), len(best.token_ids), logprobs)
 
     def choice_logprobs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> list[list[float]]:
+        return self.choice_logprobs_with_usage(prompts, choices)[0]
+
+    def choice_logprobs_with_usage(
+        self, prompts: Sequence[Prompt], choices: Sequence[str]
+    ) -> tuple[list[list[float]], list[int]]:
         """Exact log p(choice | prompt): score prompt + choice with `prompt_logprobs` and sum the
-        choice's tokens. Prefix caching makes the repeated prompt nearly free."""
+        choice's tokens. Prefix caching makes the repeated prompt nearly free, so each prompt is
+        counted once, at its own length, whatever the number of choices."""
         from constitutional.backends.local import continuation_ids
 
         texts = [self.render(p) for p in prompts]
-        pairs = []  # (prompt ids + choice ids, number of choice tokens)
+        pairs, lengths = [], []  # (prompt ids + choice ids, number of choice tokens); prompt lengths
         for text in texts:
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            lengths.append(len(ids))
             for choice in choices:
                 tail = continuation_ids(self.tokenizer, text, ids, choice)
                 pairs.append((ids + tail, len(tail)))
@@ -140,4 +147,4 @@ class VLLMBackend:
             for (ids, n), out in zip(pairs, outputs)
         ]
         k = len(choices)
-        return [scores[i : i + k] for i in range(0, len(scores), k)]
+        return [scores[i : i + k] for i in range(0, len(scores), k)], lengths

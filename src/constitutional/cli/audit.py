@@ -39,12 +39,27 @@ def judge_command(
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the response cache."),
 ) -> None:
     """Position flips, length bias, self-preference, calibration, human agreement, injection robustness."""
-    def make(spec: str):
-        return backend_from_options(backend, spec, base_url, batch_size, concurrency, cache, no_cache)
+    import time
 
+    from constitutional.provenance import RunManifest
+
+    built: dict[str, Any] = {}  # kept so the manifest can read each model's usage meter
+
+    def make(spec: str):
+        built[spec] = backend_from_options(backend, spec, base_url, batch_size, concurrency, cache, no_cache)
+        return built[spec]
+
+    started = time.perf_counter()
     doc = run_judge_audit(labels, out, judge=judge, mode=mode, fewshot=fewshot, human=human, other=other,
                           injection=injection, constitution=constitution, limit=limit, seed=seed,
                           max_tokens=max_tokens, make_backend=make)
+    if judge is not None:  # only a judge asked afresh costs tokens
+        second = {"model": other, "tokens": vars(built[other].usage).copy()} if other and built.get(other) is not built[judge] else None
+        RunManifest(Path(f"{out}.manifest.json")).record(
+            "judge_audit", backend=built[judge], wall_seconds=time.perf_counter() - started, seed=seed,
+            params={"labels": str(labels), "mode": mode, "human": str(human) if human else None, "limit": limit},
+            other=second, outputs=[str(out)],
+        )  # fmt: skip
     lines = [f"{key}: {_rate(doc[key])}" for key in ("flip_rate", "self_preference", "human_agreement", "injection_flip_rate") if doc[key]]
     bias = doc["length_bias"]
     lines.append(f"length bias: slope {bias['slope']} per char, r = {bias['correlation']} over {len(bias['points'])} pairs")

@@ -3,6 +3,7 @@ evaluate grader and weights, score replies. The work is in constitutional.rbr.pi
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
@@ -23,16 +24,31 @@ COpt = typer.Option(1.0, "--c", help="Inverse L2 strength of the pairwise logist
 SeedOpt = typer.Option(0, "--seed", help="Seed of the held-out split and of pair sampling.")
 
 
-def grader_factory(backend, model, base_url, batch_size, concurrency, cache, no_cache, propositions: str):
-    """A zero-argument builder of the grader backend, so inputs are checked before any model loads."""
+def grader_factory(backend, model, base_url, batch_size, concurrency, cache, no_cache, propositions: str,
+                   built: list | None = None):  # fmt: skip
+    """A zero-argument builder of the grader backend, so inputs are checked before any model loads.
+    The backend it builds is appended to `built`, for the manifest to read its usage meter."""
 
     def build():
         from constitutional.rbr.propositions import load_propositions
 
         batch = batch_size or len(load_propositions(propositions).ids)
-        return backend_from_options(backend, model, base_url, batch, concurrency, cache, no_cache)
+        grader = backend_from_options(backend, model, base_url, batch, concurrency, cache, no_cache)
+        if built is not None:
+            built.append(grader)
+        return grader
 
     return build
+
+
+def record(stage: str, out: Path, built: list, started: float, **fields) -> None:
+    """The grader's calls and tokens go to OUT.manifest.json, as every model-calling stage's do."""
+    from constitutional.provenance import RunManifest
+
+    RunManifest(Path(f"{out}.manifest.json")).record(
+        stage, backend=built[0] if built else None, wall_seconds=time.perf_counter() - started,
+        outputs=[str(out)], **fields,
+    )  # fmt: skip
 
 
 @app.command()
@@ -60,8 +76,11 @@ def fit(
     """Grade gold replies, fit per-class weights so better grades outscore worse, report held-out accuracy."""
     from constitutional.rbr.pipeline import run_fit
 
-    build = grader_factory(backend, model, base_url, batch_size, concurrency, cache, no_cache, propositions)
+    built: list = []
+    build = grader_factory(backend, model, base_url, batch_size, concurrency, cache, no_cache, propositions, built)
+    started = time.perf_counter()
     metrics = run_fit(gold, out, build, propositions=propositions, held_out=held_out, limit=limit, c=c, seed=seed)
+    record("rbr_fit", out, built, started, seed=seed, params={"gold": gold, "held_out": held_out, "limit": limit, "c": c})
     _print_metrics(metrics)
     typer.echo(f"→ {out}", err=True)
 
@@ -82,8 +101,12 @@ def eval_(
     """Proposition grading accuracy against human labels and ranking accuracy of the fitted reward."""
     from constitutional.rbr.pipeline import run_eval
 
-    build = grader_factory(backend, model, base_url, batch_size, concurrency, cache, no_cache, propositions)
+    built: list = []
+    build = grader_factory(backend, model, base_url, batch_size, concurrency, cache, no_cache, propositions, built)
+    started = time.perf_counter()
     metrics = run_eval(train, test, build, propositions=propositions, rbr=rbr, limit=limit, c=c, seed=seed, out=out)
+    if out is not None:  # without --out nothing is written, so there is no manifest to keep
+        record("rbr_eval", out, built, started, seed=seed, params={"train": train, "test": test, "rbr": str(rbr) if rbr else None, "limit": limit})
     _print_metrics(metrics)
 
 
@@ -101,8 +124,11 @@ def score(
     from constitutional.rbr.pipeline import run_score
 
     source = load_rbr(rbr).source  # a bad weights file fails before the model loads
-    build = grader_factory(backend, model, base_url, batch_size, concurrency, cache, no_cache, source)
+    built: list = []
+    build = grader_factory(backend, model, base_url, batch_size, concurrency, cache, no_cache, source, built)
+    started = time.perf_counter()
     s = run_score(data, rbr, out, build, response_class=response_class)
+    record("rbr_score", out, built, started, params={"data": str(data), "rbr": str(rbr), "response_class": response_class})
     typer.echo(f"scored {s['rows']} replies ({s['unscored']} unanswerable questions) → {out}", err=True)
 
 

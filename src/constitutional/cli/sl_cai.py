@@ -121,22 +121,35 @@ def train(
 def show(
     traces: Path = typer.Argument(..., help="Trace JSONL written by `cai sl-cai generate`."),
     n: int = typer.Option(3, help="How many red-team traces to print."),
+    discarded: bool = typer.Option(False, "--discarded", help="Also print chains no revision of which passed the checks (after the kept ones)."),
 ) -> None:
-    """Print critique → revision chains from a trace file, discards and reasons included."""
+    """Print critique → revision chains whose revision passed the checks (the ones SFT learns from)."""
     from rich.console import Console
-    from rich.markup import escape
 
     from constitutional.jsonl import read_jsonl
 
     console = Console()
-    red = sorted((t for t in read_jsonl(traces) if t.get("kind") == "red_team"), key=lambda t: t["discarded"])
-    for t in red[:n]:  # kept chains first: they are the ones SFT learns from
-        console.rule(f"[bold]{escape(t['id'])}[/] {'(discarded: ' + escape(t['reason']) + ')' if t['discarded'] else ''}")
-        console.print(f"[bold]prompt[/]: {escape(t['prompt'])}\n[bold]response[/]: {escape(t['initial_response'])}")
-        for r in t["rounds"]:
-            status = f"[red]discarded: {escape(r['reason'])}[/]" if r["discarded"] else "[green]kept[/]"
-            console.print(f"\n[bold]round {r['round']}[/] principle={r['principle_id']} T={r['temperature']} {status}")
-            console.print(f"[bold]critique[/]: {escape(r['critique'])}")
-            if r["revision"] is not None:
-                console.print(f"[bold]revision[/]: {escape(r['revision'])}")
-        console.print(f"\n[bold]final[/]: {escape(t['final_response'])}")
+    red = [t for t in read_jsonl(traces) if t.get("kind") == "red_team"]
+    kept = [t for t in red if not t["discarded"]]
+    if not kept:
+        hint = "" if discarded else "; --discarded prints them with the reasons"
+        console.print(f"None of the {len(red)} red-team chains in {traces} has a revision that passed the checks{hint}.",
+                      markup=False, highlight=False)  # fmt: skip
+    shown = kept + [t for t in red if t["discarded"]] if discarded else kept
+    for t in shown[:n]:
+        _print_chain(console, t)
+
+
+def _print_chain(console, t: dict) -> None:
+    """One trace: the prompt, the first response, every round with its verdict, the final reply."""
+    from rich.markup import escape
+
+    console.rule(f"[bold]{escape(t['id'])}[/] {'(discarded: ' + escape(t['reason']) + ')' if t['discarded'] else ''}")
+    console.print(f"[bold]prompt[/]: {escape(t['prompt'])}\n[bold]response[/]: {escape(t['initial_response'])}")
+    for r in t["rounds"]:
+        status = f"[red]discarded: {escape(r['reason'])}[/]" if r["discarded"] else "[green]kept[/]"
+        console.print(f"\n[bold]round {r['round']}[/] principle={r['principle_id']} T={r['temperature']} {status}")
+        console.print(f"[bold]critique[/]: {escape(r['critique'])}")
+        if r["revision"] is not None:
+            console.print(f"[bold]revision[/]: {escape(r['revision'])}")
+    console.print(f"\n[bold]final[/]: {escape(t['final_response'])}")

@@ -15,7 +15,13 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from constitutional.backends.base import Completion, GenerationRequest, OnResult, Prompt
+from constitutional.backends.base import (
+    Completion,
+    GenerationRequest,
+    OnResult,
+    Prompt,
+    choice_logprobs_counted,
+)
 from constitutional.errors import BackendError, UserError
 from constitutional.scale.cluster import import_ray
 
@@ -59,8 +65,8 @@ class _Worker:
     def generate(self, batch: list[int], requests: list[GenerationRequest]) -> tuple[list[int], list[Completion]]:
         return batch, self.backend.generate(requests)
 
-    def choice_logprobs(self, start: int, prompts: list[Prompt], choices: list[str]) -> tuple[int, list[list[float]]]:
-        return start, self.backend.choice_logprobs(prompts, choices)
+    def choice_logprobs(self, start: int, prompts: list[Prompt], choices: list[str]) -> tuple[int, list[list[float]], list[int]]:
+        return start, *choice_logprobs_counted(self.backend, prompts, choices)
 
 
 class RayBackend:
@@ -121,14 +127,22 @@ class RayBackend:
         return results  # type: ignore[return-value]
 
     def choice_logprobs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> list[list[float]]:
-        """Contiguous chunks of `batch_size` prompts: the local backend's own batches."""
+        return self.choice_logprobs_with_usage(prompts, choices)[0]
+
+    def choice_logprobs_with_usage(
+        self, prompts: Sequence[Prompt], choices: Sequence[str]
+    ) -> tuple[list[list[float]], list[int]]:
+        """Contiguous chunks of `batch_size` prompts: the local backend's own batches. The
+        workers' token counts come back with their rows, so the driver's meter sees them."""
         prompts, choices = list(prompts), list(choices)
         rows: list[list[float]] = [[] for _ in prompts]
+        tokens = [0] * len(prompts)
         starts = range(0, len(prompts), self.batch_size)
         tasks = [lambda w, s=s: w.choice_logprobs.remote(s, prompts[s : s + self.batch_size], choices) for s in starts]
-        for start, chunk in self._unordered(tasks):
+        for start, chunk, counts in self._unordered(tasks):
             rows[start : start + len(chunk)] = chunk
-        return rows
+            tokens[start : start + len(counts)] = counts
+        return rows, tokens
 
     def close(self) -> None:
         for w in self.workers:
