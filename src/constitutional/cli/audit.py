@@ -8,6 +8,7 @@ carry the labels.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 

@@ -20,7 +20,7 @@ from constitutional.cli.models import (
     stage_progress,
 )
 from constitutional.errors import UserError
-from constitutional.eval.run import EvalRunConfig, judge_line, run_eval, summary_lines
+from constitutional.eval.run import EvalRunConfig, judge_line, model_usage, run_eval, summary_lines
 
 D = EvalRunConfig()  # the defaults, declared once
 
@@ -84,6 +84,7 @@ def eval_command(
     RunManifest(Path(f"{out}.manifest.json")).record(
         "eval", backend=built[judge], wall_seconds=time.perf_counter() - start, seed=seed,
         constitution=doc["constitution"], outputs=[str(out), doc["samples"]],
+        evaluated=model_usage(config.models, built.__getitem__, built[judge]),
         params={"red_team": red_team, "helpful": helpful, "over_refusal": over_refusal, "limit": limit,
                 "temperature": temperature, "max_tokens": max_tokens, "bootstrap": bootstrap,
                 "judge_pairs": judge_pairs, "max_flip_rate": max_flip_rate, "min_human_agreement": min_human_agreement},

@@ -125,6 +125,18 @@ def build_models(specs: list[str], make: MakeBackend, rules) -> dict[str, Any]:
     return built
 
 
+def model_usage(models: Mapping[str, str], backend_of: MakeBackend, judge: Any) -> dict[str, Any]:
+    """name → the evaluated model's usage meter, for the manifest (the judge's is the stage's own);
+    `X+constitution` shares X's meter, so it is listed once, under X's first name."""
+    seen, usage = set(), {}
+    for name, spec in models.items():
+        b = backend_of(spec.removesuffix(SYSTEM_PROMPT_SUFFIX))
+        if b is not judge and id(b) not in seen:
+            seen.add(id(b))
+            usage[name] = {"model": spec, "tokens": vars(b.usage).copy()}
+    return usage
+
+
 def judge_block(cfg: EvalRunConfig, flips: dict[str, Any], human: dict[str, Any]) -> dict[str, Any]:
     """eval.json's "judge": who it is, its audit and whether its numbers may be shown as results."""
     limits = Thresholds(cfg.max_flip_rate, cfg.min_human_agreement)

@@ -22,7 +22,7 @@ def training_sets(recipe: Recipe) -> dict[str, str]:
         sets["sl_cai.prompts"] = s.sl_cai.prompts
         if s.sl_cai.helpful_ratio > 0:
             sets["sl_cai.helpful_prompts"] = s.sl_cai.helpful_prompts
-    if s.label:
+    if s.label and s.label.source == "judge":  # revision pairs reuse SL-CAI's prompts
         sets["label.prompts"] = s.label.prompts
     if s.policy and s.policy.prompts:
         sets["policy.prompts"] = s.policy.prompts

@@ -58,8 +58,11 @@ class TrainSection(_Section):
 
 
 class LabelSection(_Section):
-    """`cai rl-cai label`: two samples from the SL-CAI model, judged by the feedback model."""
+    """`cai rl-cai label`: two samples from the SL-CAI model, judged by the feedback model; or
+    (`source: revisions`) judge-free pairs from the SL-CAI traces, the revision over the first
+    answer, as the HuggingFace CAI recipe builds its DPO data."""
 
+    source: Literal["judge", "revisions"] = "judge"
     prompts: str = "builtin:red_team_train"
     limit: int | None = Field(default=None, ge=1)
     feedback: str = (
@@ -134,6 +137,8 @@ class Recipe(_Section):
             raise LocatedValueError(
                 ("stages", "policy"), "the policy stage learns from labels: add a `label` stage"
             )
+        if s.label and s.label.source == "revisions" and not s.sl_cai:
+            raise LocatedValueError(("stages", "label", "source"), "revision pairs come from SL-CAI traces: add a `sl_cai` stage")
         if s.policy and s.policy.method == "ppo" and not s.preference_model:
             raise LocatedValueError(
                 ("stages", "policy", "method"), "ppo needs a `preference_model` stage"

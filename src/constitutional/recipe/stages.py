@@ -103,6 +103,8 @@ def sft(ctx: RunContext, cfg) -> dict[str, Any]:
 
 
 def label(ctx: RunContext, cfg) -> dict[str, Any]:
+    if cfg.source == "revisions":
+        return _revision_labels(ctx)
     from constitutional import rl_cai
     from constitutional.generate import load_prompts
     from constitutional.jsonl import write_jsonl
@@ -120,6 +122,19 @@ def label(ctx: RunContext, cfg) -> dict[str, Any]:
     kept = sum(not r["discarded"] for r in labelled)
     sampled = "shared with feedback" if policy is feedback else {"model": policy.model, "tokens": vars(policy.usage).copy()}
     return {"backend": feedback, "policy": sampled, "counts": {"pairs": len(labelled), "kept": kept, "dpo": len(dpo)}}
+
+
+def _revision_labels(ctx: RunContext) -> dict[str, Any]:
+    """Judge-free preference pairs from this run's SL-CAI traces (no model is called)."""
+    from constitutional.jsonl import read_jsonl, write_jsonl
+    from constitutional.rl_cai import to_dpo_rows
+    from constitutional.rl_cai.revision_pairs import revision_pairs
+
+    labelled = revision_pairs(read_jsonl(ctx.path(SL_TRACES)), ctx.recipe.seed, ctx.constitution)
+    dpo = to_dpo_rows(labelled)
+    write_jsonl(ctx.path(LABELS), labelled)
+    write_jsonl(ctx.path(LABELS_DPO), dpo)
+    return {"source": "revisions", "counts": {"pairs": len(labelled), "kept": len(labelled), "dpo": len(dpo)}}
 
 
 def preference_model(ctx: RunContext, cfg) -> dict[str, Any]:
@@ -150,7 +165,7 @@ def evaluate(ctx: RunContext, cfg) -> dict[str, Any]:
     """Every model the run produced against the base model, with the judge's own audit; then
     audits of the judge and the principles from this run's own labels and traces."""
     from constitutional.eval.audits import run_judge_audit, run_principle_audit
-    from constitutional.eval.run import SYSTEM_PROMPT_SUFFIX, EvalRunConfig, run_eval
+    from constitutional.eval.run import SYSTEM_PROMPT_SUFFIX, EvalRunConfig, model_usage, run_eval
 
     stages = ctx.recipe.stages
     names = ["base", *(["sl"] if stages.sft else []), *(["rl"] if stages.policy else [])]
@@ -163,7 +178,7 @@ def evaluate(ctx: RunContext, cfg) -> dict[str, Any]:
                            constitution=ctx.recipe.constitution, max_tokens=cfg.max_tokens, judge_pairs=cfg.judge_pairs,
                            max_flip_rate=cfg.max_flip_rate, min_human_agreement=cfg.min_human_agreement)  # fmt: skip
     doc = run_eval(config, ctx.path(EVAL), make_backend=ctx.backend, progress=ctx.progress)
-    if cfg.audit and stages.label:
+    if cfg.audit and stages.label and stages.label.source == "judge":  # revision pairs had no judge to audit
         # Self-preference: the feedback model's own answers against the SL-CAI model's.
         other = ctx.model_spec("sl") if stages.sft and stages.label.feedback == "base" else None
         run_judge_audit(ctx.path(LABELS), ctx.path(AUDIT), judge=ctx.model_spec(stages.label.feedback), other=other,
@@ -182,7 +197,8 @@ def evaluate(ctx: RunContext, cfg) -> dict[str, Any]:
                       "instrument_harmful_compliance": inst["harmful_compliance"][name]["rate"],
                       "instrument_over_refusal": inst["over_refusal"][name]["rate"]} for name in models}  # fmt: skip
     gate = {"reliable": doc["judge"]["reliable"], "reasons": doc["judge"]["reasons"]}
-    return {"backend": ctx.backend(judge), "models": models, "pareto": doc["pareto"], "judge": gate, "result": summary}
+    return {"backend": ctx.backend(judge), "models": models, "pareto": doc["pareto"], "judge": gate, "result": summary,
+            "evaluated": model_usage(models, ctx.backend, ctx.backend(judge))}  # fmt: skip
 
 
 def _revisions(ctx: RunContext) -> None:

@@ -8,7 +8,7 @@ from constitutional.report.html import Markup, esc, not_run, section, table
 from constitutional.report.load import RunArtifacts
 
 ANCHOR, TITLE = "run", "Run"
-TOKEN_KEYS = ("calls", "cache_hits", "prompt_tokens", "completion_tokens")
+TOKEN_KEYS = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cached_completion_tokens")
 
 
 def duration(seconds: float | None) -> str:
@@ -49,8 +49,9 @@ def _stage_table(stages: dict[str, dict[str, Any]]) -> str:
                      *(tokens.get(k) for k in TOKEN_KEYS), entry.get("seed")])  # fmt: skip
     if len(rows) > 1:
         rows.append([Markup("<strong>total</strong>"), "", "", duration(wall), *totals.values(), ""])
-    headers = ["stage", "backend", "model", "wall time", "calls", "cache hits", "prompt tokens", "completion tokens", "seed"]
-    return table(headers, rows, numeric=[False] * 3 + [True] * 6)
+    headers = ["stage", "backend", "model", "wall time", "calls", "cache hits", "prompt tokens", "completion tokens",
+               "prompt tokens from cache", "completion tokens from cache", "seed"]  # fmt: skip
+    return table(headers, rows, numeric=[False] * 3 + [True] * 8)
 
 
 def _constitutions(run: RunArtifacts, stages: dict[str, dict[str, Any]]) -> str:
