@@ -97,7 +97,7 @@ def create_app(backend: Backend, *, model_name: str | None = None, limits: Limit
         engine.close()  # rows still decoding stop at their next step
 
     app = FastAPI(title="constitutional", docs_url=None, redoc_url=None, lifespan=lifespan)
-    app.state.engine = engine
+    app.state.engine, app.state.limits = engine, limits
     install_error_handlers(app)
     app.add_middleware(CatchAll)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)  # added last: runs first
