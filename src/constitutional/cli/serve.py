@@ -36,6 +36,8 @@ def serve(
 
     backend = LocalBackend(model, batch_size=batch_size)
     limits = Limits(max_tokens=max_tokens_cap, max_rows=max_rows, max_body_bytes=max_body_bytes)
-    typer.echo(f"serving {model} at http://{host}:{port}/v1", err=True)
+    rows = backend.batcher().slots  # the KV budget ($CAI_KV_BUDGET_GB) may allow fewer than --batch-size
+    typer.echo(f"serving {model} at http://{host}:{port}/v1 ({rows} rows decoded together, "
+               f"context {backend.context_length} tokens)", err=True)
     uvicorn.run(create_app(backend, limits=limits), host=host, port=port, log_level="info",
                 timeout_graceful_shutdown=shutdown_timeout)

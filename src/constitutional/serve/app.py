@@ -111,7 +111,8 @@ def create_app(backend: Backend, *, model_name: str | None = None, limits: Limit
         if cap is not None and asked is not None and asked > cap:
             raise BadRequest(f"max_tokens is {asked}; this server allows at most {cap}", "max_tokens")
         if not batching:
-            max_tokens = min(asked or body.default_max_tokens(), cap or asked or body.default_max_tokens())  # type: ignore[attr-defined]
+            # No tokenizer here to check the context: the backend judges the prompt's length.
+            max_tokens = asked or min(body.default_max_tokens(), cap or body.default_max_tokens())  # type: ignore[attr-defined]
             requests = [r for p in prompts for r in _fan_out(body, max_tokens, logprobs, p)]
             return await engine.generate(requests, None, http.is_disconnected)
         requests, ids = await run_in_threadpool(_prepare, backend, body, prompts, logprobs, cap, context)
