@@ -237,10 +237,10 @@ def test_cli_serve_builds_backend_and_runs_uvicorn(tiny_model_dir, monkeypatch):
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
     serve(model=str(tiny_model_dir), host="127.0.0.1", port=8123, batch_size=2, max_tokens_cap=7,
-          max_rows=3, max_body_bytes=5000, shutdown_timeout=1.5)
+          max_rows=3, max_body_bytes=5000, max_in_flight=9, shutdown_timeout=1.5)
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
     assert seen["timeout_graceful_shutdown"] == 1.5
-    assert seen["app"].state.limits == Limits(max_tokens=7, max_rows=3, max_body_bytes=5000)
+    assert seen["app"].state.limits == Limits(max_tokens=7, max_rows=3, max_body_bytes=5000, max_in_flight=9)
     models = TestClient(seen["app"]).get("/v1/models").json()
     assert models["data"][0]["id"] == str(tiny_model_dir)
 
@@ -516,3 +516,19 @@ def _post_quietly(url: str, body: dict) -> int | None:
         return httpx.post(url, json=body, timeout=60).status_code
     except httpx.TransportError:
         return None
+
+
+def test_requests_beyond_max_in_flight_are_503(backend, slow_steps):
+    import threading
+
+    app = create_app(backend, limits=Limits(max_in_flight=1))
+    long = {"prompt": "Once upon", "temperature": 0, "max_tokens": 60}
+    with running_server(app) as url:
+        first = threading.Thread(target=lambda: httpx.post(f"{url}/completions", json=long, timeout=30))
+        first.start()
+        wait_until(lambda: slow_steps["steps"] > 2, timeout=10)
+        busy = httpx.post(f"{url}/completions", json={**long, "max_tokens": 2}, timeout=10)
+        first.join()
+        after = httpx.post(f"{url}/completions", json={**long, "max_tokens": 2}, timeout=10)
+    assert error_of(busy, 503)["type"] == "server_error" and busy.headers["retry-after"] == "1"
+    assert after.status_code == 200

@@ -22,6 +22,9 @@ def serve(
     max_body_bytes: int = typer.Option(
         1 << 20, "--max-body-bytes", min=1, help="Largest request body in bytes (413 above)."
     ),
+    max_in_flight: int = typer.Option(
+        256, "--max-in-flight", min=1, help="Requests decoding or queued at once (503 beyond)."
+    ),
     shutdown_timeout: float = typer.Option(
         3.0, "--shutdown-timeout", min=0,
         help="Seconds requests in flight get to finish after SIGTERM/Ctrl-C before they are stopped.",
@@ -35,7 +38,8 @@ def serve(
     from constitutional.serve.app import Limits, create_app
 
     backend = LocalBackend(model, batch_size=batch_size)
-    limits = Limits(max_tokens=max_tokens_cap, max_rows=max_rows, max_body_bytes=max_body_bytes)
+    limits = Limits(max_tokens=max_tokens_cap, max_rows=max_rows, max_body_bytes=max_body_bytes,
+                    max_in_flight=max_in_flight)
     rows = backend.batcher().slots  # the KV budget ($CAI_KV_BUDGET_GB) may allow fewer than --batch-size
     typer.echo(f"serving {model} at http://{host}:{port}/v1 ({rows} rows decoded together, "
                f"context {backend.context_length} tokens)", err=True)

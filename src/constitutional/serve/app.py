@@ -55,11 +55,18 @@ class Limits:
             a request without `max_tokens` gets the endpoint's default, shortened to the room left.
         max_rows: the most completions one request may ask for: prompts x n (400 above).
         max_body_bytes: the largest request body (413 above).
+        max_in_flight: completion requests admitted at once, decoding or queued for a slot;
+            more are answered 503 at once (each queued one holds its prompt in memory).
     """
 
     max_tokens: int | None = None
     max_rows: int = 16
     max_body_bytes: int = 1 << 20
+    max_in_flight: int = 256
+
+
+class Busy(Exception):
+    """Too many requests in flight: answered 503, the client may retry later."""
 
 
 class BadRequest(Exception):
@@ -102,8 +109,21 @@ def create_app(backend: Backend, *, model_name: str | None = None, limits: Limit
     app.add_middleware(CatchAll)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)  # added last: runs first
 
+    in_flight = 0  # only the event loop's thread touches it
+
     async def generate(body: SamplingParams, prompts: list[Prompt], logprobs: int | None,
                        http: Request) -> list[Completion]:
+        nonlocal in_flight
+        if in_flight >= limits.max_in_flight:
+            raise Busy()
+        in_flight += 1
+        try:
+            return await checked_generate(body, prompts, logprobs, http)
+        finally:
+            in_flight -= 1
+
+    async def checked_generate(body: SamplingParams, prompts: list[Prompt], logprobs: int | None,
+                               http: Request) -> list[Completion]:
         if len(prompts) * body.n > limits.max_rows:
             raise BadRequest(f"{len(prompts)} prompt(s) x n={body.n} is more than the {limits.max_rows} "
                              "completions one request may ask for", "n")
@@ -382,6 +402,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BadRequest)
     async def _bad_request(_: Request, exc: BadRequest) -> JSONResponse:
         return openai_error(400, exc.message, "invalid_request_error", exc.param)
+
+    @app.exception_handler(Busy)
+    async def _busy(_: Request, exc: Busy) -> JSONResponse:
+        response = openai_error(503, "the server is busy; retry later", "server_error")
+        response.headers["retry-after"] = "1"
+        return response
 
     @app.exception_handler(EngineStopped)
     async def _stopping(_: Request, exc: EngineStopped) -> JSONResponse:
