@@ -1,7 +1,7 @@
 """Aggregate tokens/s of `cai serve` at 1, 8 and 32 concurrent clients, in one run.
 
     .venv/bin/python benchmarks/serve_concurrency.py [--model embedded] [--requests 32]
-        [--max-tokens 32] [--clients 1 8 32] [--slots 32]
+        [--max-tokens 32] [--clients 1 8 32] [--slots 32] [--threads 1]
 
 The app (`create_app` over the local backend) runs on a real uvicorn on 127.0.0.1 in this
 process; each client is a thread sending its share of the same `--requests` chat requests one
@@ -92,7 +92,10 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--slots", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads; 0 keeps torch's default")
     args = ap.parse_args()
+    if args.threads:  # read by the local backend when it loads the model
+        os.environ["CAI_THREADS"] = str(args.threads)
 
     backend = LocalBackend(args.model, batch_size=args.slots)
     prompts = load_prompts("builtin:self_instruct")[: args.requests]

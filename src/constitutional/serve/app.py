@@ -93,50 +93,19 @@ def create_app(backend: Backend, *, model_name: str | None = None, limits: Limit
     limits = limits or Limits()
     model_id = model_name or backend.model
     created = int(time.time())
-    batching = all(hasattr(backend, a) for a in ("batcher", "prompt_ids", "context_length", "completion"))
-    engine = BatchingEngine(backend) if batching else SerialEngine(backend)  # type: ignore[arg-type]
-    context = backend.context_length if batching else None  # type: ignore[attr-defined]
-    cap = limits.max_tokens or context
+    runner = Runner(backend, limits)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        engine.close()  # rows still decoding stop at their next step
+        runner.engine.close()  # rows still decoding stop at their next step
 
     app = FastAPI(title="constitutional", docs_url=None, redoc_url=None, lifespan=lifespan)
-    app.state.engine, app.state.limits = engine, limits
+    app.state.engine, app.state.limits = runner.engine, limits
     install_error_handlers(app)
     app.add_middleware(CatchAll)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)  # added last: runs first
-
-    in_flight = 0  # only the event loop's thread touches it
-
-    async def generate(body: SamplingParams, prompts: list[Prompt], logprobs: int | None,
-                       http: Request) -> list[Completion]:
-        nonlocal in_flight
-        if in_flight >= limits.max_in_flight:
-            raise Busy()
-        in_flight += 1
-        try:
-            return await checked_generate(body, prompts, logprobs, http)
-        finally:
-            in_flight -= 1
-
-    async def checked_generate(body: SamplingParams, prompts: list[Prompt], logprobs: int | None,
-                               http: Request) -> list[Completion]:
-        if len(prompts) * body.n > limits.max_rows:
-            raise BadRequest(f"{len(prompts)} prompt(s) x n={body.n} is more than the {limits.max_rows} "
-                             "completions one request may ask for", "n")
-        asked = body.requested_max_tokens()  # type: ignore[attr-defined]
-        if cap is not None and asked is not None and asked > cap:
-            raise BadRequest(f"max_tokens is {asked}; this server allows at most {cap}", "max_tokens")
-        if not batching:
-            # No tokenizer here to check the context: the backend judges the prompt's length.
-            max_tokens = asked or min(body.default_max_tokens(), cap or body.default_max_tokens())  # type: ignore[attr-defined]
-            requests = [r for p in prompts for r in _fan_out(body, max_tokens, logprobs, p)]
-            return await engine.generate(requests, None, http.is_disconnected)
-        requests, ids = await run_in_threadpool(_prepare, backend, body, prompts, logprobs, cap, context)
-        return await engine.generate(requests, ids, http.is_disconnected)
+    generate = runner.generate
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -169,6 +138,46 @@ def create_app(backend: Backend, *, model_name: str | None = None, limits: Limit
 
 
 # --- requests -------------------------------------------------------------------------------
+
+
+class Runner:
+    """Checks each request against the limits, then has the engine run it."""
+
+    def __init__(self, backend: Backend, limits: Limits):
+        self.backend, self.limits = backend, limits
+        self.batching = all(hasattr(backend, a) for a in ("batcher", "prompt_ids", "context_length", "completion"))
+        self.engine = BatchingEngine(backend) if self.batching else SerialEngine(backend)  # type: ignore[arg-type]
+        self.context = backend.context_length if self.batching else None  # type: ignore[attr-defined]
+        self.cap = limits.max_tokens or self.context
+        self.in_flight = 0  # only the event loop's thread touches it
+
+    async def generate(self, body: SamplingParams, prompts: list[Prompt], logprobs: int | None,
+                       http: Request) -> list[Completion]:
+        """The completions of every prompt x n; raises BadRequest or Busy instead."""
+        if self.in_flight >= self.limits.max_in_flight:
+            raise Busy()
+        self.in_flight += 1
+        try:
+            return await self._checked(body, prompts, logprobs, http)
+        finally:
+            self.in_flight -= 1
+
+    async def _checked(self, body: SamplingParams, prompts: list[Prompt], logprobs: int | None,
+                       http: Request) -> list[Completion]:
+        rows, cap = len(prompts) * body.n, self.cap
+        if rows > self.limits.max_rows:
+            raise BadRequest(f"{len(prompts)} prompt(s) x n={body.n} is more than the {self.limits.max_rows} "
+                             "completions one request may ask for", "n")
+        asked = body.requested_max_tokens()  # type: ignore[attr-defined]
+        if cap is not None and asked is not None and asked > cap:
+            raise BadRequest(f"max_tokens is {asked}; this server allows at most {cap}", "max_tokens")
+        if not self.batching:
+            # No tokenizer here to check the context: the backend judges the prompt's length.
+            max_tokens = asked or min(body.default_max_tokens(), cap or body.default_max_tokens())  # type: ignore[attr-defined]
+            requests = [r for p in prompts for r in _fan_out(body, max_tokens, logprobs, p)]
+            return await self.engine.generate(requests, None, http.is_disconnected)
+        requests, ids = await run_in_threadpool(_prepare, self.backend, body, prompts, logprobs, cap, self.context)
+        return await self.engine.generate(requests, ids, http.is_disconnected)
 
 
 def _prepare(backend, body: SamplingParams, prompts: list[Prompt], logprobs: int | None,
