@@ -294,11 +294,23 @@ def test_prompt_longer_than_the_context_is_400(backend, client):
 def test_body_over_the_cap_is_413_and_a_1mb_prompt_is_refused(backend, client):
     megabyte = [{"role": "user", "content": "a " * 500_000}]
     # Default cap (1 MiB): a 1 MB prompt is read, tokenised and refused as too long for the context.
-    assert error_of(client.post("/v1/chat/completions", json={"messages": megabyte}), 400)["param"] == "messages"
+    error = error_of(client.post("/v1/chat/completions", json={"messages": megabyte}), 400)
+    assert error["param"] == "messages" and "longer than this model's context" in error["message"]
     small = TestClient(create_app(backend, limits=Limits(max_body_bytes=10_000)))
     error = error_of(small.post("/v1/chat/completions", json={"messages": megabyte}), 413)
     assert "10000 bytes" in error["message"]
     assert small.post("/v1/chat/completions", json={"messages": HELLO, "max_tokens": 2}).status_code == 200
+
+
+def test_the_length_precheck_never_refuses_a_prompt_that_fits(backend):
+    """Text is refused untokenised only when it has more characters than `limit` tokens can
+    cover; the densest text (the vocabulary's longest token, repeated) must still pass."""
+    longest = max(backend.tokenizer.get_vocab(), key=len)
+    dense = backend.tokenizer.convert_tokens_to_string([longest]) * 50
+    ids = backend.prompt_ids(dense)
+    assert len(ids) <= 60 and len(dense) > 50 * 40  # dense: many characters per token
+    assert backend.prompt_ids(dense, limit=len(ids)) == ids
+    assert backend.prompt_ids(dense + "x" * len(dense) * 2, limit=len(ids)) is None
 
 
 def test_chunked_body_over_the_cap_is_413_on_a_real_server(backend):

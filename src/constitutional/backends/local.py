@@ -222,9 +222,22 @@ class LocalBackend:
         """Tokens (prompt and completion) the model is made for: its position embeddings' range."""
         return int(getattr(self.lm.config, "max_position_embeddings", 0) or 2048)
 
-    def prompt_ids(self, prompt: Prompt) -> list[int]:
-        """The token ids the model reads for `prompt` (chat template applied to messages)."""
-        return self._encode([self.render(prompt)])[0]
+    def prompt_ids(self, prompt: Prompt, limit: int | None = None) -> list[int] | None:
+        """The token ids the model reads for `prompt` (chat template applied to messages), or
+        None when its text is too long to fit in `limit` tokens, known without tokenising it
+        (a megabyte of text took ~2 s and ~260 MB to tokenise only to be refused)."""
+        text = self.render(prompt)
+        if limit is not None and len(text) > limit * self._max_token_chars():
+            return None
+        return self._encode([text])[0]
+
+    def _max_token_chars(self) -> int:
+        """The most characters of text one token can stand for. A token's own string has at least
+        as many characters as the text it covers (byte-level BPE spells each byte as one character;
+        SentencePiece spells the text itself), special tokens included."""
+        if not hasattr(self, "_token_chars"):
+            self._token_chars = max(map(len, self.tokenizer.get_vocab()), default=1)
+        return self._token_chars
 
     def batcher(self, slots: int | None = None) -> ContinuousBatcher:
         """A continuous batcher over this model; default slots: as many as the KV budget allows

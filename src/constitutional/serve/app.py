@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -43,6 +44,7 @@ from constitutional.serve.schemas import ChatCompletionRequest, CompletionReques
 
 log = logging.getLogger(__name__)
 INTERNAL_ERROR = "internal server error"  # the only text a 500 carries
+TOKENISING_AT_ONCE = 2  # requests tokenised concurrently (bounds the memory long prompts take)
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,7 @@ class Runner:
         self.context = backend.context_length if self.batching else None  # type: ignore[attr-defined]
         self.cap = limits.max_tokens or self.context
         self.in_flight = 0  # only the event loop's thread touches it
+        self.tokenising = anyio.Semaphore(TOKENISING_AT_ONCE)  # not bound to one event loop
 
     async def generate(self, body: SamplingParams, prompts: list[Prompt], logprobs: int | None,
                        http: Request) -> list[Completion]:
@@ -176,7 +179,9 @@ class Runner:
             max_tokens = asked or min(body.default_max_tokens(), cap or body.default_max_tokens())  # type: ignore[attr-defined]
             requests = [r for p in prompts for r in _fan_out(body, max_tokens, logprobs, p)]
             return await self.engine.generate(requests, None, http.is_disconnected)
-        requests, ids = await run_in_threadpool(_prepare, self.backend, body, prompts, logprobs, cap, self.context)
+        async with self.tokenising:  # each may hold up to a body's worth of tokens in memory
+            requests, ids = await run_in_threadpool(_prepare, self.backend, body, prompts, logprobs, cap,
+                                                    self.context)
         return await self.engine.generate(requests, ids, http.is_disconnected)
 
 
@@ -185,7 +190,9 @@ def _prepare(backend, body: SamplingParams, prompts: list[Prompt], logprobs: int
     """Tokenise each prompt, check it fits the context, and fan it out to n requests."""
     requests, ids = [], []
     for prompt in prompts:
-        prompt_ids = backend.prompt_ids(prompt)
+        prompt_ids = backend.prompt_ids(prompt, limit=context)
+        if prompt_ids is None:
+            raise BadRequest(f"the prompt is longer than this model's context of {context} tokens", _prompt_param(body))
         max_tokens = _max_tokens(body, len(prompt_ids), cap, context)
         fanned = _fan_out(body, max_tokens, logprobs, prompt)
         requests += fanned
@@ -193,12 +200,16 @@ def _prepare(backend, body: SamplingParams, prompts: list[Prompt], logprobs: int
     return requests, ids
 
 
+def _prompt_param(body: SamplingParams) -> str:
+    return "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
+
+
 def _max_tokens(body: SamplingParams, prompt_tokens: int, cap: int | None, context: int) -> int:
     """The request's max_tokens, checked against the room its prompt leaves in the context."""
     room = context - prompt_tokens
     if room < 1:
         raise BadRequest(f"the prompt is {prompt_tokens} tokens; this model's context is {context} tokens",
-                         "messages" if isinstance(body, ChatCompletionRequest) else "prompt")
+                         _prompt_param(body))
     asked = body.requested_max_tokens()  # type: ignore[attr-defined]
     if asked is None:
         return min(body.default_max_tokens(), cap or room, room)  # type: ignore[attr-defined]
