@@ -544,3 +544,30 @@ def test_requests_beyond_max_in_flight_are_503(backend, slow_steps):
         after = httpx.post(f"{url}/completions", json={**long, "max_tokens": 2}, timeout=10)
     assert error_of(busy, 503)["type"] == "server_error" and busy.headers["retry-after"] == "1"
     assert after.status_code == 200
+
+
+def test_a_failed_batch_answers_500_and_the_engine_serves_on(backend, monkeypatch):
+    from constitutional.backends import continuous
+
+    original, calls = continuous.ContinuousBatcher._step, []
+
+    def failing_once(self, on_finished):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("kernel exploded")
+        original(self, on_finished)
+
+    monkeypatch.setattr(continuous.ContinuousBatcher, "_step", failing_once)
+    client = TestClient(create_app(backend))
+    body = {"prompt": "Once upon", "max_tokens": 3, "temperature": 0}
+    error = error_of(client.post("/v1/completions", json=body), 500)
+    assert error["message"] == "internal server error" and "exploded" not in json.dumps(error)
+    assert client.post("/v1/completions", json=body).json()["usage"]["completion_tokens"] == 3
+
+
+def test_after_shutdown_requests_get_503(backend):
+    app = create_app(backend)
+    with TestClient(app) as client:  # runs the lifespan: leaving it stops the engine
+        assert client.post("/v1/completions", json={"prompt": "a", "max_tokens": 1}).status_code == 200
+    response = TestClient(app).post("/v1/completions", json={"prompt": "a", "max_tokens": 1})
+    assert error_of(response, 503)["message"] == "the server is shutting down"
