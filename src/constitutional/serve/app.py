@@ -171,12 +171,12 @@ class Runner:
         if rows > self.limits.max_rows:
             raise BadRequest(f"{len(prompts)} prompt(s) x n={body.n} is more than the {self.limits.max_rows} "
                              "completions one request may ask for", "n")
-        asked = body.requested_max_tokens()  # type: ignore[attr-defined]
+        asked = body.requested_max_tokens()
         if cap is not None and asked is not None and asked > cap:
             raise BadRequest(f"max_tokens is {asked}; this server allows at most {cap}", "max_tokens")
         if not self.batching:
             # No tokenizer here to check the context: the backend judges the prompt's length.
-            max_tokens = asked or min(body.default_max_tokens(), cap or body.default_max_tokens())  # type: ignore[attr-defined]
+            max_tokens = asked or min(body.default_max_tokens(), cap or body.default_max_tokens())
             requests = [r for p in prompts for r in _fan_out(body, max_tokens, logprobs, p)]
             return await self.engine.generate(requests, None, http.is_disconnected)
         async with self.tokenising:  # each may hold up to a body's worth of tokens in memory
@@ -210,9 +210,9 @@ def _max_tokens(body: SamplingParams, prompt_tokens: int, cap: int | None, conte
     if room < 1:
         raise BadRequest(f"the prompt is {prompt_tokens} tokens; this model's context is {context} tokens",
                          _prompt_param(body))
-    asked = body.requested_max_tokens()  # type: ignore[attr-defined]
+    asked = body.requested_max_tokens()
     if asked is None:
-        return min(body.default_max_tokens(), cap or room, room)  # type: ignore[attr-defined]
+        return min(body.default_max_tokens(), cap or room, room)
     if asked > room:
         raise BadRequest(f"the prompt ({prompt_tokens} tokens) and max_tokens ({asked}) exceed this "
                          f"model's context of {context} tokens", "max_tokens")

@@ -78,6 +78,14 @@ class SamplingParams(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    def requested_max_tokens(self) -> int | None:
+        """The client's own limit on new tokens, if it set one."""
+        return self.max_tokens
+
+    def default_max_tokens(self) -> int:
+        """New tokens when the client sets no limit (the server may shorten it to fit)."""
+        return COMPLETION_DEFAULT_MAX_TOKENS
+
 
 class ChatCompletionRequest(SamplingParams):
     """Body of POST /v1/chat/completions."""
@@ -94,7 +102,7 @@ class ChatCompletionRequest(SamplingParams):
         return self
 
     def requested_max_tokens(self) -> int | None:
-        """The client's own limit, if it set one (either name)."""
+        """The client's own limit, if it set one (under either name)."""
         return self.max_completion_tokens or self.max_tokens
 
     def default_max_tokens(self) -> int:
@@ -125,8 +133,3 @@ class CompletionRequest(SamplingParams):
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
-    def requested_max_tokens(self) -> int | None:
-        return self.max_tokens
-
-    def default_max_tokens(self) -> int:
-        return COMPLETION_DEFAULT_MAX_TOKENS
