@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -112,7 +113,31 @@ class Row:
     prompt_ids: list[int]
     generator: torch.Generator
     tokens: list[int] = field(default_factory=list)
-    logits: list[torch.Tensor] = field(default_factory=list)  # per step, only if logprobs wanted
+    # Per step, only if logprobs are wanted: (chosen token's logprob, top-k logprobs, their ids).
+    # Not the step's whole logits: 49k floats a token would let one long request fill the memory.
+    logprobs: list[StepLogprobs] = field(default_factory=list)
+
+
+StepLogprobs = tuple[float, list[float], list[int]]
+
+
+def step_logprobs(logits: torch.Tensor, token: int, k: int) -> StepLogprobs:
+    """The log-probability of `token` under one step's `logits`, and the `k` most likely."""
+    logp = torch.log_softmax(logits, dim=-1)
+    top = torch.topk(logp, k) if k else None
+    return logp[token].item(), top.values.tolist() if top else [], top.indices.tolist() if top else []
+
+
+class Intake(Protocol):
+    """Where a serving batcher gets requests that arrive while it runs (see `ContinuousBatcher.run`)."""
+
+    def arrivals(self) -> list[int]:
+        """Indices of requests appended to the caller's lists since the last call."""
+        ...
+
+    def cancelled(self, index: int) -> bool:
+        """Whether request `index` is no longer wanted (its client left, the server stops)."""
+        ...
 
 
 PADDING_SLACK = 1.25  # a batched prefill may run at most this many times its real tokens
@@ -219,20 +244,59 @@ class ContinuousBatcher:
 
     @torch.inference_mode()
     def run(self, requests: Sequence[GenerationRequest], prompt_ids: Sequence[list[int]],
-            order: Sequence[int], on_finished: OnFinished) -> None:
-        """Decode every request; `order` is the admission order (similar lengths together)."""
+            order: Sequence[int], on_finished: OnFinished, intake: Intake | None = None) -> None:
+        """Decode every request; `order` is the admission order (similar lengths together).
+
+        With `intake` (a server), requests also arrive while this runs: between steps, new ones
+        are admitted into free slots (up to `slots`, the slots growing as needed) and rows of
+        cancelled requests give their slot up. It returns once nothing is waiting or decoding.
+        """
         waiting = list(order)
-        self.rows = [None] * self.slots
-        self.on_prefix = torch.zeros(self.slots, dtype=torch.bool)
-        while waiting or any(self.rows):
-            free = [s for s, r in enumerate(self.rows) if r is None]
+        self.rows = [None] * (self.slots if intake is None else 0)
+        self.on_prefix = torch.zeros(len(self.rows), dtype=torch.bool)
+        while True:
+            if intake is not None:
+                waiting = self._keep_wanted(waiting + intake.arrivals(), intake)
+            if not (waiting or any(self.rows)):
+                return
+            free = self._free_slots(len(waiting) if intake is not None else 0)
             # Admit in groups: one batched prefill per group costs far less than one per row.
-            if waiting and (len(free) >= max(1, self.slots // 4) or not any(self.rows)):
+            # A server admits at once: a new client should not wait for others' rows to end.
+            group = 1 if intake is not None else max(1, self.slots // 4)
+            if waiting and free and (len(free) >= group or not any(self.rows)):
                 take, waiting = waiting[: len(free)], waiting[len(free) :]
                 self._admit(free, take, requests, prompt_ids, on_finished)
                 continue
             self._shrink_if_draining(bool(waiting))
             self._step(on_finished)
+
+    def _keep_wanted(self, waiting: list[int], intake: Intake) -> list[int]:
+        """Free the slots of cancelled rows, and drop cancelled requests still waiting."""
+        for slot, row in enumerate(self.rows):
+            if row is not None and intake.cancelled(row.index):
+                self.rows[slot] = None
+                self.on_prefix[slot] = False
+        return [i for i in waiting if not intake.cancelled(i)]
+
+    def _free_slots(self, wanted: int) -> list[int]:
+        """Empty slots; first adding up to `wanted` more while under `slots` (a server's batch
+        grows with the requests in flight instead of decoding empty rows)."""
+        free = [s for s, r in enumerate(self.rows) if r is None]
+        grow = min(self.slots - len(self.rows), wanted - len(free))
+        if grow > 0:
+            self._grow(grow)
+            free += list(range(len(self.rows) - grow, len(self.rows)))
+        return free
+
+    def _grow(self, n: int) -> None:
+        """Add `n` empty slots (zeroed KV: spare columns are read, masked, and must be finite)."""
+        self.rows += [None] * n
+        self.on_prefix = torch.cat([self.on_prefix, torch.zeros(n, dtype=torch.bool)])
+        self.mask = torch.cat([self.mask, self.mask.new_zeros(n, self.mask.shape[1])])
+        for layer in self.layers:
+            layer.key_buf = torch.cat([layer.key_buf, layer.key_buf.new_zeros(n, *layer.key_buf.shape[1:])])
+            layer.value_buf = torch.cat([layer.value_buf, layer.value_buf.new_zeros(n, *layer.value_buf.shape[1:])])
+            layer._expose()
 
     def _admit(self, free, take, requests, prompt_ids, on_finished) -> None:
         """Prefill `take` into slots `free`. Rows that extend a stored row further than the prefix
@@ -296,10 +360,10 @@ class ContinuousBatcher:
 
     def _start_timeline(self, cache: DynamicCache, width: int) -> None:
         def empty(t):
-            return t.new_zeros(self.slots, t.shape[1], width + GROWTH, t.shape[3], dtype=self.kv_dtype)
+            return t.new_zeros(len(self.rows), t.shape[1], width + GROWTH, t.shape[3], dtype=self.kv_dtype)
 
         self.layers = [TimelineLayer(empty(c.keys), empty(c.values), width) for c in cache.layers]
-        self.mask = torch.zeros(self.slots, width, dtype=torch.bool, device=cache.layers[0].keys.device)
+        self.mask = torch.zeros(len(self.rows), width, dtype=torch.bool, device=cache.layers[0].keys.device)
 
     def _make_room(self, width: int) -> None:
         """Insert columns in front if a prompt is wider than the timeline so far; drop leading
@@ -312,7 +376,7 @@ class ContinuousBatcher:
             return
         for layer in self.layers:
             layer.shift(first_used, pad)
-        self.mask = torch.cat([self.mask.new_zeros(self.slots, pad), self.mask[:, first_used:]], dim=1)
+        self.mask = torch.cat([self.mask.new_zeros(len(self.rows), pad), self.mask[:, first_used:]], dim=1)
 
     def _step(self, on_finished: OnFinished) -> None:
         """One decode step for every slot: feed each row's last token, pick its next one."""
@@ -364,7 +428,7 @@ class ContinuousBatcher:
             else:
                 row.tokens.append(greedy[k])
             if req.logprobs is not None:
-                row.logits.append(host[k].clone())  # a view would keep the whole step's logits alive
+                row.logprobs.append(step_logprobs(host[k], row.tokens[-1], req.logprobs))
             if self.is_done(row):
                 if self.store is not None:
                     self.store.add(self._stored(slot, row))

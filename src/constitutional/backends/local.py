@@ -34,7 +34,7 @@ from constitutional.backends.kv_store import KVStore, Reuse, store_budget_bytes
 from constitutional.errors import UserError
 
 if TYPE_CHECKING:  # the engine's module imports transformers, which loads lazily
-    from constitutional.backends.continuous import Prefilled
+    from constitutional.backends.continuous import ContinuousBatcher, Prefilled, Row, StepLogprobs
 
 # torchao (which transformers imports when installed) logs every GPU-only kernel it cannot load, and torch
 # logs each enum it registers: noise to a CPU user, so only errors are shown.
@@ -196,14 +196,13 @@ class LocalBackend:
     def generate(
         self, requests: Sequence[GenerationRequest], on_result: OnResult | None = None
     ) -> list[Completion]:
-        from constitutional.backends.continuous import ContinuousBatcher, context_groups
+        from constitutional.backends.continuous import context_groups
 
         prompt_ids = self._encode([self.render(r.messages or r.prompt) for r in requests])
         results: list[Completion | None] = [None] * len(requests)
 
         def finished(row) -> None:
-            logits = torch.stack(row.logits) if row.logits else None
-            completion = self._completion(row.request, len(row.prompt_ids), row.tokens, logits)
+            completion = self.completion(row)
             results[row.index] = completion
             if on_result:
                 on_result(row.index, completion)
@@ -213,10 +212,45 @@ class LocalBackend:
         for group in context_groups(contexts, self._slot_cap()):
             # No more slots than requests: every slot's KV buffer is allocated, zeroed and moved.
             slots = min(len(group), self._rows_per_pass(max(contexts[i] for i in group)))
-            batcher = ContinuousBatcher(self.lm, self._prefill, slots, self._row_done, self.kv_store, self.kv_dtype,
-                                        eos_token_id=self.tokenizer.eos_token_id)
-            batcher.run(requests, prompt_ids, group, finished)
+            self.batcher(slots).run(requests, prompt_ids, group, finished)
         return results  # type: ignore[return-value]
+
+    # --- serving: a server tokenises each request itself and feeds one long-lived batcher ---
+
+    @property
+    def context_length(self) -> int:
+        """Tokens (prompt and completion) the model is made for: its position embeddings' range."""
+        return int(getattr(self.lm.config, "max_position_embeddings", 0) or 2048)
+
+    def prompt_ids(self, prompt: Prompt, limit: int | None = None) -> list[int] | None:
+        """The token ids the model reads for `prompt` (chat template applied to messages), or
+        None when its text is too long to fit in `limit` tokens, known without tokenising it
+        (a megabyte of text took ~2 s and ~260 MB to tokenise only to be refused)."""
+        text = self.render(prompt)
+        if limit is not None and len(text) > limit * self._max_token_chars():
+            return None
+        return self._encode([text])[0]
+
+    def _max_token_chars(self) -> int:
+        """The most characters of text one token can stand for. A token's own string has at least
+        as many characters as the text it covers (byte-level BPE spells each byte as one character;
+        SentencePiece spells the text itself), special tokens included."""
+        if not hasattr(self, "_token_chars"):
+            self._token_chars = max(map(len, self.tokenizer.get_vocab()), default=1)
+        return self._token_chars
+
+    def batcher(self, slots: int | None = None) -> ContinuousBatcher:
+        """A continuous batcher over this model; default slots: as many as the KV budget allows
+        for rows as long as the model's context (a server cannot know its requests' lengths)."""
+        from constitutional.backends.continuous import ContinuousBatcher
+
+        slots = slots or self._rows_per_pass(self.context_length)
+        return ContinuousBatcher(self.lm, self._prefill, slots, self._row_done, self.kv_store, self.kv_dtype,
+                                 eos_token_id=self.tokenizer.eos_token_id)
+
+    def completion(self, row: Row) -> Completion:
+        """The finished `row` of a batcher as this backend's answer."""
+        return self._completion(row.request, len(row.prompt_ids), row.tokens, row.logprobs)
 
     def _rows_per_pass(self, context: int) -> int:
         """Rows decoded or scored together: `batch_size`, else the most the KV budget allows."""
@@ -296,25 +330,20 @@ class LocalBackend:
             "past_key_values": cache,
         }
 
-    def _completion(self, request, n_prompt, tokens, logits) -> Completion:
+    def _completion(self, request, n_prompt, tokens, steps: list[StepLogprobs]) -> Completion:
         eos = self.tokenizer.eos_token_id
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         text, hit_stop = cut_at_stop(text, request.stop)
         finish = "stop" if hit_stop or tokens[-1] == eos else "length"
-        lp = self._token_logprobs(tokens, logits, request.logprobs) if logits is not None else None
+        lp = self._token_logprobs(tokens, steps) if request.logprobs is not None else None
         return Completion(text, finish, n_prompt, len(tokens), lp)
 
-    def _token_logprobs(self, tokens: list[int], logits: torch.Tensor, k: int) -> list[TokenLogprob]:
-        logp = torch.log_softmax(logits, dim=-1)  # (t, vocab)
-        top = torch.topk(logp, k, dim=-1) if k else None
-        out = []
-        for t, token in enumerate(tokens):
-            alts = {}
-            if top is not None:
-                for v, i in zip(top.values[t].tolist(), top.indices[t].tolist()):
-                    alts[self.tokenizer.decode([i])] = v
-            out.append(TokenLogprob(self.tokenizer.decode([token]), logp[t, token].item(), alts))
-        return out
+    def _token_logprobs(self, tokens: list[int], steps: list[StepLogprobs]) -> list[TokenLogprob]:
+        decode = self.tokenizer.decode
+        return [
+            TokenLogprob(decode([token]), logprob, {decode([i]): v for v, i in zip(values, ids)})
+            for token, (logprob, values, ids) in zip(tokens, steps)
+        ]
 
     def choice_logprobs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> list[list[float]]:
         return self.choice_logprobs_with_usage(prompts, choices)[0]

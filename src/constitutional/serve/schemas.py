@@ -16,6 +16,8 @@ CHAT_DEFAULT_MAX_TOKENS = 512  # OpenAI's chat default is "up to the context"; k
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # the OpenAI legacy completions default
 MAX_N = 16
 MAX_TOP_LOGPROBS = 20
+MAX_STOP = 4  # OpenAI's limit; each stop string is searched for in the text after every token
+SEED_RANGE = (-(2**63), 2**63 - 1)  # a signed 64-bit integer, as OpenAI documents it
 
 
 class TextPart(BaseModel):
@@ -54,7 +56,7 @@ class SamplingParams(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     n: int = Field(1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -64,7 +66,10 @@ class SamplingParams(BaseModel):
     def _stop_as_list(cls, v: str | list[str] | None) -> list[str]:
         if v is None:
             return []
-        return [s for s in ([v] if isinstance(v, str) else v) if s]
+        stops = [s for s in ([v] if isinstance(v, str) else v) if s]
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences are allowed")
+        return stops
 
     def stop_list(self) -> list[str]:
         """`stop` normalised to a list without empty strings."""
@@ -72,6 +77,14 @@ class SamplingParams(BaseModel):
 
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    def requested_max_tokens(self) -> int | None:
+        """The client's own limit on new tokens, if it set one."""
+        return self.max_tokens
+
+    def default_max_tokens(self) -> int:
+        """New tokens when the client sets no limit (the server may shorten it to fit)."""
+        return COMPLETION_DEFAULT_MAX_TOKENS
 
 
 class ChatCompletionRequest(SamplingParams):
@@ -88,8 +101,12 @@ class ChatCompletionRequest(SamplingParams):
             raise ValueError("top_logprobs requires logprobs: true")
         return self
 
-    def resolved_max_tokens(self) -> int:
-        return self.max_completion_tokens or self.max_tokens or CHAT_DEFAULT_MAX_TOKENS
+    def requested_max_tokens(self) -> int | None:
+        """The client's own limit, if it set one (under either name)."""
+        return self.max_completion_tokens or self.max_tokens
+
+    def default_max_tokens(self) -> int:
+        return CHAT_DEFAULT_MAX_TOKENS
 
 
 class CompletionRequest(SamplingParams):
@@ -116,5 +133,3 @@ class CompletionRequest(SamplingParams):
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
-    def resolved_max_tokens(self) -> int:
-        return self.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS
