@@ -102,7 +102,14 @@ def _keep_freed_memory() -> None:
     mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
-def _load_uncached(path: Path, device: str):
+def _load_uncached(path: Path, device: str):  # the name load_model calls
+    return load_causal_lm(path, device)
+
+
+def load_causal_lm(path: Path, device: str):
+    """A fresh (model, tokenizer) for the HF directory `path` (see `resolve_model`), as
+    LocalBackend runs it: a LoRA adapter merged into its base, left padding, eval mode. Unlike
+    `load_model` nothing is cached or shared, so a trainer may change the weights."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
