@@ -80,9 +80,9 @@ def load_model(spec: str, device: str | None = None, precision: str = "fp32"):
                 _keep_freed_memory()
             model, tokenizer = _load_uncached(path, device)
             if precision == "int8":  # CPU only: set to fp32 above for any other device
-                from constitutional.backends.int8 import to_int8
+                from constitutional.backends.int8 import calibration_conversations, to_int8
 
-                to_int8(model, tokenizer, lambda messages: render_chat(tokenizer, messages))
+                to_int8(model, tokenizer, [render_chat(tokenizer, m) for m in calibration_conversations()])
             _LOADED[key] = model, tokenizer
     return _LOADED[key]
 

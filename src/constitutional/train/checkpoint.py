@@ -53,6 +53,15 @@ def write_checkpoint_record(
     write_json(directory / "cai_checkpoint.json", {**record, **summary, "packages": package_versions()})
 
 
+def rl_fields(kind: str, policy: str, saved_adapter: bool, reward: dict[str, Any], beta: float,
+              prompts: str | Path) -> dict[str, Any]:  # fmt: skip
+    """The record fields of an online RL run (ppo, grpo): the policy is its own KL reference."""
+    ref = base_reference(policy)
+    return {"stage": f"rl-cai-{kind}", "kind": kind, "policy": ref, "reference": ref,
+            "base": ref if saved_adapter else None, "reward_model": reward.get("reward_model"),
+            "reward": reward, "beta": beta, "prompts": str(prompts)}  # fmt: skip
+
+
 def data_record(path: Path, **counts: int) -> dict[str, Any]:
     """How a checkpoint names its training file: absolute path, SHA-256, and row counts."""
     return {"path": str(path.resolve()), "sha256": sha256_file(path), **counts}
