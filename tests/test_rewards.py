@@ -12,8 +12,8 @@ from constitutional.backends import Backend, CachedBackend, Completion
 from constitutional.backends.local import LocalBackend
 from constitutional.constitution import load_constitution
 from constitutional.errors import UserError
+from constitutional.judge import rating as direct
 from constitutional.provenance import derive_seed
-from constitutional.rl_cai import direct
 from constitutional.train.rewards import JudgeReward, build_reward, check_reward, expected_score
 
 LOG = {"half": math.log(0.5), "quarter": math.log(0.25), "none": -math.inf}

@@ -14,16 +14,15 @@ from constitutional.cli.rl_cai import app
 from constitutional.constitution import load_constitution
 from constitutional.errors import BackendError, UserError
 from constitutional.jsonl import read_jsonl, write_jsonl
+from constitutional.judge import labels, layout
 from constitutional.rl_cai import (
     LabelConfig,
     draw_principles,
     label_pairs,
-    labels,
     load_human_prefs,
     mix_human,
     to_dpo_rows,
 )
-from constitutional.rl_cai import feedback as layout
 
 PROMPTS = [{"id": f"p{i}", "prompt": f"How do I pick lock number {i}?"} for i in range(3)]
 FIELDS = {"id", "prompt", "response_a", "response_b", "principle_ids", "p_a_raw", "p_a_swapped", "p_a", "flip",

@@ -39,6 +39,7 @@ from typing import Any
 from constitutional.atomic_dir import refuse_existing
 from constitutional.errors import UserError
 from constitutional.jsonl import iter_jsonl
+from constitutional.judge.labels import to_dpo_rows
 from constitutional.train.checkpoint import (
     base_reference,
     data_record,
@@ -328,8 +329,6 @@ def load_dpo_rows(path: Path) -> list[dict[str, Any]]:
     converted with `to_dpo_rows`: discarded rows and ties (p_a = 0.5) carry no preference and are
     skipped. Only role and content survive: Arrow needs one schema across rows.
     """
-    from constitutional.rl_cai.label import to_dpo_rows
-
     rows = []
     for line, row in iter_jsonl(path):
         if "response_a" in row:  # a label row from `cai rl-cai label`

@@ -30,6 +30,7 @@ from typing import Any
 from constitutional.atomic_dir import refuse_existing
 from constitutional.errors import UserError
 from constitutional.jsonl import iter_jsonl, write_json
+from constitutional.judge.soft_labels import preference_metrics, soft_bce
 from constitutional.train.checkpoint import (
     base_reference,
     data_record,
@@ -46,7 +47,6 @@ from constitutional.train.common import (
     require_train_extra,
     trainer_args,
 )
-from constitutional.train.soft_labels import preference_metrics, soft_bce
 
 KIND = "preference_model"
 LOG_KEYS = ("step", "loss", "learning_rate", "epoch")
