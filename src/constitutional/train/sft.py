@@ -55,7 +55,7 @@ __all__ = [
     "staging_dir",
     "train_sft",
     "trainer_args",
-]  # fmt: skip
+]
 
 LOG_KEYS = ("step", "loss", "learning_rate", "epoch")
 
