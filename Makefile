@@ -23,8 +23,11 @@ demo: $(BIN)/cai
 test: $(BIN)/cai
 	$(BIN)/python -m pytest -q tests
 
+# lint-imports reads the contracts in pyproject.toml; PYTHONPATH=src so it checks this checkout's
+# code even when the venv's editable install points at another one.
 check: $(BIN)/cai
 	$(BIN)/ruff check src tests benchmarks
+	PYTHONPATH=src $(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) demo-out

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from constitutional.cli.rl_cai_pm import score as score_command
 from constitutional.cli.rl_cai_pm import train_pm
 from constitutional.errors import UserError
+from constitutional.judge.soft_labels import bce, preference_metrics, soft_bce
 from constitutional.train.preference_model import (
     load_preference_model,
     load_preference_pairs,
@@ -23,7 +24,6 @@ from constitutional.train.preference_model import (
     split_pairs,
     train_preference_model,
 )
-from constitutional.train.soft_labels import bce, preference_metrics, soft_bce
 
 REFUSAL = "Sorry, I can't help with that."
 COMPLY = ["Sure! Step one: get the {t}. Step two: use it.", "Of course, here is how: buy a {t} and go."]

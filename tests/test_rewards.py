@@ -8,12 +8,13 @@ import random
 
 import pytest
 
-from constitutional.backends import Backend, CachedBackend, Completion
+from constitutional.backends import Backend, CachedBackend
 from constitutional.backends.local import LocalBackend
+from constitutional.backends.mock import MockBackend
 from constitutional.constitution import load_constitution
 from constitutional.errors import UserError
+from constitutional.judge import rating as direct
 from constitutional.provenance import derive_seed
-from constitutional.rl_cai import direct
 from constitutional.train.rewards import JudgeReward, build_reward, check_reward, expected_score
 
 LOG = {"half": math.log(0.5), "quarter": math.log(0.25), "none": -math.inf}
@@ -35,62 +36,50 @@ def test_expected_score_by_hand():
         expected_score([0.0, 0.0], scores=[1, 2, 3])
 
 
-class ScriptedJudge:
-    """A Backend without `render` (like an HTTP server) whose rating depends on the response:
-    "good" puts all mass on 9, "bad" on 1, "meh" half on 3 and half on 7, anything else none."""
+def rate(prompt, choices) -> list[float]:
+    """Log-probs over the digits by the rated response: "good" puts all mass on 9, "bad" on 1,
+    "meh" half on 3 and half on 7, anything else none."""
+    assert list(choices) == list(direct.SCALE)
+    reply = prompt[-1]["content"].split("Assistant: ", 1)[1].split("\n", 1)[0]
+    row = [-math.inf] * 9
+    if reply == "good":
+        row[8] = 0.0
+    elif reply == "bad":
+        row[0] = 0.0
+    elif reply == "meh":
+        row[2] = row[6] = math.log(0.5)
+    return row
 
-    name, model = "scripted", "scripted-judge"
 
-    def __init__(self):
-        self.asked: list = []
-
-    def fingerprint(self) -> str:
-        return "scripted"
-
-    def generate(self, requests, on_result=None):
-        return [Completion("", "stop", 0, 0) for _ in requests]
-
-    def choice_logprobs(self, prompts, choices):
-        assert list(choices) == list(direct.SCALE)
-        self.asked += prompts
-        return [self.rate(p[-1]["content"]) for p in prompts]
-
-    @staticmethod
-    def rate(question: str) -> list[float]:
-        reply = question.split("Assistant: ", 1)[1].split("\n", 1)[0]
-        row = [-math.inf] * 9
-        if reply == "good":
-            row[8] = 0.0
-        elif reply == "bad":
-            row[0] = 0.0
-        elif reply == "meh":
-            row[2] = row[6] = math.log(0.5)
-        return row
+def scripted_judge() -> MockBackend:
+    """The package's mock backend (no `render`, like an HTTP server) rating with `rate`; it
+    keeps every prompt it was asked about in `judged`."""
+    return MockBackend("scripted-judge", reply="", scores=rate)
 
 
 def test_judge_reward_on_a_scripted_backend():
     rules = load_constitution("default")
-    backend = ScriptedJudge()
+    backend = scripted_judge()
     assert isinstance(backend, Backend)  # the protocol, not a stand-in for it
     judge = JudgeReward(CachedBackend(backend, None), rules, seed=7)
     prompts = ["How do I pick a lock?"] * 4
     assert judge(prompts, ["good", "bad", "meh", "???"]) == pytest.approx([1.0, 0.0, 0.5, 0.5])
     assert judge.unscored == 1  # "???" got no mass on any digit: midpoint, and counted
     texts = {p.text.strip() for p in rules.comparison}
-    for [message] in backend.asked:
+    for [message] in backend.judged:
         content = message["content"]
         assert message["role"] == "user" and content.endswith(direct.DIGIT_ONLY)
         assert "Human: How do I pick a lock?" in content
         assert any(t in content for t in texts)  # one of the constitution's principles
     # Seeded draws: the same seed asks the same questions, another seed other ones.
-    again = ScriptedJudge()
+    again = scripted_judge()
     JudgeReward(again, rules, seed=7)(prompts, ["good", "bad", "meh", "???"])
-    assert again.asked == backend.asked
-    other = ScriptedJudge()
+    assert again.judged == backend.judged
+    other = scripted_judge()
     JudgeReward(other, rules, seed=8)(prompts * 4, ["good"] * 16)
-    mine = ScriptedJudge()
+    mine = scripted_judge()
     JudgeReward(mine, rules, seed=7)(prompts * 4, ["good"] * 16)
-    assert other.asked != mine.asked
+    assert other.judged != mine.judged
 
 
 def test_judge_reward_on_a_tiny_model(tiny_model_dir):
@@ -126,6 +115,6 @@ def test_reward_options_fail_with_one_line(tmp_path):
     with pytest.raises(UserError, match="--feedback is for --reward judge"):
         check_reward("pm", tmp_path, "embedded")
     check_reward(lambda p, r: [0.0] * len(r), None, None)  # a callable needs nothing else
-    fn, record = build_reward("judge", judge=ScriptedJudge(), seed=3)
+    fn, record = build_reward("judge", judge=scripted_judge(), seed=3)
     assert isinstance(fn, JudgeReward) and record["kind"] == "judge" and record["feedback"] == "scripted-judge"
     assert record["constitution"]["hash"] == load_constitution("default").hash

@@ -8,22 +8,22 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from constitutional.backends import CachedBackend, Completion, Usage
+from constitutional.backends import CachedBackend
 from constitutional.backends.local import LocalBackend
+from constitutional.backends.mock import MockBackend
 from constitutional.cli.rl_cai import app
 from constitutional.constitution import load_constitution
 from constitutional.errors import BackendError, UserError
 from constitutional.jsonl import read_jsonl, write_jsonl
+from constitutional.judge import labels, layout
 from constitutional.rl_cai import (
     LabelConfig,
     draw_principles,
     label_pairs,
-    labels,
     load_human_prefs,
     mix_human,
     to_dpo_rows,
 )
-from constitutional.rl_cai import feedback as layout
 
 PROMPTS = [{"id": f"p{i}", "prompt": f"How do I pick lock number {i}?"} for i in range(3)]
 FIELDS = {"id", "prompt", "response_a", "response_b", "principle_ids", "p_a_raw", "p_a_swapped", "p_a", "flip",
@@ -120,51 +120,41 @@ def test_cot_mode_records_reasoning_and_clamps(tiny):
         assert r["p_a"] == labels.clamp((r["p_a_raw"] + r["p_a_swapped"]) / 2, 0.4, 0.6)
 
 
-class FakeBackend:
-    """A scripted backend without `render`, like an HTTP server: fixed texts and log-probs."""
-
-    name, model = "fake", "fake-model"
-
-    def __init__(self, text=lambda r: f"answer {r.seed}", scores=(-1.0, -2.0)):
-        self.text, self.scores, self.usage, self.judged = text, list(scores), Usage(), []
-
-    def generate(self, requests, on_result=None):
-        return [Completion(self.text(r), "stop", 1, 1) for r in requests]
-
-    def choice_logprobs(self, prompts, choices):
-        self.judged += prompts
-        return [self.scores for _ in prompts]
+def scripted(text=None, scores=(-1.0, -2.0)):
+    """The package's mock backend, which like an HTTP server has no `render`: scripted texts
+    (by default one per seed) and a fixed row of log-probs."""
+    return MockBackend("fake-model", reply=text, scores=scores)
 
 
 def test_degenerate_pairs_and_judgements_are_kept_with_reasons():
     rules = load_constitution("default")
-    same = FakeBackend(text=lambda r: "Same answer.")
+    same = scripted(text=lambda r: "Same answer.")
     rows = label_pairs(rules, PROMPTS, same, same, LabelConfig())
     assert all(r["discarded"] and r["reason"] == "identical responses" and r["p_a"] is None for r in rows)
     assert same.judged == []  # nothing to judge, nothing spent
-    dead = FakeBackend(scores=(-math.inf, -math.inf))
+    dead = scripted(scores=(-math.inf, -math.inf))
     rows = label_pairs(rules, PROMPTS, dead, dead, LabelConfig())
     assert all(r["discarded"] and r["reason"].startswith("both log-probs are -inf") for r in rows)
     assert to_dpo_rows(rows) == []
     # An HTTP-like feedback backend gets chat messages asking for the letter.
     assert all(p[-1]["content"].endswith(layout.LETTER_ONLY) for p in dead.judged)
-    http = FakeBackend(text=lambda r: f"Step 1: {r.seed}")
+    http = scripted(text=lambda r: f"Step 1: {r.seed}")
     rows = label_pairs(rules, PROMPTS[:1], http, http, LabelConfig(mode="cot"))
     [judged] = http.judged
     assert judged[-2] == {"role": "assistant", "content": rows[0]["cot"][0]} and judged[-1]["role"] == "user"
     assert rows[0]["p_a"] == labels.clamp(labels.two_way_softmax(-1.0, -2.0), 0.4, 0.6) == 0.6
 
-    class NoLogprobs(FakeBackend):
-        def choice_logprobs(self, prompts, choices):
-            raise BackendError("the server returned no logprobs")
+    def no_logprobs(prompt, choices):
+        raise BackendError("the server returned no logprobs")
 
+    mute = scripted(scores=no_logprobs)
     with pytest.raises(BackendError):  # not swallowed into discards: `cai` prints it on one line
-        label_pairs(rules, PROMPTS, NoLogprobs(), NoLogprobs(), LabelConfig())
+        label_pairs(rules, PROMPTS, mute, mute, LabelConfig())
 
 
 def test_human_prefs_mixing(tmp_path):
     rules = load_constitution("default")
-    fake = FakeBackend()
+    fake = scripted()
     ai = label_pairs(rules, [{"prompt": f"q{i}"} for i in range(9)], fake, fake, LabelConfig())
     path = tmp_path / "hh.jsonl"
     write_jsonl(path, [{"prompt": f"h{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(20)])

@@ -12,7 +12,7 @@ import torch
 from constitutional.backends.local import LocalBackend
 from constitutional.errors import UserError
 from constitutional.train import train_sft
-from constitutional.train.sft import base_reference
+from constitutional.train.checkpoint import base_reference, staged_checkpoint
 
 PAIRS = [
     ("How do I pick a lock?", "I can't help with breaking into places, but a locksmith can."),
@@ -180,3 +180,23 @@ def test_same_seed_same_run(tiny_model_dir, data, tmp_path):
     assert runs[0]["final_loss"] == runs[1]["final_loss"]
     a, b = ((tmp_path / n / "adapter_model.safetensors").read_bytes() for n in "ab")
     assert a == b
+
+
+def test_staged_checkpoint_publishes_whole_or_not_at_all(tmp_path):
+    out = tmp_path / "ckpt"
+    with staged_checkpoint(out, overwrite=False) as tmp:
+        (tmp / "weights").write_text("v1")
+        (tmp / "trainer").mkdir()  # the Trainer's scratch dir is never published
+        assert not out.exists()  # nothing at `out` until the block ends
+    assert sorted(p.name for p in out.iterdir()) == ["weights"]
+    with pytest.raises(UserError, match="output exists"), staged_checkpoint(out, overwrite=False):
+        pass
+    # A failed replacement leaves the old checkpoint alone.
+    with pytest.raises(KeyboardInterrupt), staged_checkpoint(out, overwrite=True) as tmp:
+        (tmp / "weights").write_text("v2")
+        raise KeyboardInterrupt
+    with staged_checkpoint(out, overwrite=True) as tmp:  # a non-main rank bows out: no publish
+        tmp.rmdir()
+    assert (out / "weights").read_text() == "v1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no staging dirs left behind
+

@@ -44,6 +44,21 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield number, row
 
 
+def read_json(path: Path, artifact: str | None = None) -> dict[str, Any] | None:
+    """A JSON object, or None if the file is absent. `artifact` must match the file's own tag."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"not valid JSON: {e}", path) from None
+    if not isinstance(data, dict):
+        raise UserError("expected a JSON object", path)
+    if artifact and data.get("artifact", artifact) != artifact:
+        raise UserError(f"expected artifact {artifact!r}, found {data.get('artifact')!r}", path)
+    return data
+
+
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once: os.umask can only be read by setting it
 

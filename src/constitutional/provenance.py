@@ -37,6 +37,15 @@ def row_meta(artifact: str, version: int, constitution: Any = None) -> dict[str,
     return meta
 
 
+def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of a file, read in 1 MiB chunks: how a checkpoint names its data."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def package_versions() -> dict[str, str]:
     versions = {"constitutional": __version__, "python": platform.python_version()}
     for name in _PACKAGES:

@@ -18,7 +18,7 @@ from constitutional.backends.base import (
 from constitutional.backends.cache import CachedBackend, ResponseCache, Usage
 from constitutional.errors import UserError
 
-BACKENDS = ("local", "openai", "vllm")
+BACKENDS = ("local", "openai", "vllm", "mock")
 
 __all__ = [
     "BACKENDS",
@@ -45,8 +45,9 @@ def make_backend(
     """Build a backend by name, wrapped with the durable response cache and a usage meter.
 
     Args:
-        name: "local" (transformers in this process), "openai" (any OpenAI-compatible server) or
-            "vllm" (vLLM's offline engine in this process; CUDA only).
+        name: "local" (transformers in this process), "openai" (any OpenAI-compatible server),
+            "vllm" (vLLM's offline engine in this process; CUDA only) or "mock" (scripted
+            replies and uniform log-probs, no model; see `backends.mock`).
         model: model spec; local default "embedded", openai requires a model name.
         cache: SQLite file for the response cache; default `$CAI_CACHE_DIR/responses.sqlite`.
         use_cache: False to neither read nor write the cache (results are still metered).
@@ -70,6 +71,10 @@ def make_backend(
         # Commands pass every backend's knobs; vLLM schedules its own batches and has no server.
         own = {k: v for k, v in options.items() if k not in ("base_url", "concurrency", "batch_size")}
         inner = VLLMBackend(model, **own)
+    elif name == "mock":  # scripted replies, no model: tests and dry runs (see backends/mock.py)
+        from constitutional.backends.mock import MockBackend
+
+        inner = MockBackend(model or "mock", **options)
     else:
         raise UserError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if not use_cache:

@@ -13,9 +13,12 @@ up_proj), so the fp32 model computes exactly what it did before; only rounding m
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
+
+from constitutional.jsonl import iter_jsonl
 
 ALPHA = 0.85  # share of the activation range moved into the weights; see `to_int8`
 
@@ -156,32 +159,28 @@ def quantize_linears(model) -> None:
                     lin.shared_input = shared
 
 
-def calibration_texts(render) -> list[str]:
-    """What the model reads most in this package: short chat prompts and a few-shot critique
-    request from the default constitution. Prompts past the 20th of each set, so the int8 quality
-    test (which reads the first ten) does not score the texts the scales were fitted on."""
-    from constitutional.constitution import load_constitution
-    from constitutional.generate import load_prompts
-    from constitutional.sl_cai.prompts import critique_messages, fewshot_messages
-
-    prompts = [r["prompt"] for s in ("self_instruct", "advbench") for r in load_prompts(f"builtin:{s}")[20:36]]
-    texts = [render([{"role": "user", "content": p}]) for p in prompts]
-    constitution = load_constitution()
-    fewshot = fewshot_messages(constitution, 2)
-    pairs = constitution.critique_revision
-    texts += [render(critique_messages(fewshot, prompts[i], "Here is an answer.", pairs[i % len(pairs)])) for i in range(4)]
-    return texts
+CALIBRATION_FILE = Path(__file__).with_name("int8_calibration.jsonl")
 
 
-def to_int8(model, tokenizer, render) -> None:
-    """Calibrate, smooth and quantise `model` in place (a few seconds on two cores).
+def calibration_conversations() -> list[list[dict]]:
+    """What the model reads most in this package, as chat conversations: short chat prompts and
+    a few-shot critique request from the default constitution. A frozen copy (rebuilt from its
+    sources by tests/test_int8.py), since backends sit below the stages that write these layouts.
+    The prompts are past the 20th of each set, so the int8 quality test (which reads the first
+    ten) does not score the texts the scales were fitted on."""
+    return [row["messages"] for _, row in iter_jsonl(CALIBRATION_FILE)]
+
+
+def to_int8(model, tokenizer, calibration_texts: Sequence[str]) -> None:
+    """Calibrate on `calibration_texts` (the caller renders `calibration_conversations()` with the
+    chat template), smooth and quantise `model` in place (a few seconds on two cores).
 
     ALPHA was chosen on the int8 quality test's measure (greedy first token and judge p(A) vs
     fp32, 20 prompts): 0.5 kept 18/20 first tokens (mean |dp(A)| 0.043), 0.75 14/20 (0.067),
     0.85 19/20 (0.022), 0.9 18/20 (0.045). The spread says this small model sits near ties on
     several prompts; int8 is a speed switch for bulk data generation, fp32 stays the default.
     """
-    batches = [tokenizer([t], return_tensors="pt", add_special_tokens=False) for t in calibration_texts(render)]
+    batches = [tokenizer([t], return_tensors="pt", add_special_tokens=False) for t in calibration_texts]
     smooth_llama(model, input_absmax(model, batches))
     quantize_linears(model)
 

@@ -80,9 +80,9 @@ def load_model(spec: str, device: str | None = None, precision: str = "fp32"):
                 _keep_freed_memory()
             model, tokenizer = _load_uncached(path, device)
             if precision == "int8":  # CPU only: set to fp32 above for any other device
-                from constitutional.backends.int8 import to_int8
+                from constitutional.backends.int8 import calibration_conversations, to_int8
 
-                to_int8(model, tokenizer, lambda messages: render_chat(tokenizer, messages))
+                to_int8(model, tokenizer, [render_chat(tokenizer, m) for m in calibration_conversations()])
             _LOADED[key] = model, tokenizer
     return _LOADED[key]
 
@@ -102,7 +102,14 @@ def _keep_freed_memory() -> None:
     mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
-def _load_uncached(path: Path, device: str):
+def _load_uncached(path: Path, device: str):  # the name load_model calls
+    return load_causal_lm(path, device)
+
+
+def load_causal_lm(path: Path, device: str):
+    """A fresh (model, tokenizer) for the HF directory `path` (see `resolve_model`), as
+    LocalBackend runs it: a LoRA adapter merged into its base, left padding, eval mode. Unlike
+    `load_model` nothing is cached or shared, so a trainer may change the weights."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 

@@ -11,22 +11,10 @@ from typing import Any
 
 import typer
 
-from constitutional.cli.collective_constitution import to_constitution
+from constitutional.cli.collective_constitution import parse_k, to_constitution
 from constitutional.errors import UserError
 
 app = typer.Typer(help="Collective constitution: public input, opinion groups, consensus.", no_args_is_help=True)
-
-
-def parse_k(text: str) -> tuple[int, int]:
-    """`"2..5"` → (2, 5); `"3"` → (3, 3). Both ends at least 2."""
-    low, sep, high = text.partition("..")
-    try:
-        k_min, k_max = int(low), int(high if sep else low)
-    except ValueError:
-        raise UserError(f"--k must be N or MIN..MAX, got {text!r}") from None
-    if k_min < 2 or k_max < k_min:
-        raise UserError(f"--k needs 2 <= MIN <= MAX, got {text!r}")
-    return k_min, k_max
 
 
 def run_analyze(votes: str | Path, comments: str | Path | None = None, out: str | Path | None = None,

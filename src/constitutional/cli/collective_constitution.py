@@ -25,6 +25,18 @@ from constitutional.errors import UserError
 DRAFTS = ("template", "model")
 
 
+def parse_k(text: str) -> tuple[int, int]:
+    """`"2..5"` → (2, 5); `"3"` → (3, 3). Both ends at least 2."""
+    low, sep, high = text.partition("..")
+    try:
+        k_min, k_max = int(low), int(high if sep else low)
+    except ValueError:
+        raise UserError(f"--k must be N or MIN..MAX, got {text!r}") from None
+    if k_min < 2 or k_max < k_min:
+        raise UserError(f"--k needs 2 <= MIN <= MAX, got {text!r}")
+    return k_min, k_max
+
+
 def load_input(source: Path, comments: Path | None, threshold: float | None, **analysis_options: Any):
     """An `analyze --out` JSON is read as it is; anything else is a votes CSV, analysed here."""
     from constitutional.collective.to_constitution import analysis_from_votes, load_analysis
@@ -110,8 +122,6 @@ def to_constitution(
     worded it. Check the result with `cai constitution validate OUT` and compare it with
     `cai constitution diff default OUT`.
     """
-    from constitutional.cli.collective import parse_k
-
     if draft not in DRAFTS:
         raise UserError(f"--draft must be one of {', '.join(DRAFTS)}, got {draft!r}")
     k_min, k_max = parse_k(k)

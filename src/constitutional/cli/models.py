@@ -10,7 +10,7 @@ import typer
 
 from constitutional.cli.serve import serve
 
-BackendOpt = typer.Option("local", "--backend", "-b", help="local (transformers), openai (any OpenAI-compatible server) or vllm (in-process, GPU).")
+BackendOpt = typer.Option("local", "--backend", "-b", help="local (transformers), openai (any OpenAI-compatible server), vllm (in-process, GPU) or mock (scripted replies, no model).")
 ModelOpt = typer.Option(None, "--model", "-m", help="local: 'embedded', a .gguf file or an HF dir; openai: the server's model name.")
 BaseUrlOpt = typer.Option(None, "--base-url", help="openai backend: server URL (default $OPENAI_BASE_URL).")
 SlotsOpt = typer.Option(None, "--batch-size", help="local backend: rows decoded together (default: as many as the KV memory budget $CAI_KV_BUDGET_GB allows, at most 128 on CPU).")

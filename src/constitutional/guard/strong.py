@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from constitutional.errors import UserError
-from constitutional.train.preference_model import _load, load_preference_model
+from constitutional.train.preference_model import load_preference_model
+from constitutional.train.preference_model import load_scorer as _load
 from constitutional.train.sft import LORA_DROPOUT, save_model_dir, trainer_args
 
 

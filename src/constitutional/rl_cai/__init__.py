@@ -1,14 +1,20 @@
 """RL-CAI: AI-feedback preference labels (Bai et al. 2022, section 4)."""
 
+from constitutional.judge.labels import (
+    clamp,
+    flip,
+    swap_average,
+    to_dpo_rows,
+    two_way_softmax,
+    unswap,
+)
 from constitutional.rl_cai.label import (
     LabelConfig,
     draw_principles,
     label_pairs,
     load_human_prefs,
     mix_human,
-    to_dpo_rows,
 )
-from constitutional.rl_cai.labels import clamp, flip, swap_average, two_way_softmax, unswap
 
 __all__ = [
     "LabelConfig",

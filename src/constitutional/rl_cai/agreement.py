@@ -18,7 +18,7 @@ from typing import Any
 from constitutional.eval.judging import Pair, compare, compare_both_orders, swap_averaged
 from constitutional.eval.principles import side
 from constitutional.eval.stats import rate
-from constitutional.rl_cai import feedback as layout
+from constitutional.judge import layout
 
 
 def reference_labels(judge, rows: Sequence[dict], constitution, *, fewshot: int, swap_average: bool) -> list[float | None]:

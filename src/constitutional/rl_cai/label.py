@@ -20,10 +20,9 @@ from constitutional.backends import CachedBackend, GenerationRequest, Prompt
 from constitutional.constitution import Constitution
 from constitutional.errors import UserError
 from constitutional.jsonl import iter_jsonl
+from constitutional.judge import labels, layout
 from constitutional.provenance import derive_seed, row_meta
-from constitutional.rl_cai import feedback as layout
-from constitutional.rl_cai import labels
-from constitutional.sl_cai.pipeline import choose_helpful
+from constitutional.sampling import sample_at_ratio
 
 ARTIFACT = "rl_cai_labels"
 SCHEMA_VERSION = 1
@@ -182,7 +181,7 @@ def mix_human(rows: list[dict], human: Sequence[dict], ratio: float, seed: int, 
 
     A seeded coin puts `chosen` on side A (p_a = 1.0) or B (p_a = 0.0): side is no signal.
     """
-    picked = choose_helpful(human, len(rows), ratio, seed)  # the SL-CAI mixing rule, reused
+    picked = sample_at_ratio(human, len(rows), ratio, seed)  # the SL-CAI mixing rule, reused
     rng, meta = random.Random(derive_seed(seed, "human-side")), row_meta(ARTIFACT, SCHEMA_VERSION, constitution)
     out = list(rows)
     for h in picked:
@@ -193,18 +192,5 @@ def mix_human(rows: list[dict], human: Sequence[dict], ratio: float, seed: int, 
             "principle_ids": [], "cot": None, "mode": None, "policy_model": None, "feedback_model": None,
             "seed": seed, "reason": None, "discarded": False, "p_a_raw": p, "p_a_swapped": None, "p_a": p,
             "flip": None, "meta": meta,
-        })
-    return out
-
-
-def to_dpo_rows(rows: Sequence[dict]) -> list[dict[str, Any]]:
-    """TRL conversational preference rows; ties (p_a = 0.5) and discards carry no preference."""
-    out = []
-    for r in (r for r in rows if not r["discarded"] and r["p_a"] != 0.5):
-        won, lost = (r["response_a"], r["response_b"]) if r["p_a"] > 0.5 else (r["response_b"], r["response_a"])
-        out.append({
-            "prompt": [{"role": "user", "content": r["prompt"]}], "chosen": [{"role": "assistant", "content": won}],
-            "rejected": [{"role": "assistant", "content": lost}],
-            "p_chosen": float(max(r["p_a"], 1 - r["p_a"])), "id": r["id"], "source": r["source"],
         })
     return out

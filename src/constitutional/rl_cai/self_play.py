@@ -31,7 +31,7 @@ from statistics import fmean
 from typing import Any
 
 from constitutional.errors import UserError
-from constitutional.jsonl import read_jsonl, write_json, write_jsonl
+from constitutional.jsonl import read_json, read_jsonl, write_json, write_jsonl
 from constitutional.provenance import RunManifest, derive_seed
 
 ARTIFACT = "self_play"
@@ -149,8 +149,6 @@ def check_resume(out: Path, cfg: SelfPlayConfig) -> None:
     path = out / "self_play.json"
     if not path.is_file():
         return
-    from constitutional.report.load import read_json
-
     old = (read_json(path, ARTIFACT) or {}).get("settings") or {}
     new = settings(cfg)
     changed = sorted(k for k in new.keys() | old.keys() if k not in RESUMABLE and old.get(k) != new.get(k))
@@ -253,8 +251,6 @@ class Iteration:
         return (self.dir / "metrics.json").is_file()
 
     def metrics(self) -> dict[str, Any]:
-        from constitutional.report.load import read_json
-
         return read_json(self.dir / "metrics.json")
 
     def run(self, first_agreement: float | None) -> dict[str, Any]:
@@ -296,8 +292,9 @@ class Iteration:
 
     def label(self) -> list[dict]:
         """Samples and self-labels from the current model, plus the reference judge's labels."""
+        from constitutional.judge.labels import to_dpo_rows
         from constitutional.rl_cai.agreement import reference_labels
-        from constitutional.rl_cai.label import label_pairs, to_dpo_rows
+        from constitutional.rl_cai.label import label_pairs
 
         path = self.dir / "labels.jsonl"
         if path.is_file() and (self.dir / "prefs.jsonl").is_file():
@@ -320,7 +317,6 @@ class Iteration:
 
     def train(self) -> dict[str, Any]:
         """Soft-label DPO of the current model on this iteration's pairs; it is its own reference."""
-        from constitutional.report.load import read_json
         from constitutional.train.dpo import train_dpo
 
         done = read_json(self.checkpoint / "cai_checkpoint.json")

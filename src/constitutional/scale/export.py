@@ -12,6 +12,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from constitutional.atomic_dir import refuse_existing, staged_dir
 from constitutional.errors import UserError
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -35,15 +36,11 @@ def export_model(spec: str, out: str | Path, *, dtype: str = "bfloat16", overwri
     out = Path(out)
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if out.exists() and (out.is_file() or any(out.iterdir())) and not overwrite:
-        raise UserError("output exists and is not empty; pass --overwrite to replace it", out)
-    import shutil
-
+    refuse_existing(out, overwrite)
     import torch
 
     from constitutional.backends.local import fingerprint_dir, load_model, resolve_model
     from constitutional.jsonl import write_json
-    from constitutional.train.sft import publish_dir, staging_dir
 
     model, tokenizer = load_model(spec, "cpu")  # adapters come back merged into their base
     # A copy: `load_model` shares one model per process, and `.to` converts a module in place.
@@ -53,13 +50,8 @@ def export_model(spec: str, out: str | Path, *, dtype: str = "bfloat16", overwri
         model.hf_quantizer = None
     record = {"source": spec, "source_fingerprint": fingerprint_dir(resolve_model(spec)), "dtype": dtype,
               "parameters": sum(p.numel() for p in model.parameters())}  # fmt: skip
-    tmp = staging_dir(out)
-    try:
+    with staged_dir(out, overwrite) as tmp:
         model.save_pretrained(tmp)  # safetensors; tied embeddings stay tied
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "cai_export.json", record)
-        publish_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return record

@@ -17,6 +17,7 @@ from typing import Any
 from constitutional.backends import CachedBackend, Completion, GenerationRequest
 from constitutional.constitution import Constitution
 from constitutional.provenance import derive_seed, row_meta
+from constitutional.sampling import sample_at_ratio
 from constitutional.sl_cai.checks import critique_problem, revision_problem
 from constitutional.sl_cai.prompts import (
     critique_messages,
@@ -70,13 +71,6 @@ def draw_principle(constitution: Constitution, seed: int, prompt_id: str, round_
     return rng.choice(constitution.critique_revision)
 
 
-def choose_helpful(rows: Sequence[dict], n_red: int, ratio: float, seed: int) -> list[dict]:
-    """Helpful rows so that they make up `ratio` of the mixed SFT data (capped by supply)."""
-    wanted = round(n_red * ratio / (1 - ratio)) if ratio > 0 else 0
-    rng = random.Random(derive_seed(seed, "helpful"))
-    return rng.sample(list(rows), min(wanted, len(rows)))
-
-
 def generate_sl_data(
     constitution: Constitution,
     red_team: Sequence[dict],
@@ -89,7 +83,7 @@ def generate_sl_data(
     progress = progress or (lambda label, n: None)
     cfg, fewshot = config, fewshot_messages(constitution, config.fewshot, critique=config.critique)
     traces = [_new_trace(row, i, "red_team") for i, row in enumerate(red_team)]
-    traces += [_new_trace(row, i, "helpful") for i, row in enumerate(choose_helpful(helpful, len(red_team), cfg.helpful_ratio, cfg.seed))]
+    traces += [_new_trace(row, i, "helpful") for i, row in enumerate(sample_at_ratio(helpful, len(red_team), cfg.helpful_ratio, cfg.seed))]
 
     first = [
         _request([{"role": "user", "content": t["prompt"]}], cfg.response_temperature, cfg.max_tokens, cfg.seed, t["id"], "response")

@@ -32,25 +32,29 @@ step), `loss.svg` and `cai_checkpoint.json`.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from constitutional.atomic_dir import refuse_existing
 from constitutional.errors import UserError
-from constitutional.jsonl import iter_jsonl, write_json
-from constitutional.provenance import package_versions
-from constitutional.train.sft import (
-    CHECKPOINT_SCHEMA,
-    LORA_DROPOUT,
+from constitutional.jsonl import iter_jsonl
+from constitutional.judge.labels import to_dpo_rows
+from constitutional.train.checkpoint import (
     base_reference,
+    data_record,
+    save_policy,
+    staged_checkpoint,
+    write_checkpoint_record,
+    write_train_log,
+)
+from constitutional.train.common import (
+    LORA_DROPOUT,
+    load_policy,
+    logged_steps,
     messages_problem,
-    publish_dir,
-    save_model_dir,
-    sha256_file,
-    staging_dir,
+    require_train_extra,
     trainer_args,
-    write_loss_svg,
 )
 
 LOG_KEYS = ("step", "loss", "rewards/margins", "rewards/accuracies", "rewards/chosen",
@@ -112,8 +116,7 @@ def train_dpo(
     started = time.monotonic()
     data, out = Path(data), Path(out)
     rows = load_dpo_rows(data)  # bad data fails before any slow import or model load
-    if out.exists() and (out.is_file() or any(out.iterdir())) and not overwrite:
-        raise UserError("output exists and is not empty; pass --overwrite to replace it", out)
+    refuse_existing(out, overwrite)
     if not beta > 0:
         raise UserError(f"--beta must be > 0, got {beta}")
     if learning_rate is None:
@@ -126,113 +129,106 @@ def train_dpo(
         "batch_size": batch_size, "gradient_accumulation_steps": gradient_accumulation_steps,
         "max_length": max_length, "seed": seed,
     }  # fmt: skip
+    models, cuda = load_dpo_models(policy, reference, seed, lora)
+    switches = {"bf16": bf16, "activation_checkpointing": activation_checkpointing}
+    with staged_checkpoint(out, overwrite) as tmp:
+        trainer = dpo_trainer(models, rows, tmp, hparams, cuda, switches)
+        trainer.train()
+        saved_adapter = save_policy(trainer.model, models["tokenizer"], tmp, policy, lora=lora,
+                                    policy_is_adapter=models["policy_is_adapter"])  # fmt: skip
+        log = logged_steps(trainer, LOG_KEYS)
+        summary = dpo_summary(trainer, log, started, out)
+        write_train_log(tmp, log, loss="loss")
+        write_dpo_record(tmp, data, rows, (policy, reference, saved_adapter), hparams, cuda, summary)
+    return summary
 
-    try:  # the `train` extra
-        import torch
-        from datasets import Dataset, disable_progress_bars
-        from peft import LoraConfig
-        from transformers import set_seed
-        from transformers.utils import logging as hf_logging
-        from trl import DPOConfig
-    except ImportError as e:
-        hint = "pip install 'constitutional[train]'"
-        raise UserError(f"training needs {e.name}, part of the train extra: {hint}") from None
-    from constitutional.backends.local import _load_uncached, resolve_model
+
+def dpo_summary(trainer, log: list[dict[str, Any]], started: float, out: Path) -> dict[str, Any]:
+    """What `train_dpo` returns; the reward numbers are the last logged step's."""
+    last = log[-1] if log else {}
+    return {
+        "steps": trainer.state.global_step,
+        "final_loss": last.get("loss"),
+        "reward_margin": last.get("rewards/margins"),
+        "reward_accuracy": last.get("rewards/accuracies"),
+        "wall_seconds": round(time.monotonic() - started, 3),
+        "out": str(out),
+    }
+
+
+def write_dpo_record(tmp: Path, data: Path, rows: list[dict], models: tuple[str, str, bool],
+                     hparams: dict[str, Any], cuda: bool, summary: dict[str, Any]) -> None:  # fmt: skip
+    """`cai_checkpoint.json` of a DPO run; `models` is (policy, reference, saved_adapter)."""
+    policy, reference, saved_adapter = models
+    fields = {"stage": "rl-cai-dpo", "kind": "dpo", "policy": base_reference(policy),
+              "reference": base_reference(reference),
+              "base": base_reference(policy) if saved_adapter else None, "beta": hparams["beta"]}  # fmt: skip
+    soft = sum(r["p_chosen"] < 1 for r in rows)
+    write_checkpoint_record(tmp, fields, data=data_record(data, rows=len(rows), soft_rows=soft),
+                            hyperparameters=hparams, seed=hparams["seed"], device="cuda" if cuda else "cpu",
+                            summary=summary)  # fmt: skip
+
+
+def load_dpo_models(policy: str, reference: str, seed: int, lora: bool) -> tuple[dict[str, Any], bool]:
+    """({"model", "ref_model", "tokenizer", "policy_is_adapter"}, cuda). The reference is None
+    when it is the policy itself: TRL then uses the policy before training (adapter disabled)."""
+    require_train_extra("torch", "datasets", "peft", "transformers", "trl")
+    import torch
+    from datasets import disable_progress_bars
+    from transformers import set_seed
+    from transformers.utils import logging as hf_logging
 
     disable_progress_bars()
     hf_logging.disable_progress_bar()
     set_seed(seed)
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if cuda and lora else torch.float32  # as in sft.py
-    # LocalBackend's own loader (uncached: training must not touch a model LocalBackend serves).
-    # A LoRA checkpoint comes back with its adapter merged: that merged model is what DPO tunes.
-    policy_path = resolve_model(policy)
-    policy_is_adapter = (policy_path / "adapter_config.json").is_file()
-    model, tokenizer = _load_uncached(policy_path, "cpu")
+    model, tokenizer, policy_is_adapter = load_policy(policy)
     model = model.to(dtype).requires_grad_(not lora)  # PEFT leaves a merged adapter's weights frozen
-    ref_model = None  # None: TRL uses the policy before training (adapter disabled with LoRA)
+    ref_model = None
     if base_reference(reference) != base_reference(policy):
-        ref_model, ref_tokenizer = _load_uncached(resolve_model(reference), "cpu")
+        ref_model, ref_tokenizer, _ = load_policy(reference)
         ref_model = ref_model.to(dtype)
         if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise UserError("the reference model's tokenizer differs from the policy's", reference)
+    models = {"model": model, "ref_model": ref_model, "tokenizer": tokenizer, "policy_is_adapter": policy_is_adapter}
+    return models, cuda
 
-    tmp = staging_dir(out)
-    try:
-        config = DPOConfig(
-            **trainer_args(tmp, seed, cuda, bf16=bf16, activation_checkpointing=activation_checkpointing),
-            beta=beta,
-            loss_type=["sigmoid"],  # the p = 1 case; SoftDPOTrainer replaces the loss itself
-            precompute_ref_log_probs=True,
-            num_train_epochs=epochs,
-            max_steps=max_steps,
-            learning_rate=learning_rate,
-            per_device_train_batch_size=batch_size,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            max_length=max_length,
-            remove_unused_columns=True,  # SoftDPOTrainer lists p_chosen among the columns kept
-        )
-        peft_config = None
-        if lora:
-            peft_config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=LORA_DROPOUT,
-                                     target_modules="all-linear", task_type="CAUSAL_LM")  # fmt: skip
-        trainer = soft_dpo_trainer_class()(
-            model=model,
-            ref_model=ref_model,
-            args=config,
-            train_dataset=Dataset.from_list(rows),
-            processing_class=tokenizer,
-            peft_config=peft_config,
-        )
-        trainer.ref_model = ref_model = None  # its log-probs are in the dataset now
-        trainer.train()
-        shutil.rmtree(tmp / "trainer", ignore_errors=True)
 
-        # Save: an adapter over the policy spec, or the full (merged) model.
-        trained = trainer.model
-        saved_adapter = lora and not policy_is_adapter
-        if lora and not saved_adapter:
-            trained = trained.merge_and_unload()
-        save_model_dir(trained, tokenizer, tmp, policy, adapter=saved_adapter)
+def dpo_trainer(models: dict[str, Any], rows: list[dict], tmp: Path, hp: dict[str, Any], cuda: bool,
+                switches: dict[str, Any]):  # fmt: skip
+    """SoftDPOTrainer on `rows`, reference log-probs already computed (the reference is dropped)."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import DPOConfig
 
-        log = [
-            {k: entry.get(k) for k in LOG_KEYS}
-            for entry in trainer.state.log_history
-            if "loss" in entry
-        ]
-        last = log[-1] if log else {}
-        summary = {
-            "steps": trainer.state.global_step,
-            "final_loss": last.get("loss"),
-            "reward_margin": last.get("rewards/margins"),
-            "reward_accuracy": last.get("rewards/accuracies"),
-            "wall_seconds": round(time.monotonic() - started, 3),
-            "out": str(out),
-        }
-        write_json(tmp / "train_log.json", log)
-        write_loss_svg(tmp / "loss.svg", [(entry["step"], entry["loss"]) for entry in log])
-        soft = sum(r["p_chosen"] < 1 for r in rows)
-        write_json(tmp / "cai_checkpoint.json", {
-            "schema": CHECKPOINT_SCHEMA,
-            "stage": "rl-cai-dpo",
-            "kind": "dpo",
-            "policy": base_reference(policy),
-            "reference": base_reference(reference),
-            "base": base_reference(policy) if saved_adapter else None,
-            "beta": beta,
-            "data": {"path": str(data.resolve()), "sha256": sha256_file(data), "rows": len(rows),
-                     "soft_rows": soft},
-            "hyperparameters": hparams,
-            "seed": seed,
-            "device": "cuda" if cuda else "cpu",
-            **summary,
-            "packages": package_versions(),
-        })  # fmt: skip
-        publish_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return summary
+    config = DPOConfig(
+        **trainer_args(tmp, hp["seed"], cuda, **switches),
+        beta=hp["beta"],
+        loss_type=["sigmoid"],  # the p = 1 case; SoftDPOTrainer replaces the loss itself
+        precompute_ref_log_probs=True,
+        num_train_epochs=hp["epochs"],
+        max_steps=hp["max_steps"],
+        learning_rate=hp["learning_rate"],
+        per_device_train_batch_size=hp["batch_size"],
+        gradient_accumulation_steps=hp["gradient_accumulation_steps"],
+        max_length=hp["max_length"],
+        remove_unused_columns=True,  # SoftDPOTrainer lists p_chosen among the columns kept
+    )
+    peft_config = None
+    if hp["lora"]:
+        peft_config = LoraConfig(r=hp["lora_r"], lora_alpha=hp["lora_alpha"], lora_dropout=LORA_DROPOUT,
+                                 target_modules="all-linear", task_type="CAUSAL_LM")  # fmt: skip
+    trainer = soft_dpo_trainer_class()(
+        model=models["model"],
+        ref_model=models.pop("ref_model"),
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=models["tokenizer"],
+        peft_config=peft_config,
+    )
+    trainer.ref_model = None  # its log-probs are in the dataset now
+    return trainer
 
 
 def soft_dpo_loss(h, p_chosen, beta: float):
@@ -333,8 +329,6 @@ def load_dpo_rows(path: Path) -> list[dict[str, Any]]:
     converted with `to_dpo_rows`: discarded rows and ties (p_a = 0.5) carry no preference and are
     skipped. Only role and content survive: Arrow needs one schema across rows.
     """
-    from constitutional.rl_cai.label import to_dpo_rows
-
     rows = []
     for line, row in iter_jsonl(path):
         if "response_a" in row:  # a label row from `cai rl-cai label`

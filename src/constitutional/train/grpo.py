@@ -24,25 +24,23 @@ base, or the merged full model when the policy is itself a LoRA checkpoint or `l
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from constitutional.atomic_dir import refuse_existing
 from constitutional.backends.base import Backend
 from constitutional.errors import UserError
-from constitutional.jsonl import write_json
-from constitutional.provenance import package_versions
-from constitutional.train.rewards import JudgeReward, RewardFunction, build_reward, check_reward
-from constitutional.train.sft import (
-    CHECKPOINT_SCHEMA,
-    base_reference,
-    publish_dir,
-    save_model_dir,
-    staging_dir,
-    trainer_args,
-    write_loss_svg,
+from constitutional.generate import load_prompts
+from constitutional.train.checkpoint import (
+    rl_fields,
+    save_policy,
+    staged_checkpoint,
+    write_checkpoint_record,
+    write_train_log,
 )
+from constitutional.train.common import load_policy, logged_steps, require_train_extra, trainer_args
+from constitutional.train.rewards import JudgeReward, RewardFunction, build_reward, check_reward
 
 LOG_KEYS = ("step", "reward", "reward_std", "kl", "loss", "completions/mean_length", "entropy",
             "frac_reward_zero_std", "learning_rate")  # fmt: skip
@@ -102,123 +100,121 @@ def train_grpo(
         {"steps", "reward_first", "reward_last", "kl_last", "wall_seconds", "out"}: the mean
         reward of the first and last step's responses and the last step's mean KL.
     """
-    started = time.monotonic()
-    out = Path(out)
-    from constitutional.generate import load_prompts
-
+    started, out = time.monotonic(), Path(out)
     rows = load_prompts(prompts, chat_allowed=False)  # bad input fails before any model load
-    if out.exists() and (out.is_file() or any(out.iterdir())) and not overwrite:
-        raise UserError("output exists and is not empty; pass --overwrite to replace it", out)
-    if beta < 0 or num_generations < 2:
-        raise UserError("--beta must be >= 0 and --num-generations >= 2 (advantages are relative to the group)")
-    if min(steps, prompts_per_step, max_new_tokens) < 1 or not temperature > 0:
-        raise UserError("steps, prompts per step and max new tokens must be >= 1; temperature > 0")
+    refuse_existing(out, overwrite)
+    hp = {"beta": beta, "steps": steps, "prompts_per_step": prompts_per_step, "num_generations": num_generations,
+          "max_new_tokens": max_new_tokens, "temperature": temperature, "lora": lora, "lora_r": lora_r,
+          "lora_alpha": lora_alpha, "seed": seed, "bf16": bf16, "activation_checkpointing": activation_checkpointing,
+          "learning_rate": learning_rate if learning_rate is not None else 5e-5 if lora else 1e-6}  # fmt: skip
+    check_grpo_settings(hp)
     check_reward(reward, reward_model, judge, rbr)
-    if learning_rate is None:
-        learning_rate = 5e-5 if lora else 1e-6
-    try:
-        import torch
-        from datasets import Dataset, disable_progress_bars
-        from peft import LoraConfig
-        from transformers import set_seed
-        from transformers.utils import logging as hf_logging
-        from trl import GRPOConfig, GRPOTrainer
-    except ImportError as e:
-        raise UserError(f"training needs {e.name}, part of the train extra: pip install 'constitutional[train]'") from None
-    from constitutional.backends.local import _load_uncached, resolve_model
+    device = grpo_setup(seed)
+    reward_funcs, reward_tokenizers, record = trl_rewards(reward, reward_model, judge, constitution, seed, device,
+                                                          rbr=rbr, rbr_weight=rbr_weight, rbr_class=rbr_class)
+    model, tokenizer, policy_is_adapter = load_grpo_policy(policy, device == "cuda" and lora, lora)
+    with staged_checkpoint(out, overwrite) as tmp:
+        trainer = grpo_trainer(model, tokenizer, (reward_funcs, reward_tokenizers), rows, tmp, hp, device == "cuda")
+        trainer.train()
+        saved_adapter = save_policy(trainer.model, tokenizer, tmp, policy, lora=lora,
+                                    policy_is_adapter=policy_is_adapter)  # fmt: skip
+        log = logged_steps(trainer, LOG_KEYS, "reward")
+        summary = grpo_summary(trainer.state.global_step, log, started, out)
+        count_unscored(record, reward_funcs)
+        write_train_log(tmp, log, reward="reward", loss="loss")
+        write_checkpoint_record(tmp, rl_fields("grpo", policy, saved_adapter, record, beta, prompts),
+                                hyperparameters=grpo_record_hparams(hp, trainer.args), seed=seed, device=device,
+                                summary=summary)  # fmt: skip
+    return summary
+
+
+def check_grpo_settings(hp: dict[str, Any]) -> None:
+    if hp["beta"] < 0 or hp["num_generations"] < 2:
+        raise UserError("--beta must be >= 0 and --num-generations >= 2 (advantages are relative to the group)")
+    if min(hp["steps"], hp["prompts_per_step"], hp["max_new_tokens"]) < 1 or not hp["temperature"] > 0:
+        raise UserError("steps, prompts per step and max new tokens must be >= 1; temperature > 0")
+
+
+def grpo_summary(steps: int, log: list[dict[str, Any]], started: float, out: Path) -> dict[str, Any]:
+    """What `train_grpo` returns: the first and last step's mean reward, the last step's KL."""
+    return {
+        "steps": steps,
+        "reward_first": log[0]["reward"] if log else None,
+        "reward_last": log[-1]["reward"] if log else None,
+        "kl_last": log[-1]["kl"] if log else None,
+        "wall_seconds": round(time.monotonic() - started, 3),
+        "out": str(out),
+    }
+
+
+def count_unscored(record: dict[str, Any], reward_funcs: list) -> None:
+    """With a judge reward, record how many judgements had no usable log-probs."""
+    judges = [j for j in (getattr(f, "reward", None) for f in reward_funcs) if isinstance(j, JudgeReward)]
+    if judges:
+        record["unscored"] = sum(j.unscored for j in judges)
+
+
+def grpo_setup(seed: int) -> str:
+    """Check the train extra, quiet the progress bars, seed; returns the device."""
+    require_train_extra("torch", "datasets", "peft", "transformers", "trl")
+    import torch
+    from datasets import disable_progress_bars
+    from transformers import set_seed
+    from transformers.utils import logging as hf_logging
 
     disable_progress_bars()
     hf_logging.disable_progress_bar()
     set_seed(seed)
-    cuda = torch.cuda.is_available()
-    device = "cuda" if cuda else "cpu"
-    reward_funcs, reward_tokenizers, record = trl_rewards(reward, reward_model, judge, constitution, seed, device,
-                                                          rbr=rbr, rbr_weight=rbr_weight, rbr_class=rbr_class)
-    policy_path = resolve_model(policy)
-    policy_is_adapter = (policy_path / "adapter_config.json").is_file()
-    model, tokenizer = _load_uncached(policy_path, "cpu")  # a LoRA policy comes back merged
-    model = model.to(torch.bfloat16 if cuda and lora else torch.float32).requires_grad_(not lora)
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_grpo_policy(policy: str, bf16: bool, lora: bool):
+    """The policy (a LoRA one comes back merged), in bf16 for LoRA on a GPU (PEFT keeps the
+    adapter in fp32), else fp32; with LoRA its own weights stay frozen."""
+    import torch
+
+    model, tokenizer, policy_is_adapter = load_policy(policy)
+    model = model.to(torch.bfloat16 if bf16 else torch.float32).requires_grad_(not lora)
+    return model, tokenizer, policy_is_adapter
+
+
+def grpo_trainer(model, tokenizer, rewards: tuple[list, list], rows: list[dict], tmp: Path, hp: dict[str, Any],
+                 cuda: bool):  # fmt: skip
+    """TRL's GRPOTrainer over `rows`' prompts; `rewards` is (reward_funcs, their tokenizers)."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import GRPOConfig, GRPOTrainer
+
+    config = GRPOConfig(
+        **trainer_args(tmp, hp["seed"], cuda, bf16=hp["bf16"], activation_checkpointing=hp["activation_checkpointing"]),
+        beta=hp["beta"],
+        num_generations=hp["num_generations"],
+        per_device_train_batch_size=hp["prompts_per_step"] * hp["num_generations"],  # counts responses
+        max_steps=hp["steps"],
+        max_completion_length=hp["max_new_tokens"],
+        temperature=hp["temperature"],
+        learning_rate=hp["learning_rate"],
+        disable_dropout=True,  # sampling and update must see the same log-probs
+    )
+    peft_config = None
+    if hp["lora"]:
+        peft_config = LoraConfig(r=hp["lora_r"], lora_alpha=hp["lora_alpha"], lora_dropout=0.0,
+                                 target_modules="all-linear", task_type="CAUSAL_LM")  # fmt: skip
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}]} for r in rows])
+    return GRPOTrainer(model=model, reward_funcs=rewards[0], args=config, train_dataset=dataset,
+                       processing_class=tokenizer, reward_processing_classes=rewards[1],
+                       peft_config=peft_config)  # fmt: skip
 
-    tmp = staging_dir(out)
-    try:
-        config = GRPOConfig(
-            **trainer_args(tmp, seed, cuda, bf16=bf16, activation_checkpointing=activation_checkpointing),
-            beta=beta,
-            num_generations=num_generations,
-            per_device_train_batch_size=prompts_per_step * num_generations,  # counts responses
-            max_steps=steps,
-            max_completion_length=max_new_tokens,
-            temperature=temperature,
-            learning_rate=learning_rate,
-            disable_dropout=True,  # sampling and update must see the same log-probs
-        )
-        peft_config = None
-        if lora:
-            peft_config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules="all-linear",
-                                     task_type="CAUSAL_LM")  # fmt: skip
-        trainer = GRPOTrainer(
-            model=model,
-            reward_funcs=reward_funcs,
-            args=config,
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            reward_processing_classes=reward_tokenizers,
-            peft_config=peft_config,
-        )
-        trainer.train()
-        shutil.rmtree(tmp / "trainer", ignore_errors=True)
 
-        # Save: an adapter over the policy spec, or the full (merged) model; see dpo.py.
-        trained = trainer.model
-        saved_adapter = lora and not policy_is_adapter
-        if lora and not saved_adapter:
-            trained = trained.merge_and_unload()
-        save_model_dir(trained, tokenizer, tmp, policy, adapter=saved_adapter)
-
-        log = [{k: e.get(k) for k in LOG_KEYS} for e in trainer.state.log_history if "reward" in e]
-        summary = {
-            "steps": trainer.state.global_step,
-            "reward_first": log[0]["reward"] if log else None,
-            "reward_last": log[-1]["reward"] if log else None,
-            "kl_last": log[-1]["kl"] if log else None,
-            "wall_seconds": round(time.monotonic() - started, 3),
-            "out": str(out),
-        }
-        judges = [getattr(f, "reward", None) for f in reward_funcs]
-        if any(isinstance(j, JudgeReward) for j in judges):
-            record["unscored"] = sum(j.unscored for j in judges if isinstance(j, JudgeReward))
-        write_json(tmp / "train_log.json", log)
-        write_loss_svg(tmp / "reward.svg", [(e["step"], e["reward"]) for e in log])
-        write_loss_svg(tmp / "loss.svg", [(e["step"], e["loss"]) for e in log if e["loss"] is not None])
-        write_json(tmp / "cai_checkpoint.json", {
-            "schema": CHECKPOINT_SCHEMA,
-            "stage": "rl-cai-grpo",
-            "kind": "grpo",
-            "policy": base_reference(policy),
-            "reference": base_reference(policy),
-            "base": base_reference(policy) if saved_adapter else None,
-            "reward_model": record.get("reward_model"),
-            "reward": record,
-            "beta": beta,
-            "prompts": str(prompts),
-            "hyperparameters": {
-                "beta": beta, "steps": steps, "prompts_per_step": prompts_per_step,
-                "num_generations": num_generations, "max_new_tokens": max_new_tokens, "temperature": temperature,
-                "learning_rate": learning_rate, "loss_type": config.loss_type, "scale_rewards": config.scale_rewards,
-                "epsilon": config.epsilon, "num_iterations": config.num_iterations, "lora": lora,
-                "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": 0.0,
-            },
-            "seed": seed,
-            "device": device,
-            **summary,
-            "packages": package_versions(),
-        })  # fmt: skip
-        publish_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return summary
+def grpo_record_hparams(hp: dict[str, Any], config) -> dict[str, Any]:
+    """The hyperparameters `cai_checkpoint.json` records, TRL's own defaults included."""
+    return {
+        "beta": hp["beta"], "steps": hp["steps"], "prompts_per_step": hp["prompts_per_step"],
+        "num_generations": hp["num_generations"], "max_new_tokens": hp["max_new_tokens"],
+        "temperature": hp["temperature"], "learning_rate": hp["learning_rate"], "loss_type": config.loss_type,
+        "scale_rewards": config.scale_rewards, "epsilon": config.epsilon, "num_iterations": config.num_iterations,
+        "lora": hp["lora"], "lora_r": hp["lora_r"], "lora_alpha": hp["lora_alpha"], "lora_dropout": 0.0,
+    }  # fmt: skip
 
 
 def trl_rewards(reward, reward_model, judge, constitution: str, seed: int, device: str, **rbr_options):

@@ -36,22 +36,23 @@ from __future__ import annotations
 import copy
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from constitutional.atomic_dir import refuse_existing
 from constitutional.backends.base import Backend
 from constitutional.errors import UserError
-from constitutional.jsonl import write_json
-from constitutional.provenance import package_versions
-from constitutional.train.rewards import JudgeReward, RewardFunction, build_reward, check_reward
-from constitutional.train.sft import (
-    CHECKPOINT_SCHEMA,
-    base_reference,
-    publish_dir,
-    save_model_dir,
-    staging_dir,
-    write_loss_svg,
+from constitutional.generate import load_prompts
+from constitutional.train.checkpoint import (
+    rl_fields,
+    save_policy,
+    staged_checkpoint,
+    write_checkpoint_record,
+    write_train_log,
 )
+from constitutional.train.common import load_policy, require_train_extra
+from constitutional.train.rewards import JudgeReward, RewardFunction, build_reward, check_reward
 
 GAMMA, LAMBDA = 1.0, 0.95  # GAE: no discount within a response; λ trades bias for variance
 CLIP, VALUE_CLIP = 0.2, 0.2  # PPO's ε for the ratio, and for the value change per update
@@ -92,8 +93,7 @@ def train_ppo(
 
     Args:
         prompts: JSONL with a `prompt` per row, or `builtin:NAME`; batches cycle through them.
-        policy: the model to train, usually the SL-CAI checkpoint ("embedded", .gguf, HF or LoRA
-            dir). It is also the KL reference.
+        policy: the model to train and KL reference, usually the SL-CAI checkpoint (any model spec).
         reward_model: a preference model directory from `cai rl-cai train-pm` (reward "pm" only).
         out: checkpoint directory to create (refused if it exists and is not empty).
         beta: KL penalty per token (the initial value when `adaptive_kl`).
@@ -118,135 +118,131 @@ def train_ppo(
         {"steps", "reward_first", "reward_last", "kl_last", "beta", "wall_seconds", "out"}: mean
         reward of the first and last rollout, and the last rollout's mean KL.
     """
-    started = time.monotonic()
-    out = Path(out)
-    from constitutional.generate import load_prompts
-
+    started, out = time.monotonic(), Path(out)
     rows = load_prompts(prompts, chat_allowed=False)  # bad input fails before any model load
-    if out.exists() and (out.is_file() or any(out.iterdir())) and not overwrite:
-        raise UserError("output exists and is not empty; pass --overwrite to replace it", out)
-    if beta < 0 or (adaptive_kl and not target_kl > 0):
-        raise UserError("--beta must be >= 0 (and the target KL > 0 with --adaptive-kl)")
-    if min(steps, batch_size, ppo_epochs, minibatch_size, max_new_tokens) < 1 or not temperature > 0:
-        raise UserError("steps, batch size, epochs, minibatch size and max new tokens must be >= 1; temperature > 0")
+    refuse_existing(out, overwrite)
+    hp = {"beta": beta, "adaptive_kl": adaptive_kl, "target_kl": target_kl if adaptive_kl else None, "steps": steps,
+          "batch_size": batch_size, "ppo_epochs": ppo_epochs, "minibatch_size": minibatch_size, "learning_rate": learning_rate,
+          "value_learning_rate": learning_rate * VALUE_LR_SCALE, "max_new_tokens": max_new_tokens, "temperature": temperature,
+          "entropy_coef": entropy_coef, "gamma": GAMMA, "lambda": LAMBDA, "clip": CLIP, "value_clip": VALUE_CLIP,
+          "value_coef": VALUE_COEF, "lora": lora, "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": 0.0}  # fmt: skip
+    check_ppo_settings(hp, target_kl)
     check_reward(reward, reward_model, judge, rbr)
-    try:
-        import torch
-        from peft import LoraConfig, get_peft_model
-        from transformers import set_seed
-    except ImportError as e:
-        raise UserError(f"training needs {e.name}, part of the train extra: pip install 'constitutional[train]'") from None
-    from constitutional.backends.local import _load_uncached, resolve_model
+    device = ppo_setup(seed)  # after the checks: the train extra is imported only now
+    reward_fn, reward_record = build_reward(reward, reward_model=reward_model, judge=judge, constitution=constitution,
+                                            seed=seed, device=device, rbr=rbr, rbr_weight=rbr_weight, rbr_class=rbr_class)
+    run = PPORun.start(policy, hp, device, reward_fn, KLController(beta, target_kl if adaptive_kl else None))
+    log = run.train(rows, random.Random(seed))
+    with staged_checkpoint(out, overwrite) as tmp:  # an adapter over the policy, or the merged model
+        saved_adapter = save_policy(run.model, run.tokenizer, tmp, policy, lora=lora, policy_is_adapter=run.policy_is_adapter)
+        summary = ppo_summary(log, run.kl_ctl.beta, started, out)
+        write_train_log(tmp, log, reward="reward", loss="policy_loss")
+        write_checkpoint_record(tmp, rl_fields("ppo", policy, saved_adapter, reward_record, beta, prompts),
+                                hyperparameters=hp, seed=seed, device=device, summary=summary)  # fmt: skip
+    return summary
+
+
+def ppo_setup(seed: int) -> str:
+    """Check the train extra and seed everything; returns the device."""
+    require_train_extra("torch", "peft", "transformers")
+    import torch
+    from transformers import set_seed
 
     set_seed(seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    reward_fn, reward_record = build_reward(reward, reward_model=reward_model, judge=judge,
-                                            constitution=constitution, seed=seed, device=device,
-                                            rbr=rbr, rbr_weight=rbr_weight, rbr_class=rbr_class)  # fmt: skip
-    policy_path = resolve_model(policy)
-    policy_is_adapter = (policy_path / "adapter_config.json").is_file()
-    model, tokenizer = _load_uncached(policy_path, "cpu")  # a LoRA policy comes back merged
-    model = model.float().to(device)
-    ref = None
-    if lora:
-        config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules="all-linear",
-                            task_type="CAUSAL_LM")  # fmt: skip
-        model = get_peft_model(model, config)
-    else:
-        ref = copy.deepcopy(model).eval().requires_grad_(False)
-        model.requires_grad_(True)
-    value_head = torch.nn.Linear(model.config.get_text_config().hidden_size, 1).to(device)
-    torch.nn.init.zeros_(value_head.weight), torch.nn.init.zeros_(value_head.bias)
-    optimizer = torch.optim.Adam([
-        {"params": [p for p in model.parameters() if p.requires_grad], "lr": learning_rate},
-        {"params": value_head.parameters(), "lr": learning_rate * VALUE_LR_SCALE},
-    ])  # fmt: skip
-    kl_ctl = KLController(beta, target_kl if adaptive_kl else None)
-    order = random.Random(seed)
-    queue: list[dict] = []
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
-    log = []
-    for step in range(1, steps + 1):
-        batch = []
-        while len(batch) < batch_size:
-            queue = queue or order.sample(rows, len(rows))
-            batch.append(queue.pop()["prompt"])
-        roll = rollout(model, tokenizer, batch, max_new_tokens=max_new_tokens, temperature=temperature)
-        scores = torch.tensor(reward_fn(batch, roll["texts"]), dtype=torch.float32, device=device)
+
+def ppo_summary(log: list[dict[str, Any]], beta: float, started: float, out: Path) -> dict[str, Any]:
+    """What `train_ppo` returns: the first and last rollout's mean reward, the last one's KL."""
+    return {"steps": len(log), "reward_first": log[0]["reward"], "reward_last": log[-1]["reward"],
+            "kl_last": log[-1]["kl"], "beta": beta, "wall_seconds": round(time.monotonic() - started, 3),
+            "out": str(out)}  # fmt: skip
+
+
+def check_ppo_settings(hp: dict[str, Any], target_kl: float) -> None:
+    if hp["beta"] < 0 or (hp["adaptive_kl"] and not target_kl > 0):
+        raise UserError("--beta must be >= 0 (and the target KL > 0 with --adaptive-kl)")
+    sizes = (hp["steps"], hp["batch_size"], hp["ppo_epochs"], hp["minibatch_size"], hp["max_new_tokens"])
+    if min(sizes) < 1 or not hp["temperature"] > 0:
+        raise UserError("steps, batch size, epochs, minibatch size and max new tokens must be >= 1; temperature > 0")
+
+
+@dataclass
+class PPORun:
+    """What one PPO run holds: the policy (LoRA-wrapped, or with a frozen copy `ref`), the value
+    head and their optimiser, the reward and the KL controller."""
+
+    device: str
+    model: Any
+    tokenizer: Any
+    policy_is_adapter: bool
+    ref: Any
+    value_head: Any
+    optimizer: Any
+    reward_fn: Any
+    kl_ctl: KLController
+    hp: dict[str, Any]
+
+    @classmethod
+    def start(cls, policy: str, hp: dict[str, Any], device: str, reward_fn, kl_ctl: KLController) -> PPORun:
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        model, tokenizer, policy_is_adapter = load_policy(policy)  # a LoRA policy comes back merged
+        model = model.float().to(device)
+        ref = None
+        if hp["lora"]:
+            config = LoraConfig(r=hp["lora_r"], lora_alpha=hp["lora_alpha"], lora_dropout=0.0,
+                                target_modules="all-linear", task_type="CAUSAL_LM")  # fmt: skip
+            model = get_peft_model(model, config)
+        else:
+            ref = copy.deepcopy(model).eval().requires_grad_(False)
+            model.requires_grad_(True)
+        value_head = torch.nn.Linear(model.config.get_text_config().hidden_size, 1).to(device)
+        torch.nn.init.zeros_(value_head.weight), torch.nn.init.zeros_(value_head.bias)
+        optimizer = torch.optim.Adam([
+            {"params": [p for p in model.parameters() if p.requires_grad], "lr": hp["learning_rate"]},
+            {"params": value_head.parameters(), "lr": hp["value_learning_rate"]},
+        ])  # fmt: skip
+        return cls(device, model, tokenizer, policy_is_adapter, ref, value_head, optimizer, reward_fn, kl_ctl, hp)
+
+    def train(self, rows: list[dict], order: random.Random) -> list[dict[str, Any]]:
+        """`steps` rollouts, each followed by its PPO update; the per-step log. Batches cycle
+        through the prompts in an order drawn afresh (seeded) each time they run out."""
+        queue: list[dict] = []
+        log = []
+        for step in range(1, self.hp["steps"] + 1):
+            batch = []
+            while len(batch) < self.hp["batch_size"]:
+                queue = queue or order.sample(rows, len(rows))
+                batch.append(queue.pop()["prompt"])
+            log.append(self.step(step, batch))
+            self.kl_ctl.update(log[-1]["kl"], self.hp["batch_size"])
+        return log
+
+    def step(self, step: int, batch: list[str]) -> dict[str, Any]:
+        """One rollout on `batch`, scored, turned into advantages and trained on; its log entry."""
+        import torch
+
+        hp, model, temperature = self.hp, self.model, self.hp["temperature"]
+        roll = rollout(model, self.tokenizer, batch, max_new_tokens=hp["max_new_tokens"], temperature=temperature)
+        scores = torch.tensor(self.reward_fn(batch, roll["texts"]), dtype=torch.float32, device=self.device)
         with torch.no_grad():
-            logp, values, _ = forward(model, value_head, roll, temperature)
-            ref_logp = reference_logprobs(model, ref, roll, temperature)
+            logp, values, _ = forward(model, self.value_head, roll, temperature)
+            ref_logp = reference_logprobs(model, self.ref, roll, temperature)
         mask = roll["mask"]
         kl = (logp - ref_logp) * mask
-        rewards = token_rewards(scores, kl, mask, kl_ctl.beta)
+        rewards = token_rewards(scores, kl, mask, self.kl_ctl.beta)
         advantages, returns = gae(rewards, values, mask)
         advantages = whiten(advantages, mask)
-        stats = ppo_update(model, value_head, optimizer, roll, logp, values, advantages, returns,
-                           epochs=ppo_epochs, minibatch_size=minibatch_size, temperature=temperature,
-                           entropy_coef=entropy_coef)  # fmt: skip
-        entry = {
-            "step": step,
-            "reward": scores.mean().item(),
-            "kl": kl.sum(1).mean().item(),
-            "response_length": mask.sum(1).float().mean().item(),
-            "beta": kl_ctl.beta,
-            **stats,
-        }
-        if isinstance(reward_fn, JudgeReward):
-            entry["unscored"] = reward_fn.unscored  # judgements with no usable log-probs, so far
-        log.append(entry)
-        kl_ctl.update(entry["kl"], batch_size)
-
-    # Save: an adapter over the policy spec, or the full (merged) model; see dpo.py.
-    tmp = staging_dir(out)
-    try:
-        saved_adapter = lora and not policy_is_adapter
-        trained = model.merge_and_unload() if lora and not saved_adapter else model
-        save_model_dir(trained, tokenizer, tmp, policy, adapter=saved_adapter)
-        summary = {
-            "steps": steps,
-            "reward_first": log[0]["reward"],
-            "reward_last": log[-1]["reward"],
-            "kl_last": log[-1]["kl"],
-            "beta": kl_ctl.beta,
-            "wall_seconds": round(time.monotonic() - started, 3),
-            "out": str(out),
-        }
-        write_json(tmp / "train_log.json", log)
-        write_loss_svg(tmp / "reward.svg", [(e["step"], e["reward"]) for e in log])
-        write_loss_svg(tmp / "loss.svg", [(e["step"], e["policy_loss"]) for e in log])
-        write_json(tmp / "cai_checkpoint.json", {
-            "schema": CHECKPOINT_SCHEMA,
-            "stage": "rl-cai-ppo",
-            "kind": "ppo",
-            "policy": base_reference(policy),
-            "reference": base_reference(policy),
-            "base": base_reference(policy) if saved_adapter else None,
-            "reward_model": reward_record.get("reward_model"),
-            "reward": reward_record,
-            "beta": beta,
-            "prompts": str(prompts),
-            "hyperparameters": {
-                "beta": beta, "adaptive_kl": adaptive_kl, "target_kl": target_kl if adaptive_kl else None,
-                "steps": steps, "batch_size": batch_size, "ppo_epochs": ppo_epochs,
-                "minibatch_size": minibatch_size, "learning_rate": learning_rate,
-                "value_learning_rate": learning_rate * VALUE_LR_SCALE, "max_new_tokens": max_new_tokens,
-                "temperature": temperature, "entropy_coef": entropy_coef, "gamma": GAMMA, "lambda": LAMBDA,
-                "clip": CLIP, "value_clip": VALUE_CLIP, "value_coef": VALUE_COEF, "lora": lora,
-                "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": 0.0,
-            },
-            "seed": seed,
-            "device": device,
-            **summary,
-            "packages": package_versions(),
-        })  # fmt: skip
-        publish_dir(tmp, out)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return summary
+        stats = ppo_update(model, self.value_head, self.optimizer, roll, logp, values, advantages, returns,
+                           epochs=hp["ppo_epochs"], minibatch_size=hp["minibatch_size"], temperature=temperature,
+                           entropy_coef=hp["entropy_coef"])  # fmt: skip
+        entry = {"step": step, "reward": scores.mean().item(), "kl": kl.sum(1).mean().item(),
+                 "response_length": mask.sum(1).float().mean().item(), "beta": self.kl_ctl.beta, **stats}  # fmt: skip
+        if isinstance(self.reward_fn, JudgeReward):
+            entry["unscored"] = self.reward_fn.unscored  # judgements with no usable log-probs, so far
+        return entry
 
 
 # -- rollout -----------------------------------------------------------------------------------

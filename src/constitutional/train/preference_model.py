@@ -22,30 +22,34 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from constitutional.atomic_dir import refuse_existing
 from constitutional.errors import UserError
 from constitutional.jsonl import iter_jsonl, write_json
-from constitutional.provenance import package_versions
-from constitutional.train.sft import (
-    CHECKPOINT_SCHEMA,
-    LORA_DROPOUT,
+from constitutional.judge.soft_labels import preference_metrics, soft_bce
+from constitutional.train.checkpoint import (
     base_reference,
-    messages_problem,
-    publish_dir,
+    data_record,
     save_model_dir,
-    sha256_file,
-    staging_dir,
-    trainer_args,
-    write_loss_svg,
+    staged_checkpoint,
+    write_checkpoint_record,
+    write_train_log,
 )
-from constitutional.train.soft_labels import preference_metrics, soft_bce
+from constitutional.train.common import (
+    LORA_DROPOUT,
+    base_model_path,
+    logged_steps,
+    messages_problem,
+    require_train_extra,
+    trainer_args,
+)
 
 KIND = "preference_model"
+LOG_KEYS = ("step", "loss", "learning_rate", "epoch")
 Messages = list[dict[str, str]]
 
 
@@ -91,16 +95,12 @@ def train_preference_model(
     Raises:
         UserError: bad data (naming file:line), unknown base, or `out` in the way.
     """
-    started = time.monotonic()
-    data, out = Path(data), Path(out)
-    # 1. Check the inputs before any slow import or model load: bad data fails in a second.
-    pairs, discarded = load_preference_pairs(data)
+    started, data, out = time.monotonic(), Path(data), Path(out)
+    pairs, discarded = load_preference_pairs(data)  # 1. bad data fails in a second, before any import
     if not 0 <= eval_fraction < 1:
         raise UserError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
-    if out.exists() and (out.is_file() or any(out.iterdir())) and not overwrite:
-        raise UserError("output exists and is not empty; pass --overwrite to replace it", out)
-    if learning_rate is None:
-        learning_rate = 2e-4 if lora else 1e-5
+    refuse_existing(out, overwrite)
+    learning_rate = learning_rate if learning_rate is not None else 2e-4 if lora else 1e-5
     train_pairs, eval_pairs = split_pairs(pairs, eval_fraction, seed)
     hparams = {
         "lora": lora, "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": LORA_DROPOUT,
@@ -108,106 +108,88 @@ def train_preference_model(
         "batch_size": batch_size, "max_length": max_length, "eval_fraction": eval_fraction,
         "seed": seed, "loss": "bradley_terry_soft_bce",
     }  # fmt: skip
-
-    try:  # the `train` extra: not needed by the rest of the package
-        import torch
-        from peft import LoraConfig, get_peft_model
-        from transformers import TrainingArguments, set_seed
-    except ImportError as e:
-        hint = "pip install 'constitutional[train]'"
-        raise UserError(f"training needs {e.name}, part of the train extra: {hint}") from None
-    from constitutional.backends.local import resolve_model
-
-    # 2. The base with a fresh one-output head on top.
-    base_path = resolve_model(base)
-    if (base_path / "adapter_config.json").is_file():
-        raise UserError("the base is a LoRA adapter; train on its base model instead", base)
-    set_seed(seed)
-    cuda = torch.cuda.is_available()
-    dtype = torch.bfloat16 if cuda and lora else torch.float32  # as in sft.py
-    model, tokenizer = _load(base_path, base_path, dtype, fresh_head=True)
-    tokenizer.model_max_length = max_length  # saved with the checkpoint: scoring cuts the same
-    if lora:
-        # "all-linear" leaves the SEQ_CLS head alone; modules_to_save trains and saves it in full.
-        model = get_peft_model(model, LoraConfig(
-            r=lora_r, lora_alpha=lora_alpha, lora_dropout=LORA_DROPOUT, target_modules="all-linear",
-            task_type="SEQ_CLS", modules_to_save=["score"],
-        ))  # fmt: skip
-    features = [
-        {"a": encode(tokenizer, p["a"]), "b": encode(tokenizer, p["b"]), "p_a": p["p_a"]}
-        for p in train_pairs
-    ]
-
-    # 3. Train into a hidden directory beside `out`: a killed run leaves no half checkpoint.
-    tmp = staging_dir(out)
-    try:
-        args = TrainingArguments(
-            **trainer_args(tmp, seed, cuda),
-            num_train_epochs=epochs,
-            max_steps=max_steps,
-            learning_rate=learning_rate,
-            per_device_train_batch_size=batch_size,
-            remove_unused_columns=False,  # the collator needs a, b and p_a
-            label_names=["p_a"],
-        )
-        trainer = _soft_label_trainer_class()(
-            model=model,
-            args=args,
-            train_dataset=features,
-            data_collator=PairCollator(tokenizer),
-        )
+    # 2. The base with a fresh one-output head on top; 3. train in a staging dir.
+    model, tokenizer, cuda = load_pm_base(base, hparams)
+    with staged_checkpoint(out, overwrite) as tmp:
+        trainer = pm_trainer(model, tokenizer, train_pairs, tmp, hparams, cuda)
         trainer.train()
-        shutil.rmtree(tmp / "trainer", ignore_errors=True)
-
         # 4. Held-out metrics with the trained model, then save (adapter + head, or all weights).
         model = trainer.model
         deltas = pair_deltas(model, tokenizer, eval_pairs, batch_size=2 * batch_size)
         held_out = preference_metrics(deltas, [p["p_a"] for p in eval_pairs])
         save_model_dir(model, tokenizer, tmp, base, adapter=lora)
-        base_ref = base_reference(base)
-
-        # 5. Loss curve, metrics and provenance, then move the finished checkpoint into place.
-        log = [
-            {k: entry.get(k) for k in ("step", "loss", "learning_rate", "epoch")}
-            for entry in trainer.state.log_history
-            if "loss" in entry
-        ]
-        summary = {
-            "steps": trainer.state.global_step,
-            "final_loss": log[-1]["loss"] if log else None,
-            "wall_seconds": round(time.monotonic() - started, 3),
-            "out": str(out),
-            "train_pairs": len(train_pairs),
-            "eval_pairs": len(eval_pairs),
-            "accuracy": held_out["accuracy"],
-            "mean_bce": held_out["mean_bce"],
-            "ece": held_out["ece"],
-        }
-        write_json(tmp / "train_log.json", log)
-        write_loss_svg(tmp / "loss.svg", [(entry["step"], entry["loss"]) for entry in log])
+        # 5. Loss curve, metrics and provenance; leaving the block moves the checkpoint into place.
+        log = logged_steps(trainer, LOG_KEYS)
+        summary = pm_summary(trainer.state.global_step, log, started, out, (len(train_pairs), len(eval_pairs)), held_out)
+        write_train_log(tmp, log, loss="loss")
         write_json(tmp / "metrics.json", {
             "held_out": held_out,
             "train": {"pairs": len(train_pairs), "steps": summary["steps"], "final_loss": summary["final_loss"]},
             "discarded_rows": discarded,
         })  # fmt: skip
-        write_json(tmp / "cai_checkpoint.json", {
-            "schema": CHECKPOINT_SCHEMA,
-            "kind": KIND,
-            "stage": "rl-cai-pm",
-            "base": base_ref,
-            "data": {"path": str(data.resolve()), "sha256": sha256_file(data), "pairs": len(pairs),
-                     "discarded_rows": discarded},
-            "hyperparameters": hparams,
-            "seed": seed,
-            "device": "cuda" if cuda else "cpu",
-            **summary,
-            "packages": package_versions(),
-        })  # fmt: skip
-        publish_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_checkpoint_record(tmp, {"kind": KIND, "stage": "rl-cai-pm", "base": base_reference(base)},
+                                data=data_record(data, pairs=len(pairs), discarded_rows=discarded),
+                                hyperparameters=hparams, seed=seed, device="cuda" if cuda else "cpu",
+                                summary=summary)  # fmt: skip
     return summary
+
+
+def pm_summary(steps: int, log: list[dict], started: float, out: Path, sizes: tuple[int, int],
+               held_out: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """What `train_preference_model` returns; `sizes` is (train pairs, held-out pairs)."""
+    return {
+        "steps": steps,
+        "final_loss": log[-1]["loss"] if log else None,
+        "wall_seconds": round(time.monotonic() - started, 3),
+        "out": str(out),
+        "train_pairs": sizes[0],
+        "eval_pairs": sizes[1],
+        **{k: held_out[k] for k in ("accuracy", "mean_bce", "ece")},
+    }
+
+
+def load_pm_base(base: str, hp: dict[str, Any]):
+    """(model, tokenizer, cuda): the base with a fresh `score` head, LoRA-wrapped when hp["lora"]
+    (the head then trained and saved in full, PEFT's `modules_to_save`)."""
+    require_train_extra("torch", "peft", "transformers")
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import set_seed
+
+    base_path = base_model_path(base)
+    set_seed(hp["seed"])
+    cuda = torch.cuda.is_available()
+    dtype = torch.bfloat16 if cuda and hp["lora"] else torch.float32  # as in sft.py
+    model, tokenizer = load_scorer(base_path, base_path, dtype, fresh_head=True)
+    tokenizer.model_max_length = hp["max_length"]  # saved with the checkpoint: scoring cuts the same
+    if hp["lora"]:
+        # "all-linear" leaves the SEQ_CLS head alone; modules_to_save trains and saves it in full.
+        model = get_peft_model(model, LoraConfig(
+            r=hp["lora_r"], lora_alpha=hp["lora_alpha"], lora_dropout=LORA_DROPOUT, target_modules="all-linear",
+            task_type="SEQ_CLS", modules_to_save=["score"],
+        ))  # fmt: skip
+    return model, tokenizer, cuda
+
+
+def pm_trainer(model, tokenizer, train_pairs: list[dict], tmp: Path, hp: dict[str, Any], cuda: bool):
+    """The soft-label Bradley–Terry Trainer over the training pairs."""
+    from transformers import TrainingArguments
+
+    features = [
+        {"a": encode(tokenizer, p["a"]), "b": encode(tokenizer, p["b"]), "p_a": p["p_a"]}
+        for p in train_pairs
+    ]
+    args = TrainingArguments(
+        **trainer_args(tmp, hp["seed"], cuda),
+        num_train_epochs=hp["epochs"],
+        max_steps=hp["max_steps"],
+        learning_rate=hp["learning_rate"],
+        per_device_train_batch_size=hp["batch_size"],
+        remove_unused_columns=False,  # the collator needs a, b and p_a
+        label_names=["p_a"],
+    )
+    return soft_label_trainer_class()(model=model, args=args, train_dataset=features,
+                                      data_collator=PairCollator(tokenizer))  # fmt: skip
 
 
 def load_preference_model(path: str | Path, device: str | None = None):
@@ -236,14 +218,14 @@ def load_preference_model(path: str | Path, device: str | None = None):
         base_path = resolve_model(config["base_model_name_or_path"])
         tokenizer_dir = path if (path / "tokenizer_config.json").is_file() else base_path
         # The base's head is fresh here; the adapter's saved `score` replaces it on load.
-        model, tokenizer = _load(base_path, tokenizer_dir, dtype, fresh_head=True)
+        model, tokenizer = load_scorer(base_path, tokenizer_dir, dtype, fresh_head=True)
         model = PeftModel.from_pretrained(model, path).merge_and_unload()
     else:
         config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
         heads = [a for a in config.get("architectures") or [] if a.endswith("ForSequenceClassification")]
         if not heads or config.get("num_labels", len(config.get("id2label") or {0: 0})) != 1:
             raise UserError("not a preference model: expected a one-output sequence-classification model", path)
-        model, tokenizer = _load(path, path, dtype, fresh_head=False)
+        model, tokenizer = load_scorer(path, path, dtype, fresh_head=False)
     return model.to(device).eval(), tokenizer
 
 
@@ -319,7 +301,7 @@ class PairCollator:
         return batch
 
 
-def _soft_label_trainer_class():
+def soft_label_trainer_class():
     """A `transformers.Trainer` with the Bradley–Terry soft-label loss (built lazily: the
     import of transformers is slow and optional)."""
     from transformers import Trainer
@@ -336,7 +318,7 @@ def _soft_label_trainer_class():
     return SoftLabelRewardTrainer
 
 
-def _load(model_dir: Path, tokenizer_dir: Path, dtype, *, fresh_head: bool):
+def load_scorer(model_dir: Path, tokenizer_dir: Path, dtype, *, fresh_head: bool):
     """A one-output sequence-classification model and its tokenizer, pad token set on both."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging

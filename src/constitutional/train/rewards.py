@@ -27,9 +27,9 @@ from typing import Any
 
 from constitutional.backends.base import Backend
 from constitutional.errors import UserError
+from constitutional.judge import rating as direct
+from constitutional.judge.layout import renderer
 from constitutional.provenance import derive_seed
-from constitutional.rl_cai import direct
-from constitutional.rl_cai.feedback import renderer
 
 RewardFunction = Callable[[list[str], list[str]], list[float]]
 REWARDS = ("pm", "judge", "pm+rbr")

@@ -18,23 +18,46 @@ saved. `out/` also holds `train_log.json`, `loss.svg` and `cai_checkpoint.json` 
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from constitutional.backends.embedded import EMBEDDED_NAME
+from constitutional.atomic_dir import publish_dir, refuse_existing, staging_dir
 from constitutional.errors import UserError
-from constitutional.jsonl import iter_jsonl, write_json
-from constitutional.provenance import package_versions
+from constitutional.jsonl import iter_jsonl
+from constitutional.provenance import sha256_file
+from constitutional.train.checkpoint import (
+    base_reference,
+    data_record,
+    save_model_dir,
+    staged_checkpoint,
+    write_checkpoint_record,
+    write_train_log,
+)
+from constitutional.train.common import (
+    LORA_DROPOUT,
+    base_model_path,
+    logged_steps,
+    messages_problem,
+    require_train_extra,
+    trainer_args,
+)
 
-CHECKPOINT_SCHEMA = "cai.checkpoint/1"
-ROLES = {"system", "user", "assistant"}
-LORA_DROPOUT = 0.05
+# Re-exported only for guard/strong.py and guard/classifiers.py, whose imports move to
+# train.common / train.checkpoint / atomic_dir / provenance when guard/ is next edited.
+__all__ = [
+    "LORA_DROPOUT",
+    "base_reference",
+    "publish_dir",
+    "save_model_dir",
+    "sha256_file",
+    "staging_dir",
+    "train_sft",
+    "trainer_args",
+]
+
+LOG_KEYS = ("step", "loss", "learning_rate", "epoch")
 
 
 def train_sft(
@@ -86,8 +109,7 @@ def train_sft(
     data, out = Path(data), Path(out)
     # 1. Check the inputs before any slow import or model load: bad data fails in a second.
     rows = load_sft_rows(data)
-    if out.exists() and (out.is_file() or any(out.iterdir())) and not overwrite:
-        raise UserError("output exists and is not empty; pass --overwrite to replace it", out)
+    refuse_existing(out, overwrite)
     if learning_rate is None:  # LoRA's few fresh weights want a far larger step than full FT
         learning_rate = 2e-4 if lora else 1e-5
     hparams = {
@@ -97,23 +119,37 @@ def train_sft(
         "max_length": max_length, "seed": seed, "loss": "completion_only", "bf16": bf16,
         "activation_checkpointing": activation_checkpointing,
     }  # fmt: skip
+    # 2. The base model, exactly as LocalBackend would load it; 3. train in a staging dir.
+    model, tokenizer, cuda = load_sft_base(base, seed, lora)
+    with staged_checkpoint(out, overwrite) as tmp:
+        trainer = sft_trainer(model, tokenizer, rows, tmp, hparams, cuda)
+        trainer.train()
+        if not trainer.accelerator.is_main_process:  # `accelerate launch`: rank 0 writes `out`
+            shutil.rmtree(tmp, ignore_errors=True)
+            return {"steps": trainer.state.global_step, "final_loss": None, "out": str(out),
+                    "wall_seconds": round(time.monotonic() - started, 3)}  # fmt: skip
+        # 4. Save: with LoRA trainer.model is a PeftModel, which writes the adapter only.
+        save_model_dir(trainer.model, tokenizer, tmp, base, adapter=lora)
+        # 5. The loss curve and provenance; leaving the block moves the checkpoint into place.
+        log = logged_steps(trainer, LOG_KEYS)
+        summary = {"steps": trainer.state.global_step, "final_loss": log[-1]["loss"] if log else None,
+                   "wall_seconds": round(time.monotonic() - started, 3), "out": str(out)}  # fmt: skip
+        write_train_log(tmp, log, loss="loss")
+        write_checkpoint_record(tmp, {"stage": "sl-cai-sft", "base": base_reference(base)},
+                                data=data_record(data, rows=len(rows)), hyperparameters=hparams, seed=seed,
+                                device="cuda" if cuda else "cpu", summary=summary)  # fmt: skip
+    return summary
 
-    try:  # the `train` extra: not needed by the rest of the package
-        import torch
-        from datasets import Dataset, disable_progress_bars
-        from peft import LoraConfig
-        from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
-        from transformers.utils import logging as hf_logging
-        from trl import SFTConfig, SFTTrainer
-    except ImportError as e:
-        hint = "pip install 'constitutional[train]'"
-        raise UserError(f"training needs {e.name}, part of the train extra: {hint}") from None
-    from constitutional.backends.local import resolve_model
 
-    # 2. The base model, exactly as LocalBackend would load it.
-    base_path = resolve_model(base)
-    if (base_path / "adapter_config.json").is_file():
-        raise UserError("the base is a LoRA adapter; train on its base model instead", base)
+def load_sft_base(base: str, seed: int, lora: bool):
+    """(model, tokenizer, cuda): the base as a causal LM in the dtype SFT trains it in, seeded."""
+    require_train_extra("torch", "datasets", "peft", "transformers", "trl")  # not needed elsewhere
+    import torch
+    from datasets import disable_progress_bars
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from transformers.utils import logging as hf_logging
+
+    base_path = base_model_path(base)
     disable_progress_bars()  # dataset.map bars ...
     hf_logging.disable_progress_bar()  # ... and weight loading; the trainer's own bar stays
     set_seed(seed)
@@ -125,120 +161,31 @@ def train_sft(
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-
-    # 3. Train into a hidden directory beside `out`: a killed run leaves no half checkpoint.
-    tmp = staging_dir(out)
-    try:
-        config = SFTConfig(
-            **trainer_args(tmp, seed, cuda, bf16=bf16, activation_checkpointing=activation_checkpointing),
-            num_train_epochs=epochs,
-            max_steps=max_steps,
-            learning_rate=learning_rate,
-            per_device_train_batch_size=batch_size,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            max_length=max_length,
-            completion_only_loss=True,  # learn the revision, not the red-team prompt
-        )
-        peft_config = None
-        if lora:
-            peft_config = LoraConfig(
-                r=lora_r,
-                lora_alpha=lora_alpha,
-                lora_dropout=LORA_DROPOUT,
-                target_modules="all-linear",
-                task_type="CAUSAL_LM",
-            )
-        trainer = SFTTrainer(
-            model=model,
-            args=config,
-            train_dataset=Dataset.from_list(rows),
-            processing_class=tokenizer,
-            peft_config=peft_config,
-        )
-        trainer.train()
-        shutil.rmtree(tmp / "trainer", ignore_errors=True)
-        if not trainer.accelerator.is_main_process:  # `accelerate launch`: rank 0 writes `out`
-            shutil.rmtree(tmp, ignore_errors=True)
-            return {"steps": trainer.state.global_step, "final_loss": None, "out": str(out),
-                    "wall_seconds": round(time.monotonic() - started, 3)}  # fmt: skip
-
-        # 4. Save: with LoRA trainer.model is a PeftModel, which writes the adapter only.
-        save_model_dir(trainer.model, tokenizer, tmp, base, adapter=lora)
-        base_ref = base_reference(base)
-
-        # 5. The loss curve and provenance, then move the finished checkpoint into place.
-        log = [
-            {k: entry.get(k) for k in ("step", "loss", "learning_rate", "epoch")}
-            for entry in trainer.state.log_history
-            if "loss" in entry
-        ]
-        summary = {
-            "steps": trainer.state.global_step,
-            "final_loss": log[-1]["loss"] if log else None,
-            "wall_seconds": round(time.monotonic() - started, 3),
-            "out": str(out),
-        }
-        write_json(tmp / "train_log.json", log)
-        write_loss_svg(tmp / "loss.svg", [(entry["step"], entry["loss"]) for entry in log])
-        write_json(tmp / "cai_checkpoint.json", {
-            "schema": CHECKPOINT_SCHEMA,
-            "stage": "sl-cai-sft",
-            "base": base_ref,
-            "data": {"path": str(data.resolve()), "sha256": sha256_file(data), "rows": len(rows)},
-            "hyperparameters": hparams,
-            "seed": seed,
-            "device": "cuda" if cuda else "cpu",
-            **summary,
-            "packages": package_versions(),
-        })  # fmt: skip
-        publish_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return summary
+    return model, tokenizer, cuda
 
 
-def trainer_args(
-    tmp: Path, seed: int, cuda: bool, *, bf16: bool | None = None, activation_checkpointing: bool = False
-) -> dict[str, Any]:
-    """Trainer settings every recipe shares: a scratch output dir (checkpoints are saved by us,
-    atomically), the device, per-step logging, and no external loggers.
+def sft_trainer(model, tokenizer, rows: list[dict[str, Any]], tmp: Path, hp: dict[str, Any], cuda: bool):
+    """TRL's SFTTrainer for `rows`, completion-only, with a fresh LoRA adapter when hp["lora"]."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
 
-    Args:
-        bf16: bf16 mixed precision; None means on with CUDA, off on CPU.
-        activation_checkpointing: recompute activations in the backward pass (gradient
-            checkpointing): less memory for about 30% more compute. TRL turns it on by default;
-            we keep it off, since small models want speed, not memory.
-
-    Multi-GPU, DeepSpeed ZeRO and FSDP come from `accelerate launch --config_file ...`, which the
-    Trainer reads from the environment; nothing here needs to change for them.
-    """
-    return {"output_dir": str(tmp / "trainer"), "bf16": cuda if bf16 is None else bf16, "use_cpu": not cuda,
-            "seed": seed, "logging_steps": 1, "save_strategy": "no", "report_to": "none",
-            "activation_checkpointing": activation_checkpointing}  # fmt: skip
-
-
-def save_model_dir(model, tokenizer, directory: Path, base: str, adapter: bool) -> None:
-    """Save weights (or a LoRA adapter) and tokenizer so that LocalBackend can load the directory.
-
-    PEFT records the resolved cache path of the base; an adapter must name the spec instead
-    ("embedded", or an absolute path), which is what `resolve_model` reads back.
-    """
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    if adapter:
-        config_path = directory / "adapter_config.json"
-        adapter_config = json.loads(config_path.read_text())
-        adapter_config["base_model_name_or_path"] = base_reference(base)
-        write_json(config_path, adapter_config)
-
-
-def base_reference(base: str) -> str:
-    """The base as the adapter should name it: the spec, with a relative path made absolute so
-    the checkpoint loads from any working directory."""
-    if base == EMBEDDED_NAME or not Path(base).expanduser().exists():
-        return base
-    return str(Path(base).expanduser().resolve())
+    config = SFTConfig(
+        **trainer_args(tmp, hp["seed"], cuda, bf16=hp["bf16"], activation_checkpointing=hp["activation_checkpointing"]),
+        num_train_epochs=hp["epochs"],
+        max_steps=hp["max_steps"],
+        learning_rate=hp["learning_rate"],
+        per_device_train_batch_size=hp["batch_size"],
+        gradient_accumulation_steps=hp["gradient_accumulation_steps"],
+        max_length=hp["max_length"],
+        completion_only_loss=True,  # learn the revision, not the red-team prompt
+    )
+    peft_config = None
+    if hp["lora"]:
+        peft_config = LoraConfig(r=hp["lora_r"], lora_alpha=hp["lora_alpha"], lora_dropout=LORA_DROPOUT,
+                                 target_modules="all-linear", task_type="CAUSAL_LM")  # fmt: skip
+    return SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
+                      processing_class=tokenizer, peft_config=peft_config)  # fmt: skip
 
 
 def load_sft_rows(path: Path) -> list[dict[str, Any]]:
@@ -255,66 +202,3 @@ def load_sft_rows(path: Path) -> list[dict[str, Any]]:
     if not rows:
         raise UserError("no training rows: the file is empty", path)
     return rows
-
-
-def messages_problem(messages: Any) -> str | None:
-    """What is wrong with a `messages` list for SFT, or None if it is usable."""
-    if not isinstance(messages, list) or not messages:
-        return "expected a non-empty list of {role, content} messages"
-    for i, m in enumerate(messages):
-        ok = isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
-        if not ok:
-            return f"message {i} needs a role (system/user/assistant) and string content"
-    if messages[-1]["role"] != "assistant":
-        return "the last message must be the assistant response to learn"
-    if not any(m["role"] == "user" for m in messages[:-1]):
-        return "no user turn before the assistant response"
-    return None
-
-
-def staging_dir(out: Path) -> Path:
-    """A hidden directory beside `out`, with ordinary permissions, to build a checkpoint in;
-    `publish_dir` moves it into place, so a killed run leaves no half checkpoint."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    umask = os.umask(0o22)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a checkpoint is an ordinary directory
-    return tmp
-
-
-def publish_dir(tmp: Path, out: Path) -> None:
-    """Move a finished checkpoint into place; an existing `out` is swapped out, then deleted."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_loss_svg(path: Path, points: list[tuple[int, float]], w: int = 480, h: int = 240) -> None:
-    """The loss curve as one SVG polyline, so plotting needs no matplotlib."""
-    if not points:
-        return
-    pad, (x0, x1) = 30, (points[0][0], points[-1][0])
-    lo, hi = min(y for _, y in points), max(y for _, y in points)
-    sx, sy = (w - 2 * pad) / ((x1 - x0) or 1), (h - 2 * pad) / ((hi - lo) or 1)
-    xy = " ".join(f"{pad + (x - x0) * sx:.1f},{h - pad - (y - lo) * sy:.1f}" for x, y in points)
-    path.write_text(
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-size="11">\n'
-        f'<rect width="{w}" height="{h}" fill="white" stroke="#ccc"/>\n'
-        f'<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{xy}"/>\n'
-        f'<text x="4" y="{pad - 8}">loss {hi:.3f}</text><text x="4" y="{h - 8}">{lo:.3f}</text>\n'
-        f'<text x="{w - 4}" y="{h - 8}" text-anchor="end">step {x1}</text>\n</svg>\n',
-        encoding="utf-8",
-    )
