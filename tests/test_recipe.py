@@ -11,6 +11,7 @@ from helpers import cai
 
 from constitutional.recipe import builtin_recipes, load_recipe
 from constitutional.recipe.runner import run_recipe
+from constitutional.report import render_report
 
 
 def test_bundled_tiny_recipe_names_every_stage():
@@ -112,7 +113,7 @@ def test_run_writes_every_artifact_then_skips_what_is_unchanged(tmp_path, tiny_m
 
     for name in ("sl.jsonl", "sl.sft.jsonl", "labels.jsonl", "labels.dpo.jsonl"):
         assert (run_dir / name).stat().st_size > 0, name
-    page = (run_dir / "report.html").read_text()
+    page = render_report(run_dir).read_text()  # `cai run` renders it after the stages
     assert "SL-CAI critiques and revisions" in page and "Pareto" in page and "Not run" not in page
     for ckpt in ("sl-ckpt", "pm", "rl-ckpt"):
         assert (run_dir / ckpt / "cai_checkpoint.json").is_file(), ckpt

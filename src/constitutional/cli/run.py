@@ -50,6 +50,9 @@ def run(
     with stage_progress() as progress:
         data = run_recipe(plan, run_dir, progress=progress, say=console.print, force=tuple(force))
     seconds = sum(s.get("wall_seconds", 0) for s in data["stages"].values())
+    from constitutional.report import render_report
+
+    console.print(f"report → {render_report(run_dir)}")
     console.print(
         f"run {plan.name!r} done ({seconds:.0f} s of stage time) → {run_dir}/manifest.json"
     )
@@ -58,6 +61,7 @@ def run(
 
 def _print_eval(run_dir: Path, console) -> None:
     """The eval's harm numbers (judge beside instrument) and the judge warning, if it ran."""
+    from constitutional.eval.did_it_work import did_it_work
     from constitutional.eval.run import judge_line, judge_warning, summary_lines
     from constitutional.report.load import read_json
 
@@ -67,3 +71,9 @@ def _print_eval(run_dir: Path, console) -> None:
     for line in summary_lines(doc):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(judge_line(doc), markup=False, highlight=False, soft_wrap=True, style="bold red" if judge_warning(doc) else None)
+    if "base" in (doc.get("models") or {}) and len(doc["models"]) > 1:
+        verdict = did_it_work(doc)
+        console.print(f"Did it work? {verdict['final']} against {verdict['base']}, on held-out prompts (refusal instrument):")
+        for c in verdict["checks"]:
+            mark = {True: "met", False: "NOT met", None: "no data"}[c["passed"]]
+            console.print(f"  {mark}: {c['name']} ({c['detail']})", markup=False, highlight=False, soft_wrap=True)

@@ -1,4 +1,4 @@
-"""Run a recipe: each stage in order, skipped when its inputs are unchanged, then `report.html`.
+"""Run a recipe: each stage in order, skipped when its inputs are unchanged.
 
 A stage's inputs key hashes its recipe section together with the key of the stage before it
 (and the run-wide settings), so changing any upstream stage reruns everything after it. The key
@@ -39,7 +39,8 @@ def run_recipe(
 
     Args:
         recipe: a validated recipe (see `load_recipe`).
-        run_dir: where artifacts, `manifest.json` and `report.html` go (created if missing).
+        run_dir: where artifacts and `manifest.json` go (created if missing); `cai run` renders
+            `report.html` from them afterwards (the report sits above the recipe layer).
         progress: (label, total) / ("", n) callback for progress bars inside stages.
         say: where one-line stage announcements go.
         force: stage names to rerun even if unchanged (their successors rerun too).
@@ -96,7 +97,4 @@ def run_recipe(
             **fields,
         )
         say(f"[{i}/{len(todo)}] {name}: done in {time.perf_counter() - start:.0f} s")
-    from constitutional.report import render_report
-
-    say(f"report → {render_report(run_dir)}")
     return manifest.data
