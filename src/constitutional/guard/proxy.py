@@ -11,7 +11,7 @@ released only after the complete answer passes. Non-streamed answers are checked
 Either way the client gets only text the guard passed: the proxy writes its own answers and
 chunks from the upstream's message content, never the upstream's bodies, so other choices, tool
 calls, reasoning fields, logprobs, extra fields and error messages of the upstream are dropped
-(docs/guard.md lists what is enforced).
+(the README's guard section lists what is enforced).
 (Constitutional Classifiers, Sharma et al. 2025, https://arxiv.org/abs/2501.18837.)
 
 The proxy only ever calls `Guard.check_input` / `Guard.check_output` (guard/protocol.py). They
