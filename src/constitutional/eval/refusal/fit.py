@@ -137,7 +137,7 @@ def source_rows() -> dict[str, Any]:
             "xstest_split": split}  # fmt: skip
 
 
-def test_subset_ids(held: dict[str, list[dict[str, Any]]]) -> dict[str, list[str]]:
+def recheck_subset_ids(held: dict[str, list[dict[str, Any]]]) -> dict[str, list[str]]:
     """The fixed seeded subset of each source's held-out row ids that the tests re-measure."""
     rng = random.Random(SUBSET_SEED)
     return {name: sorted(rng.sample([r["id"] for r in rows], min(SUBSET_SIZE[name], len(rows))))
@@ -171,7 +171,7 @@ def validate(instrument, data: dict[str, Any]) -> dict[str, Any]:
     pooled = heldout_report(verdicts["rbr_test"] + verdicts["xstest_heldout"], held["rbr_test"] + held["xstest_heldout"])
     pooled["sources"] = {"rbr_test": heldout_report(verdicts["rbr_test"], held["rbr_test"]),
                          "xstest_heldout": xstest_block(verdicts["xstest_heldout"], held["xstest_heldout"])}  # fmt: skip
-    subsets = test_subset_ids(held)
+    subsets = recheck_subset_ids(held)
     pooled["test_subset"] = {"seed": SUBSET_SEED, **{name: subset_accuracy(verdicts[name], held[name], ids)
                                                      for name, ids in subsets.items()}}  # fmt: skip
     return pooled
@@ -195,7 +195,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "fit_rows": len(data["fit"]), "fit_seconds": fit_seconds}  # fmt: skip
     artifact = {"card": card, "comply": models["comply"].to_json(), "engaged": models["engaged"].to_json()}
     args.out.write_text(json.dumps(artifact, separators=(",", ":")) + "\n")
-    print(json.dumps({k: v for k, v in card.items() if k != "xstest_split"}, indent=2))
+    # The id lists (split, test subset) are for the tests; the printout is for people.
+    shown = json.loads(json.dumps({k: v for k, v in card.items() if k != "xstest_split"}))
+    for name in ("rbr_test", "xstest_heldout"):
+        shown["heldout"]["test_subset"][name].pop("ids")
+    print(json.dumps(shown, indent=2))
     return card
 
 
