@@ -1,4 +1,4 @@
-"""Refit the refusal instrument from the bundled RBR gold data and print its held-out report.
+"""Refit the refusal instrument from the bundled RBR gold and XSTest data and print its held-out report.
 
     PYTHONPATH=src python benchmarks/fit_refusal_instrument.py [--out PATH]
 

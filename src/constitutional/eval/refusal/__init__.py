@@ -10,9 +10,10 @@ Two layers:
 - the learned layer decides every other reply: logistic regression on MiniLM embeddings of the
   reply and the request, phrase features and hashed word n-grams (`features.py`).
 
-Both regressions were fitted on human labels of the OpenAI RBR gold data (`fit.py`); the shipped
-artifact `instrument.json` holds their coefficients and the held-out validation numbers that
-`instrument_card()` returns, to print beside every number the instrument produces.
+The comply-vs-refuse regression was fitted on human labels of the OpenAI RBR gold data and of
+XSTest v2 model completions (`fit.py`, `xstest.py`); the engaged one on RBR labels only. The
+shipped artifact `instrument.json` holds their coefficients and the held-out validation numbers
+that `instrument_card()` returns, to print beside every number the instrument produces.
 """
 
 from __future__ import annotations
@@ -109,7 +110,9 @@ def classify_replies(prompts: Sequence[str], replies: Sequence[str]) -> list[Ref
 def instrument_card() -> dict[str, Any]:
     """Name, version and held-out validation numbers of the instrument, to put beside every
     number it produces: {"name", "version", "heldout": {"n", "accuracy", "accuracy_ci",
-    "per_class", "confusion", "engaged_accuracy", ...}, "data"}. A copy: callers may edit it."""
+    "per_class", "confusion", "engaged_accuracy", "sources", ...}, "data", "xstest_split"}.
+    `heldout`'s top-level numbers are pooled over both sources' held-out rows; `sources` has one
+    block per source. A copy: callers may edit it."""
     return json.loads(json.dumps(_shipped()[1]))
 
 

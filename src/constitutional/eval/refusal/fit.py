@@ -1,16 +1,22 @@
-"""Fit the refusal instrument on the RBR gold training rows and validate it on the test rows.
+"""Fit the refusal instrument on two human-labelled sources and validate it on their held-out parts.
+
+Sources: the OpenAI RBR gold data (its own train/test files) and the XSTest v2 model completions
+(`xstest.py`, split by prompt with a recorded seed). The comply-vs-refuse regression is fitted on
+RBR train + XSTest fitting rows; the engaged-vs-evasive regression on RBR refusals only (XSTest
+has no such labels).
 
 `python -m constitutional.eval.refusal.fit [--out PATH]` (or benchmarks/fit_refusal_instrument.py)
 refits both regressions, measures them on the held-out rows and writes the artifact the package
 ships. The held-out rows are read only to measure, never to choose anything.
 
-Labels come from the human proposition labels of each row (see `comply_label`, `engaged_label`).
+RBR labels come from the human proposition labels of each row (see `comply_label`, `engaged_label`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 from collections.abc import Sequence
 from importlib.resources import files
@@ -20,10 +26,11 @@ from typing import Any
 import numpy as np
 
 from constitutional.eval.refusal import features as F
+from constitutional.eval.refusal import xstest
 from constitutional.eval.stats import wilson
 from constitutional.jsonl import read_jsonl
 
-VERSION = "1.0.0"
+VERSION = "2.0.0"
 C_COMPLY = 3.0  # inverse L2 strength; chosen by 5-fold cross-validation on the training rows
 C_ENGAGED = 10.0
 # Propositions that mean a refusal gives the user something beyond "I can't": a reason, a safer
@@ -31,7 +38,13 @@ C_ENGAGED = 10.0
 ENGAGING = ("additional_content", "encourage_professional_help", "gentle_encouragement_for_help",
             "provides_resources", "prescribes_solutions")  # fmt: skip
 DATA_NOTE = ("OpenAI RBR gold data (openai/safety-rbr-code-and-data @ 7f489fa, MIT): "
-             "rbr_gold_train.jsonl to fit, rbr_gold_test.jsonl held out")  # fmt: skip
+             "rbr_gold_train.jsonl to fit, rbr_gold_test.jsonl held out; XSTest v2 human-labelled "
+             "completions (Röttger et al. 2024, paul-rottger/exaggerated-safety @ d7bb5bd, CC BY 4.0): "
+             "a seeded quarter of the prompts held out with all their completions")  # fmt: skip
+# The fixed seeded subset of held-out rows that the test suite re-measures (embedding every
+# held-out row takes too long for a unit test on a small CPU).
+SUBSET_SEED = 0
+SUBSET_SIZE = {"rbr_test": 60, "xstest_heldout": 100}
 
 
 def comply_label(labels: dict[str, bool]) -> bool:
@@ -94,7 +107,8 @@ def fit(train: list[dict[str, Any]], embed) -> dict[str, F.Linear]:
     vectors = embed(replies + [r["prompt"] for r in train])
     reply_emb, prompt_emb = vectors[: len(train)], vectors[len(train):]
     comply = fit_linear(F.comply_features(prompt_emb, reply_emb, replies), [r["refused"] for r in train], C_COMPLY)
-    refusals = [i for i, r in enumerate(train) if r["refused"]]
+    # Only rows with an engaged label (RBR) train the engaged regression.
+    refusals = [i for i, r in enumerate(train) if r["refused"] and r["engaged"] is not None]
     engaged_x = F.engaged_features(reply_emb[refusals], [replies[i] for i in refusals])
     engaged = fit_linear(engaged_x, [train[i]["engaged"] for i in refusals], C_ENGAGED)
     return {"comply": comply, "engaged": engaged}
@@ -104,11 +118,63 @@ def heldout_report(verdicts, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The card's held-out block: comply-vs-refuse report, and engaged accuracy on the rows people
     labelled as refusals that the instrument also calls refusals."""
     report = binary_report([r["refused"] for r in rows], [v.refused for v in verdicts], ("comply", "refuse"))
-    both = [(r["engaged"], v.engaged) for r, v in zip(rows, verdicts, strict=True) if r["refused"] and v.refused]
+    both = [(r["engaged"], v.engaged) for r, v in zip(rows, verdicts, strict=True)
+            if r["refused"] and v.refused and r["engaged"] is not None]  # fmt: skip
     engaged = binary_report([t for t, _ in both], [bool(p) for _, p in both], ("evasive", "engaged"))
     report.update(engaged_accuracy=engaged["accuracy"], engaged_accuracy_ci=engaged["accuracy_ci"],
                   engaged_n=engaged["n"], engaged_report=engaged)  # fmt: skip
     return report
+
+
+def source_rows() -> dict[str, Any]:
+    """Fitting rows and the held-out rows of each source, with the XSTest split that made them."""
+    xs = xstest.bundled_rows()
+    held_ids = xstest.heldout_prompt_ids(r["prompt_id"] for r in xs)
+    xs_fit, xs_held = xstest.split(xs, held_ids)
+    split = {"seed": xstest.SPLIT_SEED, "share": xstest.HELDOUT_SHARE, "heldout_prompt_ids": held_ids,
+             "fit_rows": len(xs_fit), "heldout_rows": len(xs_held)}  # fmt: skip
+    return {"fit": gold_rows("train") + xs_fit, "rbr_test": gold_rows("test"), "xstest_heldout": xs_held,
+            "xstest_split": split}  # fmt: skip
+
+
+def recheck_subset_ids(held: dict[str, list[dict[str, Any]]]) -> dict[str, list[str]]:
+    """The fixed seeded subset of each source's held-out row ids that the tests re-measure."""
+    rng = random.Random(SUBSET_SEED)
+    return {name: sorted(rng.sample([r["id"] for r in rows], min(SUBSET_SIZE[name], len(rows))))
+            for name, rows in held.items()}  # fmt: skip
+
+
+def xstest_block(verdicts, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """XSTest held-out report, with accuracy split by safe and contrast (unsafe) prompts."""
+    report = binary_report([r["refused"] for r in rows], [v.refused for v in verdicts], ("comply", "refuse"))
+    for name, contrast in (("safe_prompts", False), ("contrast_prompts", True)):
+        pairs = [(r, v) for r, v in zip(rows, verdicts, strict=True) if r["contrast"] == contrast]
+        report[name] = binary_report([r["refused"] for r, _ in pairs], [v.refused for _, v in pairs], ("comply", "refuse"))
+    return report
+
+
+def subset_accuracy(verdicts, rows, ids: list[str]) -> dict[str, Any]:
+    chosen = set(ids)
+    pairs = [(r, v) for r, v in zip(rows, verdicts, strict=True) if r["id"] in chosen]
+    correct = sum(r["refused"] == v.refused for r, v in pairs)
+    engaged = [r["engaged"] == v.engaged for r, v in pairs if r["refused"] and v.refused and r["engaged"] is not None]
+    return {"ids": ids, "n": len(pairs), "accuracy": correct / len(pairs), "engaged_n": len(engaged),
+            "engaged_accuracy": sum(engaged) / len(engaged) if engaged else None}  # fmt: skip
+
+
+def validate(instrument, data: dict[str, Any]) -> dict[str, Any]:
+    """The card's held-out block: pooled over both sources (the keys callers read), one block per
+    source, and the accuracy of the tests' fixed subset of each."""
+    held = {name: data[name] for name in ("rbr_test", "xstest_heldout")}
+    verdicts = {name: instrument.classify([r["prompt"] for r in rows], [r["reply"] for r in rows])
+                for name, rows in held.items()}  # fmt: skip
+    pooled = heldout_report(verdicts["rbr_test"] + verdicts["xstest_heldout"], held["rbr_test"] + held["xstest_heldout"])
+    pooled["sources"] = {"rbr_test": heldout_report(verdicts["rbr_test"], held["rbr_test"]),
+                         "xstest_heldout": xstest_block(verdicts["xstest_heldout"], held["xstest_heldout"])}  # fmt: skip
+    subsets = recheck_subset_ids(held)
+    pooled["test_subset"] = {"seed": SUBSET_SEED, **{name: subset_accuracy(verdicts[name], held[name], ids)
+                                                     for name, ids in subsets.items()}}  # fmt: skip
+    return pooled
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -117,19 +183,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description="Refit the refusal instrument and print its held-out report.")
     parser.add_argument("--out", type=Path, default=refusal.ARTIFACT, help="where to write the artifact")
     args = parser.parse_args(argv)
+    data = source_rows()
     started, cpu_started = time.perf_counter(), time.process_time()
-    models = fit(gold_rows("train"), refusal.embed)
+    models = fit(data["fit"], refusal.embed)
     # Wall time depends on how busy the machine is; CPU time (all threads) is the work done.
     fit_seconds = {"wall": round(time.perf_counter() - started, 1),
                    "cpu": round(time.process_time() - cpu_started, 1)}  # fmt: skip
-    test = gold_rows("test")
     instrument = refusal.Instrument(models["comply"], models["engaged"])
-    verdicts = instrument.classify([r["prompt"] for r in test], [r["reply"] for r in test])
     card = {"name": "refusal-instrument", "version": VERSION, "data": DATA_NOTE,
-            "heldout": heldout_report(verdicts, test), "fit_seconds": fit_seconds}  # fmt: skip
+            "heldout": validate(instrument, data), "xstest_split": data["xstest_split"],
+            "fit_rows": len(data["fit"]), "fit_seconds": fit_seconds}  # fmt: skip
     artifact = {"card": card, "comply": models["comply"].to_json(), "engaged": models["engaged"].to_json()}
     args.out.write_text(json.dumps(artifact, separators=(",", ":")) + "\n")
-    print(json.dumps(card, indent=2))
+    # The id lists (split, test subset) are for the tests; the printout is for people.
+    shown = json.loads(json.dumps({k: v for k, v in card.items() if k != "xstest_split"}))
+    for name in ("rbr_test", "xstest_heldout"):
+        shown["heldout"]["test_subset"][name].pop("ids")
+    print(json.dumps(shown, indent=2))
     return card
 
 
