@@ -351,7 +351,7 @@ def score_against_start(judge, start, current, red_team: list[dict], helpful: li
     """
     from constitutional.eval.evaluate import HARMLESS_QUESTION, HELPFUL_QUESTION, pairwise
     from constitutional.eval.harm import SampleConfig, answer
-    from constitutional.eval.stats import rate
+    from constitutional.stats import rate
 
     sample = SampleConfig(temperature=0.0, max_tokens=cfg.eval_max_tokens, seed=cfg.seed)
     scores = {}

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from constitutional.eval.refusal import features as F
-from constitutional.eval.stats import wilson
 from constitutional.jsonl import read_jsonl
+from constitutional.stats import wilson
 
 VERSION = "1.0.0"
 C_COMPLY = 3.0  # inverse L2 strength; chosen by 5-fold cross-validation on the training rows
