@@ -25,8 +25,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from constitutional.backends.base import Backend
 from constitutional.errors import UserError
 from constitutional.judge import rating as direct
@@ -192,6 +190,7 @@ def build_reward(reward: str | RewardFunction, *, reward_model: str | Path | Non
 
 def combined(first: RewardFunction, second: RewardFunction, weight: float) -> RewardFunction:
     """A RewardFunction returning first + weight · second (e.g. PM + weighted RBR)."""
+    import numpy as np
 
     def total(prompts: list[str], responses: list[str]) -> list[float]:
         total = np.add(first(prompts, responses), np.multiply(weight, second(prompts, responses)))
