@@ -118,9 +118,8 @@ def train_ppo(
             RewardFunction(prompts, responses) -> list of floats.
         judge: the feedback model as a Backend (reward "judge"; the grader for "pm+rbr").
         constitution: YAML or "default": the principles the judge rates against.
-        rbr / rbr_weight / rbr_class: reward "pm+rbr": weights from `cai rbr fit`, the factor
-            on the RBR score (reward = PM + rbr_weight · RBR) and the prompts' response class.
-        rbr_factory: reward "pm+rbr": builds the RBR reward (`constitutional.rbr.reward.rbr_reward`).
+        rbr / rbr_weight / rbr_class / rbr_factory: reward "pm+rbr": weights from `cai rbr fit`, the
+            factor on the RBR score (PM + rbr_weight · RBR), the prompts' class, `rbr.reward.rbr_reward`.
 
     Returns:
         {"steps", "reward_first", "reward_last", "kl_last", "beta", "wall_seconds", "out"}: mean
