@@ -108,8 +108,7 @@ def train_ppo(
         steps: rollouts (each of `batch_size` prompts), each followed by `ppo_epochs` passes.
         minibatch_size: responses per optimiser step.
         learning_rate: of the LoRA weights (or all weights); the value head's is 10x.
-        max_new_tokens / temperature: sampling of responses.
-        entropy_coef: weight of an entropy bonus (0: none).
+        max_new_tokens / temperature / entropy_coef: sampling of responses; entropy bonus weight (0: none).
         lora / lora_r / lora_alpha: a fresh LoRA adapter (default) or full fine-tuning.
         seed: seeds LoRA init, prompt order and sampling.
         overwrite: replace an existing non-empty `out`.
@@ -136,9 +135,8 @@ def train_ppo(
     check_ppo_settings(hp, target_kl)
     check_reward(reward, reward_model, judge, rbr)
     device = ppo_setup(seed)  # after the checks: the train extra is imported only now
-    reward_fn, reward_record = build_reward(reward, reward_model=reward_model, judge=judge, constitution=constitution,
-                                            seed=seed, device=device, rbr=rbr, rbr_weight=rbr_weight, rbr_class=rbr_class,
-                                            rbr_factory=rbr_factory)
+    reward_fn, reward_record = build_reward(reward, reward_model=reward_model, judge=judge, constitution=constitution, seed=seed,
+                                            device=device, rbr=rbr, rbr_weight=rbr_weight, rbr_class=rbr_class, rbr_factory=rbr_factory)
     run = PPORun.start(policy, hp, device, reward_fn, KLController(beta, target_kl if adaptive_kl else None))
     log = run.train(rows, random.Random(seed))
     with staged_checkpoint(out, overwrite) as tmp:  # an adapter over the policy, or the merged model
