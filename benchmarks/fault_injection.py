@@ -174,7 +174,7 @@ def main() -> None:
             "faults_injected": dict(sorted(injected.items())), "retries": faulty_requests - clean_requests,
             "seconds": {"clean": round(clean_s, 2), "faulty": round(faulty_s, 2)},
         }  # fmt: skip
-    from constitutional.eval.stats import rate
+    from constitutional.stats import rate
 
     report["rows_lost"] = report["rows"]["clean"] - report["rows"]["faulty"]
     # Rates with their n and 95 % Wilson interval: the faults actually met, and rows lost.

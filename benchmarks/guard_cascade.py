@@ -33,8 +33,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
+from constitutional.backends.encoders import make_encoder
 from constitutional.guard.cascade import Cascade, calibrate_threshold, choose_band, metrics
-from constitutional.guard.cheap import CheapClassifier, make_encoder
+from constitutional.guard.cheap import CheapClassifier
 from constitutional.guard.strong import train_strong
 from constitutional.guard.views import GuardRow, load_guard_rows, per_row_max, view_rows
 

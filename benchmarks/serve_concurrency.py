@@ -35,9 +35,9 @@ import httpx
 import uvicorn
 
 from constitutional.backends.local import LocalBackend
-from constitutional.eval.stats import wilson
 from constitutional.generate import load_prompts
 from constitutional.serve import create_app
+from constitutional.stats import wilson
 
 
 class Serial:

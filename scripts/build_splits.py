@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 
+from constitutional.backends.encoders import MiniLMEncoder
 from constitutional.generate import load_prompts
-from constitutional.guard.cheap import MiniLMEncoder
 from constitutional.jsonl import write_jsonl
 from constitutional.prompts import RED_TEAM_SETS
 from constitutional.splits import EVAL, RECORD, TRAIN, build_split, data_dir, file_sha256

@@ -64,7 +64,7 @@ def test_int8_precision_stays_close_to_fp32(embedded):
     first token mostly agrees with fp32 and the A/B judge probability moves little (README bounds:
     first-token agreement >= 80 %, mean |delta p(A)| <= 0.05)."""
     from constitutional.generate import load_prompts
-    from constitutional.rl_cai.feedback import answer_prompt, judge_messages, renderer
+    from constitutional.judge.layout import answer_prompt, judge_messages, renderer
 
     int8 = LocalBackend("embedded", batch_size=8, precision="int8")
     prompts = [r["prompt"] for r in load_prompts("builtin:self_instruct")[:10] + load_prompts("builtin:advbench")[:10]]

@@ -9,7 +9,7 @@ import pytest
 
 from constitutional.eval.elo import ELO_PER_LOGIT, elo_ratings, fit_strengths
 from constitutional.eval.pareto import pareto_frontier
-from constitutional.eval.stats import rate, wilson
+from constitutional.stats import rate, wilson
 
 TRUE = {"weak": -1.0, "mid": 0.0, "good": 0.5, "best": 1.5}  # logits
 

@@ -7,8 +7,8 @@ from test_eval_harm import FakeJudge, FakeModel
 
 from constitutional.constitution import load_constitution
 from constitutional.eval import judge_audit as ja
-from constitutional.eval.judging import Pair
-from constitutional.train.soft_labels import preference_metrics
+from constitutional.judge.compare import Pair
+from constitutional.judge.soft_labels import preference_metrics
 
 
 def row(p_raw, p_swapped=None, a="aa", b="b", **extra):

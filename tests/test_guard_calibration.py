@@ -12,9 +12,10 @@ from faults import running_server
 from test_guard_classifiers import toy_rows, write_rows
 from test_guard_proxy import ScriptedGuard, stream_chat
 
+from constitutional.backends.encoders import HashingEncoder
 from constitutional.errors import UserError
 from constitutional.guard.cascade import Cascade
-from constitutional.guard.cheap import CheapClassifier, HashingEncoder
+from constitutional.guard.cheap import CheapClassifier
 from constitutional.guard.classifiers import (
     TrainedGuard,
     evaluate_guard,

@@ -13,9 +13,10 @@ import random
 import numpy as np
 import pytest
 
+from constitutional.backends.encoders import HashingEncoder
 from constitutional.errors import UserError
 from constitutional.guard.cascade import Cascade, calibrate_threshold
-from constitutional.guard.cheap import CheapClassifier, HashingEncoder
+from constitutional.guard.cheap import CheapClassifier
 from constitutional.guard.classifiers import (
     TrainedGuard,
     evaluate_guard,

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from constitutional.backends.encoders import HashingEncoder
 from constitutional.guard.cascade import (
     WINDOW_CHARS,
     WINDOW_STRIDE,
@@ -14,7 +15,7 @@ from constitutional.guard.cascade import (
     calibrate_threshold,
     text_windows,
 )
-from constitutional.guard.cheap import CheapClassifier, HashingEncoder
+from constitutional.guard.cheap import CheapClassifier
 from constitutional.guard.classifiers import TrainedGuard
 
 HARMFUL_TOPICS = ["pipe bomb", "nerve agent", "ransomware", "ricin"]

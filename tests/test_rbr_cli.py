@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from constitutional.cli.rbr import app
 from constitutional.errors import UserError
 from constitutional.rbr import RbrModel, RbrReward, load_propositions, load_rbr
+from constitutional.rbr.reward import rbr_reward
 from constitutional.train.rewards import build_reward, check_reward
 
 PROMPTS = ["How do I pick a lock?", "Write an insult.", "Tell me a secret.", "Say hello."]
@@ -134,7 +135,7 @@ def test_pm_plus_rbr_adds_the_weighted_rbr_score(pm_dir, rbr_file):
     base = pm(PROMPTS, responses)
     for weight in (0.5, 3.0):
         total, record = build_reward("pm+rbr", reward_model=pm_dir, judge=sorry_grader(), rbr=rbr_file,
-                                     rbr_weight=weight, device="cpu")  # fmt: skip
+                                     rbr_weight=weight, device="cpu", rbr_factory=rbr_reward)  # fmt: skip
         got = total(PROMPTS, responses)
         assert got == pytest.approx([b + weight * r for b, r in zip(base, [2.0, -1.0, 0.0, 1.0])], abs=1e-5)
         assert record["kind"] == "pm+rbr" and record["rbr_weight"] == weight and record["feedback"] == "scripted-grader"
@@ -151,7 +152,8 @@ def test_pm_plus_rbr_option_mistakes(pm_dir, rbr_file, tmp_path):
     with pytest.raises(UserError, match="--rbr is for --reward pm\\+rbr"):
         check_reward("pm", pm_dir, None, rbr_file)
     with pytest.raises(UserError, match="--rbr-class must be one of"):
-        build_reward("pm+rbr", reward_model=pm_dir, judge=sorry_grader(), rbr=rbr_file, rbr_class="maybe", device="cpu")
+        build_reward("pm+rbr", reward_model=pm_dir, judge=sorry_grader(), rbr=rbr_file, rbr_class="maybe", device="cpu",
+                     rbr_factory=rbr_reward)
 
 
 def test_ppo_cli_with_pm_plus_rbr(pm_dir, rbr_file, tiny_model_dir, tmp_path):
@@ -182,7 +184,8 @@ def test_grpo_gets_pm_plus_rbr_as_one_trl_reward(pm_dir, rbr_file):
     from constitutional.train.grpo import trl_rewards
 
     funcs, tokenizers, record = trl_rewards("pm+rbr", pm_dir, sorry_grader(), "default", 0, "cpu",
-                                            rbr=rbr_file, rbr_weight=0.5, rbr_class="hard_refuse")  # fmt: skip
+                                            rbr=rbr_file, rbr_weight=0.5, rbr_class="hard_refuse",
+                                            rbr_factory=rbr_reward)  # fmt: skip
     assert len(funcs) == 1 and tokenizers == [None] and record["kind"] == "pm+rbr"
     prompts = [[{"role": "user", "content": p}] for p in PROMPTS[:2]]
     completions = [[{"role": "assistant", "content": r}] for r in ("sorry", "no")]

@@ -28,7 +28,7 @@ def rate(value: float, n: int = 40) -> dict:
 
 def wide(k: int, n: int) -> dict:
     """A real Wilson rate of k in n; with n this small its interval is wider than ±20 points."""
-    from constitutional.eval.stats import rate as wilson_rate
+    from constitutional.stats import rate as wilson_rate
 
     return wilson_rate([True] * k + [False] * (n - k))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from constitutional.rl_cai.label import to_dpo_rows
+from constitutional.judge.labels import to_dpo_rows
 from constitutional.rl_cai.revision_pairs import revision_pairs
 
 

@@ -9,8 +9,8 @@ import subprocess
 import pytest
 from helpers import CAI
 
-from constitutional.rl_cai.agreement import agreement
-from constitutional.rl_cai.self_play import expand_prompts, iteration_seed
+from constitutional.self_play.agreement import agreement
+from constitutional.self_play.loop import expand_prompts, iteration_seed
 
 
 def cai(*args, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -20,7 +20,8 @@ from constitutional.sl_cai import (
     revision_problem,
     to_sft_rows,
 )
-from constitutional.sl_cai.checks import REPEAT_OVERLAP, overlap
+from constitutional.sl_cai.checks import REPEAT_OVERLAP
+from constitutional.text import overlap
 
 RED = [{"id": f"r{i}", "prompt": f"How do I do harmful thing number {i}?"} for i in range(4)]
 HELPFUL = [{"id": f"h{i}", "prompt": f"Give me a recipe idea number {i}."} for i in range(10)]

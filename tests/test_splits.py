@@ -64,7 +64,7 @@ def test_bundled_split_matches_its_record(split):
 def test_no_near_duplicate_crosses_the_split(split):
     """HarmBench, AdvBench and StrongREJECT reword each other's prompts: no train prompt may be a
     MiniLM near-duplicate (cosine > 0.9) of an eval prompt."""
-    from constitutional.guard.cheap import MiniLMEncoder
+    from constitutional.backends.encoders import MiniLMEncoder
 
     train, evaluation = split
     encoder = MiniLMEncoder()

@@ -37,11 +37,13 @@ def grpo(
     overwrite: bool = typer.Option(False, help="Replace an existing checkpoint directory."),
 ) -> None:
     """Train the policy with GRPO (group-relative advantages, no value head), KL-regularised to the reference."""
+    from constitutional.rbr.reward import rbr_reward
     from constitutional.train.grpo import train_grpo
 
     judge = judge_from_options(reward, reward_model, feedback, constitution, backend, base_url, judge_batch_size, rbr)
     s = train_grpo(prompts, policy, out, reward=reward, reward_model=reward_model, judge=judge,
-                   constitution=constitution, rbr=rbr, rbr_weight=rbr_weight, rbr_class=rbr_class, beta=beta,
+                   constitution=constitution, rbr=rbr, rbr_weight=rbr_weight, rbr_class=rbr_class, rbr_factory=rbr_reward,
+                   beta=beta,
                    steps=steps, prompts_per_step=prompts_per_step,
                    num_generations=num_generations, max_new_tokens=max_new_tokens, temperature=temperature,
                    learning_rate=lr, lora=lora, seed=seed, overwrite=overwrite)  # fmt: skip

@@ -36,11 +36,13 @@ def ppo(
     overwrite: bool = typer.Option(False, help="Replace an existing checkpoint directory."),
 ) -> None:
     """Train the policy with PPO against the preference model (or the judge), with a KL penalty to the reference."""
+    from constitutional.rbr.reward import rbr_reward
     from constitutional.train.ppo import train_ppo
 
     judge = judge_from_options(reward, reward_model, feedback, constitution, backend, base_url, judge_batch_size, rbr)
     s = train_ppo(prompts, policy, reward_model, out, reward=reward, judge=judge, constitution=constitution,
-                  rbr=rbr, rbr_weight=rbr_weight, rbr_class=rbr_class, beta=beta, adaptive_kl=adaptive_kl,
+                  rbr=rbr, rbr_weight=rbr_weight, rbr_class=rbr_class, rbr_factory=rbr_reward,
+                  beta=beta, adaptive_kl=adaptive_kl,
                   target_kl=target_kl, steps=steps, batch_size=batch_size,
                   max_new_tokens=max_new_tokens, learning_rate=lr, seed=seed, overwrite=overwrite)  # fmt: skip
     typer.echo(f"trained {s['steps']} steps, {reward} reward {s['reward_first']:.3f} → {s['reward_last']:.3f}, "

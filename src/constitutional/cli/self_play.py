@@ -47,7 +47,7 @@ def self_play(
     from constitutional.backends import make_backend
     from constitutional.errors import UserError
     from constitutional.report import render_report
-    from constitutional.rl_cai.self_play import SelfPlayConfig, run_self_play
+    from constitutional.self_play.loop import SelfPlayConfig, run_self_play
 
     if reference_backend not in ("local", "openai"):
         raise UserError(f"--reference-backend must be local or openai, got {reference_backend!r}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from constitutional.backends import CachedBackend, Completion, GenerationRequest
 from constitutional.provenance import derive_seed
-from constitutional.sl_cai.checks import overlap
+from constitutional.text import overlap
 
 CRITIQUE_TEMPLATE = (
     "Identify specific ways in which the assistant's last response goes against this principle, "

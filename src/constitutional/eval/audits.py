@@ -32,7 +32,7 @@ def run_judge_audit(labels: str | Path, out: str | Path, *, judge: str | None = 
     from constitutional.eval.harm import SampleConfig
     from constitutional.eval.rows import judged, load_labels
     from constitutional.jsonl import write_json
-    from constitutional.rl_cai import load_human_prefs
+    from constitutional.judge.human import load_human_prefs
 
     if mode not in ("logprob", "cot"):
         raise UserError(f"--mode must be logprob or cot, got {mode!r}")

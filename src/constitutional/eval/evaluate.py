@@ -22,14 +22,14 @@ from constitutional.eval.elo import elo_ratings
 from constitutional.eval.harm import SampleConfig, answer, harm_eval
 from constitutional.eval.instrument import classify_samples, instrument_results
 from constitutional.eval.judge_gate import flip_rate
-from constitutional.eval.judging import (
+from constitutional.eval.pareto import pareto_frontier
+from constitutional.judge.compare import (
     HARMLESS_QUESTION,
     HELPFUL_QUESTION,
     Pair,
     compare_both_orders,
     swap_averaged,
 )
-from constitutional.eval.pareto import pareto_frontier
 
 __all__ = ["HARMLESS_QUESTION", "HELPFUL_QUESTION", "EvalConfig", "evaluate_models", "pairwise"]
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from constitutional.backends import GenerationRequest
-from constitutional.eval.judging import ask_yes_no
-from constitutional.eval.stats import rate
+from constitutional.judge.compare import ask_yes_no
 from constitutional.provenance import derive_seed
+from constitutional.stats import rate
 
 HARM_QUESTION = """Below is a request someone sent to an AI assistant, followed by the assistant's reply.
 

@@ -20,7 +20,7 @@ from dataclasses import asdict
 from typing import Any
 
 from constitutional.eval.refusal import classify_replies, instrument_card
-from constitutional.eval.stats import rate
+from constitutional.stats import rate
 
 SETS = ("red_team", "over_refusal", "helpful")
 

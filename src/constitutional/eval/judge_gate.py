@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from constitutional.eval.stats import rate
 from constitutional.jsonl import read_jsonl
+from constitutional.stats import rate
 
 # The judging layer (and the model code under it) is imported where used: the CLI reads
 # `Thresholds` for its option defaults at start-up, which must stay cheap.
@@ -44,15 +44,15 @@ class Thresholds:
 
 def flip_rate(both_orders: Sequence[tuple[float | None, float | None]]) -> dict[str, Any]:
     """Share of both-order judgements whose two verdicts pick different replies (a tie is no flip)."""
-    from constitutional.rl_cai import labels
+    from constitutional.judge import labels
 
     return rate(labels.flip(raw, swapped) for raw, swapped in both_orders if raw is not None and swapped is not None)
 
 
 def human_pairs(n: int, path: Path = GOLD) -> list[tuple[Any, bool]]:
-    """Up to `n` (`judging.Pair`, a_is_right) from the gold data, alternating harmful and benign
+    """Up to `n` (`compare.Pair`, a_is_right) from the gold data, alternating harmful and benign
     requests, and alternating which side the human-preferred reply is shown on."""
-    from constitutional.eval.judging import HARMLESS_QUESTION, HELPFUL_QUESTION, Pair
+    from constitutional.judge.compare import HARMLESS_QUESTION, HELPFUL_QUESTION, Pair
 
     rows = read_jsonl(path)
     harmful = [_pair(r, HARMLESS_QUESTION, human_prefers_reply=False) for r in rows if _hands_over_harm(r)]
@@ -68,7 +68,7 @@ def human_pairs(n: int, path: Path = GOLD) -> list[tuple[Any, bool]]:
 
 def human_agreement(judge, n: int) -> dict[str, Any]:
     """The judge's swap-averaged verdict against people's on `n` gold pairs; a tie never agrees."""
-    from constitutional.eval.judging import compare_both_orders, swap_averaged
+    from constitutional.judge.compare import compare_both_orders, swap_averaged
 
     pairs = human_pairs(n)
     ps = [swap_averaged(*both) for both in compare_both_orders(judge, [p for p, _ in pairs])] if pairs else []

@@ -20,17 +20,13 @@ from statistics import fmean
 from typing import Any
 
 from constitutional.errors import UserError
-from constitutional.eval.judging import Pair, compare, compare_both_orders, swap_averaged
+from constitutional.judge.compare import Pair, compare, compare_both_orders, swap_averaged
+from constitutional.judge.labels import side
 
 
 def change(before: str, after: str) -> float:
     """1 - SequenceMatcher ratio: change("abcd", "abcd") = 0.0, change("abcd", "abxy") = 0.5."""
     return 1.0 - difflib.SequenceMatcher(None, before, after, autojunk=False).ratio()
-
-
-def side(p: float) -> int:
-    """+1 for A, -1 for B, 0 for an exact tie."""
-    return (p > 0.5) - (p < 0.5)
 
 
 def revision_attribution(traces: Sequence[dict]) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from constitutional.backends import GenerationRequest
 from constitutional.eval.harm import REFUSAL_QUESTION, SampleConfig, is_yes
-from constitutional.eval.judging import ask_yes_no
+from constitutional.judge.compare import ask_yes_no
 from constitutional.provenance import derive_seed
 from constitutional.yamlfile import LocatedValueError, load_yaml_model
 

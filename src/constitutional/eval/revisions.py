@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from constitutional.eval.stats import rate
+from constitutional.stats import rate
 
 Classify = Callable[[Sequence[str], Sequence[str]], list]  # (prompts, replies) → RefusalVerdicts
 

@@ -152,7 +152,7 @@ def metrics(scores: Sequence[float], labels: Sequence[int], threshold: float,
             stages: Sequence[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """Recall on harmful, false-refusal rate on harmless (each with its 95 % Wilson interval
     as [low, high]), ROC AUC, and the strong-stage share."""
-    from constitutional.eval.stats import wilson
+    from constitutional.stats import wilson
 
     s, y = np.asarray(scores, dtype=float), np.asarray(labels)
     flagged = s >= threshold

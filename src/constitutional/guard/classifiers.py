@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from constitutional.atomic_dir import publish_dir, staging_dir
 from constitutional.backends.base import Message
+from constitutional.backends.encoders import Encoder, make_encoder
 from constitutional.errors import UserError
-from constitutional.eval.stats import wilson
 from constitutional.guard.cascade import Cascade, calibrate_threshold, choose_band, metrics
-from constitutional.guard.cheap import CheapClassifier, Encoder, make_encoder
+from constitutional.guard.cheap import CheapClassifier
 from constitutional.guard.protocol import Verdict
 from constitutional.guard.strong import StrongClassifier, train_strong
 from constitutional.guard.views import (
@@ -37,7 +38,9 @@ from constitutional.guard.views import (
     view_text,
 )
 from constitutional.jsonl import write_json
-from constitutional.train.sft import base_reference, publish_dir, sha256_file, staging_dir
+from constitutional.provenance import sha256_file
+from constitutional.stats import wilson
+from constitutional.train.checkpoint import base_reference
 
 SCHEMA = "cai.guard/1"
 

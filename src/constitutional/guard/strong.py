@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from constitutional.errors import UserError
-from constitutional.train.preference_model import load_preference_model
-from constitutional.train.preference_model import load_scorer as _load
-from constitutional.train.sft import LORA_DROPOUT, save_model_dir, trainer_args
+from constitutional.train.checkpoint import save_model_dir
+from constitutional.train.common import LORA_DROPOUT, trainer_args
+from constitutional.train.preference_model import load_preference_model, load_scorer
 
 
 def train_strong(
@@ -65,7 +65,7 @@ def train_strong(
     set_seed(seed)
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if cuda and lora else torch.float32
-    model, tokenizer = _load(base_path, base_path, dtype, fresh_head=True)
+    model, tokenizer = load_scorer(base_path, base_path, dtype, fresh_head=True)
     tokenizer.model_max_length, tokenizer.truncation_side = max_length, "left"
     if lora:
         model = get_peft_model(model, LoraConfig(

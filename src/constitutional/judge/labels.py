@@ -86,6 +86,11 @@ def flip(p1: float, p2: float) -> bool:
     return (p1 - 0.5) * (p2 - 0.5) < 0
 
 
+def side(p: float) -> int:
+    """+1 for A, -1 for B, 0 for an exact tie."""
+    return (p > 0.5) - (p < 0.5)
+
+
 def to_dpo_rows(rows: Sequence[dict]) -> list[dict[str, Any]]:
     """TRL conversational preference rows; ties (p_a = 0.5) and discards carry no preference."""
     out = []

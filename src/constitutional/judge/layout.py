@@ -9,10 +9,12 @@ follows the reasoning. Few-shot exemplars from the constitution come first as ea
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 from constitutional.backends.base import Message, Prompt
 from constitutional.constitution import Constitution
+from constitutional.provenance import derive_seed
 
 ANSWER_STUB = "The answer is: ("
 COT_TRIGGER = "Let's think step by step:"
@@ -95,3 +97,12 @@ def reasoning_prompt(render: Render | None, messages: list[Message]) -> Prompt:
         return render(messages) + COT_TRIGGER + "\n"
     last = messages[-1]
     return [*messages[:-1], {**last, "content": f"{last['content']}\n\n{THINK_FIRST}"}]
+
+
+def draw_principles(constitution: Constitution, seed: int, pair_id: str, k: int = 1):
+    """K distinct comparison principles for one pair, uniformly at random (reproducible).
+
+    Shared by labelling and the judge audit, so an audited judge sees the principle its labels used.
+    """
+    rng = random.Random(derive_seed(seed, "comparison", pair_id))
+    return rng.sample(constitution.comparison, k)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
 
 from constitutional.backends.base import Backend
+from constitutional.errors import UserError
 from constitutional.rbr.grader import Grader
-from constitutional.rbr.model import RbrModel
+from constitutional.rbr.model import RbrModel, load_rbr
 
 
 class RbrReward:
@@ -35,12 +36,9 @@ class RbrReward:
         return self.grader.unscored
 
 
-def combined(first, second, weight: float):
-    """A RewardFunction returning first + weight · second (e.g. PM + weighted RBR)."""
-
-    def total(prompts: list[str], responses: list[str]) -> list[float]:
-        total = np.add(first(prompts, responses), np.multiply(weight, second(prompts, responses)))
-        return [float(x) for x in total]
-
-    total.__name__ = f"{getattr(first, '__name__', 'reward')}+rbr"
-    return total
+def rbr_reward(backend: Backend, path: str | Path, response_class: str = "hard_refuse") -> RbrReward:
+    """The RBR reward from weights written by `cai rbr fit` (the trainers' `RbrFactory`)."""
+    model = load_rbr(path)
+    if response_class not in model.propositions.rules:
+        raise UserError(f"--rbr-class must be one of {', '.join(model.propositions.classes)}, got {response_class!r}")
+    return RbrReward(backend, model, response_class)

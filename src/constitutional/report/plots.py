@@ -2,37 +2,19 @@
 
 Figures are built with `matplotlib.figure.Figure` rather than pyplot, so no global backend is
 chosen and nothing is shown: the SVG printer needs no display (the Agg-style, headless path).
-Text is drawn as paths (`svg.fonttype: path`), so a page opened offline needs no font. Each figure
-gets its own id salt: several SVGs share one HTML document, and clashing `<clipPath>` ids would
-make one chart clip to another's axes; a fixed salt also keeps the output byte-stable.
+`constitutional.svg.to_svg` prints them (the collective web page uses it too).
 """
 
 from __future__ import annotations
 
-import io
-import re
 from collections.abc import Mapping, Sequence
 
-import matplotlib
 from matplotlib.figure import Figure
+
+from constitutional.svg import to_svg
 
 # Colours that stay distinct for the common forms of colour blindness (Okabe–Ito).
 BLUE, ORANGE, GREEN, GREY = "#0072B2", "#E69F00", "#009E73", "#7f7f7f"
-
-
-def to_svg(fig: Figure, key: str) -> str:
-    """The figure as an `<svg>` element to inline in HTML, its ids prefixed with `key`.
-
-    The XML prolog and RDF metadata are dropped (meaningless inside HTML). Matplotlib names
-    groups `figure_1`, `axes_1`, ... and glyphs `DejaVuSans-48` in every file; inlined side by
-    side those ids would collide, so every id and every reference to one gets the prefix.
-    """
-    buf = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "path", "svg.hashsalt": key}):
-        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
-    text = buf.getvalue()
-    text = re.sub(r"<metadata>.*?</metadata>\s*", "", text[text.index("<svg"):], flags=re.DOTALL)
-    return re.sub(r'(\bid="|href="#|url\(#)', rf"\g<1>{key}-", text)
 
 
 def _figure(width: float = 6.4, height: float = 4.0) -> tuple[Figure, object]:

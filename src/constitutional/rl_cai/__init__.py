@@ -1,5 +1,6 @@
 """RL-CAI: AI-feedback preference labels (Bai et al. 2022, section 4)."""
 
+from constitutional.judge.human import load_human_prefs
 from constitutional.judge.labels import (
     clamp,
     flip,
@@ -8,13 +9,8 @@ from constitutional.judge.labels import (
     two_way_softmax,
     unswap,
 )
-from constitutional.rl_cai.label import (
-    LabelConfig,
-    draw_principles,
-    label_pairs,
-    load_human_prefs,
-    mix_human,
-)
+from constitutional.judge.layout import draw_principles
+from constitutional.rl_cai.label import LabelConfig, label_pairs, mix_human
 
 __all__ = [
     "LabelConfig",

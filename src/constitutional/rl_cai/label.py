@@ -12,15 +12,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from statistics import fmean
 from typing import Any
 
 from constitutional.backends import CachedBackend, GenerationRequest, Prompt
 from constitutional.constitution import Constitution
 from constitutional.errors import UserError
-from constitutional.jsonl import iter_jsonl
 from constitutional.judge import labels, layout
+from constitutional.judge.layout import draw_principles
 from constitutional.provenance import derive_seed, row_meta
 from constitutional.sampling import sample_at_ratio
 
@@ -70,11 +69,6 @@ class LabelConfig:
         if not 0 <= self.human_ratio < 1:
             raise UserError(f"--human-ratio must be in [0, 1), got {self.human_ratio}")
 
-
-def draw_principles(constitution: Constitution, seed: int, pair_id: str, k: int = 1):
-    """K distinct comparison principles for one pair, uniformly at random (reproducible)."""
-    rng = random.Random(derive_seed(seed, "comparison", pair_id))
-    return rng.sample(constitution.comparison, k)
 
 
 def label_pairs(constitution: Constitution, prompts: Sequence[dict], policy: CachedBackend, feedback: CachedBackend,
@@ -162,18 +156,6 @@ def _run(backend: CachedBackend, requests: list[GenerationRequest], label: str, 
     progress(label, len(requests))
     return backend.generate(requests, on_result=lambda i, c: progress("", 1)) if requests else []
 
-
-def load_human_prefs(path: str | Path) -> list[dict[str, Any]]:
-    """HH-style rows with non-empty string `prompt`, `chosen`, `rejected`; errors name file:line."""
-    rows = []  # checked up front, before any model is loaded
-    for line, row in iter_jsonl(path):
-        for key in ("prompt", "chosen", "rejected"):
-            if not (isinstance(row.get(key), str) and row[key].strip()):
-                raise UserError(f"human preference row needs a non-empty string `{key}`", path, line)
-        rows.append({**row, "id": str(row.get("id", f"human-{line}"))})
-    if not rows:
-        raise UserError("no human preferences: the file is empty", path)
-    return rows
 
 
 def mix_human(rows: list[dict], human: Sequence[dict], ratio: float, seed: int, constitution) -> list[dict]:

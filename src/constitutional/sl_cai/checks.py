@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 
+from constitutional.text import looping, overlap, words
+
 MIN_WORDS = 5
 REPEAT_OVERLAP = 0.6  # share of the text's word 4-grams found in the other text
-MIN_DISTINCT = 0.5  # below this share of distinct word 3-grams, text is looping on itself
 CRITIQUE_COPY_N = 3  # word n-grams compared between a revision and its critique (see revision_problem)
 CRITIQUE_COPY = 0.5  # share of the revision's n-grams found in the critique: "most of it" is a copy
 # A revision must be the assistant's next reply to the user. Small models often write *about*
@@ -33,28 +34,9 @@ CRITIQUE_WORDS = re.compile(
 )
 
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
-
-
-def overlap(text: str, other: str, n: int = 4) -> float:
-    """Fraction of `text`'s word n-grams that also occur in `other` (0 when text is too short)."""
-    words, other_words = _words(text), _words(other)
-    grams = {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
-    other_grams = {tuple(other_words[i : i + n]) for i in range(len(other_words) - n + 1)}
-    return len(grams & other_grams) / len(grams) if grams else 0.0
-
-
-def looping(text: str, n: int = 3) -> bool:
-    """True when the text mostly repeats itself ("It is not helpful. It is not helpful. ...")."""
-    words = _words(text)
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    return len(grams) >= 10 and len(set(grams)) / len(grams) < MIN_DISTINCT
-
-
 def critique_problem(critique: str, response: str) -> str | None:
     """Why `critique` is not a critique of `response`, or None if it looks like one."""
-    if len(_words(critique)) < MIN_WORDS:
+    if len(words(critique)) < MIN_WORDS:
         return "empty or too short"
     if looping(critique):
         return "degenerate: repeats itself"
@@ -74,7 +56,7 @@ def revision_problem(revision: str, previous: str, critique: str) -> str | None:
     ("of the", "it is") are shared by any two texts on one topic. Half of the revision's 3-grams
     coming from the critique means most of the revision is the critique.
     """
-    if len(_words(revision)) < MIN_WORDS:
+    if len(words(revision)) < MIN_WORDS:
         return "empty or too short"
     if looping(revision):
         return "degenerate: repeats itself"

@@ -40,7 +40,13 @@ from constitutional.train.checkpoint import (
     write_train_log,
 )
 from constitutional.train.common import load_policy, logged_steps, require_train_extra, trainer_args
-from constitutional.train.rewards import JudgeReward, RewardFunction, build_reward, check_reward
+from constitutional.train.rewards import (
+    JudgeReward,
+    RbrFactory,
+    RewardFunction,
+    build_reward,
+    check_reward,
+)
 
 LOG_KEYS = ("step", "reward", "reward_std", "kl", "loss", "completions/mean_length", "entropy",
             "frac_reward_zero_std", "learning_rate")  # fmt: skip
@@ -58,6 +64,7 @@ def train_grpo(
     rbr: str | Path | None = None,
     rbr_weight: float = 1.0,
     rbr_class: str = "hard_refuse",
+    rbr_factory: RbrFactory | None = None,
     beta: float = 0.04,
     steps: int = 20,
     prompts_per_step: int = 4,
@@ -84,8 +91,8 @@ def train_grpo(
         reward_model: preference model directory (reward "pm" only).
         judge: the feedback model as a Backend (reward "judge"; the grader for "pm+rbr").
         constitution: YAML or "default": the principles the judge rates against.
-        rbr / rbr_weight / rbr_class: reward "pm+rbr": weights from `cai rbr fit`, the factor
-            on the RBR score (reward = PM + rbr_weight · RBR) and the prompts' response class.
+        rbr / rbr_weight / rbr_class / rbr_factory: reward "pm+rbr": weights from `cai rbr fit`, the
+            factor on the RBR score (PM + rbr_weight · RBR), the prompts' class, `rbr.reward.rbr_reward`.
         beta: KL coefficient to the reference (GRPO's β; 0 drops the reference altogether).
         steps: optimiser steps; each samples `num_generations` responses for `prompts_per_step` prompts.
         num_generations: group size G (>= 2: advantages are relative to the group).
@@ -110,14 +117,13 @@ def train_grpo(
     check_grpo_settings(hp)
     check_reward(reward, reward_model, judge, rbr)
     device = grpo_setup(seed)
-    reward_funcs, reward_tokenizers, record = trl_rewards(reward, reward_model, judge, constitution, seed, device,
-                                                          rbr=rbr, rbr_weight=rbr_weight, rbr_class=rbr_class)
+    rbr_options = {"rbr": rbr, "rbr_weight": rbr_weight, "rbr_class": rbr_class, "rbr_factory": rbr_factory}
+    reward_funcs, reward_tokenizers, record = trl_rewards(reward, reward_model, judge, constitution, seed, device, **rbr_options)
     model, tokenizer, policy_is_adapter = load_grpo_policy(policy, device == "cuda" and lora, lora)
     with staged_checkpoint(out, overwrite) as tmp:
         trainer = grpo_trainer(model, tokenizer, (reward_funcs, reward_tokenizers), rows, tmp, hp, device == "cuda")
         trainer.train()
-        saved_adapter = save_policy(trainer.model, tokenizer, tmp, policy, lora=lora,
-                                    policy_is_adapter=policy_is_adapter)  # fmt: skip
+        saved_adapter = save_policy(trainer.model, tokenizer, tmp, policy, lora=lora, policy_is_adapter=policy_is_adapter)
         log = logged_steps(trainer, LOG_KEYS, "reward")
         summary = grpo_summary(trainer.state.global_step, log, started, out)
         count_unscored(record, reward_funcs)

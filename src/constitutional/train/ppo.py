@@ -52,7 +52,13 @@ from constitutional.train.checkpoint import (
     write_train_log,
 )
 from constitutional.train.common import load_policy, require_train_extra
-from constitutional.train.rewards import JudgeReward, RewardFunction, build_reward, check_reward
+from constitutional.train.rewards import (
+    JudgeReward,
+    RbrFactory,
+    RewardFunction,
+    build_reward,
+    check_reward,
+)
 
 GAMMA, LAMBDA = 1.0, 0.95  # GAE: no discount within a response; λ trades bias for variance
 CLIP, VALUE_CLIP = 0.2, 0.2  # PPO's ε for the ratio, and for the value change per update
@@ -72,6 +78,7 @@ def train_ppo(
     rbr: str | Path | None = None,
     rbr_weight: float = 1.0,
     rbr_class: str = "hard_refuse",
+    rbr_factory: RbrFactory | None = None,
     beta: float = 0.05,
     adaptive_kl: bool = False,
     target_kl: float = 6.0,
@@ -101,8 +108,7 @@ def train_ppo(
         steps: rollouts (each of `batch_size` prompts), each followed by `ppo_epochs` passes.
         minibatch_size: responses per optimiser step.
         learning_rate: of the LoRA weights (or all weights); the value head's is 10x.
-        max_new_tokens / temperature: sampling of responses.
-        entropy_coef: weight of an entropy bonus (0: none).
+        max_new_tokens / temperature / entropy_coef: sampling of responses; entropy bonus weight (0: none).
         lora / lora_r / lora_alpha: a fresh LoRA adapter (default) or full fine-tuning.
         seed: seeds LoRA init, prompt order and sampling.
         overwrite: replace an existing non-empty `out`.
@@ -111,8 +117,8 @@ def train_ppo(
             RewardFunction(prompts, responses) -> list of floats.
         judge: the feedback model as a Backend (reward "judge"; the grader for "pm+rbr").
         constitution: YAML or "default": the principles the judge rates against.
-        rbr / rbr_weight / rbr_class: reward "pm+rbr": weights from `cai rbr fit`, the factor
-            on the RBR score (reward = PM + rbr_weight · RBR) and the prompts' response class.
+        rbr / rbr_weight / rbr_class / rbr_factory: reward "pm+rbr": weights from `cai rbr fit`, the
+            factor on the RBR score (PM + rbr_weight · RBR), the prompts' class, `rbr.reward.rbr_reward`.
 
     Returns:
         {"steps", "reward_first", "reward_last", "kl_last", "beta", "wall_seconds", "out"}: mean
@@ -129,8 +135,8 @@ def train_ppo(
     check_ppo_settings(hp, target_kl)
     check_reward(reward, reward_model, judge, rbr)
     device = ppo_setup(seed)  # after the checks: the train extra is imported only now
-    reward_fn, reward_record = build_reward(reward, reward_model=reward_model, judge=judge, constitution=constitution,
-                                            seed=seed, device=device, rbr=rbr, rbr_weight=rbr_weight, rbr_class=rbr_class)
+    reward_fn, reward_record = build_reward(reward, reward_model=reward_model, judge=judge, constitution=constitution, seed=seed,
+                                            device=device, rbr=rbr, rbr_weight=rbr_weight, rbr_class=rbr_class, rbr_factory=rbr_factory)
     run = PPORun.start(policy, hp, device, reward_fn, KLController(beta, target_kl if adaptive_kl else None))
     log = run.train(rows, random.Random(seed))
     with staged_checkpoint(out, overwrite) as tmp:  # an adapter over the policy, or the merged model

@@ -32,6 +32,10 @@ from constitutional.judge.layout import renderer
 from constitutional.provenance import derive_seed
 
 RewardFunction = Callable[[list[str], list[str]], list[float]]
+# Builds the rule-based reward of `pm+rbr` from (grader backend, weights file, response class).
+# The RBR lives in `rbr`, a stage above the trainers, so the caller hands this in
+# (`constitutional.rbr.reward.rbr_reward`); raises UserError for a class the weights lack.
+RbrFactory = Callable[[Backend, Path, str], RewardFunction]
 REWARDS = ("pm", "judge", "pm+rbr")
 
 
@@ -142,7 +146,8 @@ def _check_pm(reward_model: str | Path | None, reward: str) -> None:
 def build_reward(reward: str | RewardFunction, *, reward_model: str | Path | None = None,
                  judge: Backend | None = None, constitution: str = "default", seed: int = 0,
                  device: str | None = None, rbr: str | Path | None = None, rbr_weight: float = 1.0,
-                 rbr_class: str = "hard_refuse") -> tuple[RewardFunction, dict[str, Any]]:  # fmt: skip
+                 rbr_class: str = "hard_refuse",
+                 rbr_factory: RbrFactory | None = None) -> tuple[RewardFunction, dict[str, Any]]:  # fmt: skip
     """The reward function for `--reward pm|judge|pm+rbr` (or a callable, used as is) and its record.
 
     Args:
@@ -154,6 +159,7 @@ def build_reward(reward: str | RewardFunction, *, reward_model: str | Path | Non
         device: where the preference model goes (default: cuda if available).
         rbr / rbr_weight / rbr_class: pm+rbr: weights from `cai rbr fit`, the factor on the RBR
             score (total = PM + rbr_weight · RBR), and the response class every prompt is given.
+        rbr_factory: pm+rbr: builds the RBR reward (see `RbrFactory`).
     """
     check_reward(reward, reward_model, judge, rbr)
     if callable(reward):
@@ -166,15 +172,12 @@ def build_reward(reward: str | RewardFunction, *, reward_model: str | Path | Non
         pm, record = preference_model_reward(model, tokenizer), {"kind": "pm", "reward_model": path}
         if reward == "pm":
             return pm, record
-        from constitutional.rbr.model import load_rbr
-        from constitutional.rbr.reward import RbrReward, combined
-
-        rbr_model = load_rbr(rbr)
-        if rbr_class not in rbr_model.propositions.rules:
-            raise UserError(f"--rbr-class must be one of {', '.join(rbr_model.propositions.classes)}, got {rbr_class!r}")
+        if rbr_factory is None:
+            raise ValueError("reward pm+rbr needs rbr_factory, e.g. constitutional.rbr.reward.rbr_reward")
+        rbr_reward = rbr_factory(judge, Path(rbr), rbr_class)
         record.update(kind="pm+rbr", rbr=str(Path(rbr).resolve()), rbr_weight=rbr_weight, rbr_class=rbr_class,
                       feedback=judge.model, feedback_backend=judge.name)  # fmt: skip
-        return combined(pm, RbrReward(judge, rbr_model, rbr_class), rbr_weight), record
+        return combined(pm, rbr_reward, rbr_weight), record
     from constitutional.constitution import load_constitution
 
     rules = load_constitution(constitution)
@@ -183,3 +186,15 @@ def build_reward(reward: str | RewardFunction, *, reward_model: str | Path | Non
         "constitution": {"source": str(constitution), "hash": rules.hash, "version": rules.version}, "seed": seed,
     }  # fmt: skip
     return JudgeReward(judge, rules, seed), record
+
+
+def combined(first: RewardFunction, second: RewardFunction, weight: float) -> RewardFunction:
+    """A RewardFunction returning first + weight · second (e.g. PM + weighted RBR)."""
+    import numpy as np
+
+    def total(prompts: list[str], responses: list[str]) -> list[float]:
+        total = np.add(first(prompts, responses), np.multiply(weight, second(prompts, responses)))
+        return [float(x) for x in total]
+
+    total.__name__ = f"{getattr(first, '__name__', 'reward')}+rbr"
+    return total

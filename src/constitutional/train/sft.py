@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from constitutional.atomic_dir import publish_dir, refuse_existing, staging_dir
+from constitutional.atomic_dir import refuse_existing
 from constitutional.errors import UserError
 from constitutional.jsonl import iter_jsonl
-from constitutional.provenance import sha256_file
 from constitutional.train.checkpoint import (
     base_reference,
     data_record,
@@ -43,19 +42,6 @@ from constitutional.train.common import (
     require_train_extra,
     trainer_args,
 )
-
-# Re-exported only for guard/strong.py and guard/classifiers.py, whose imports move to
-# train.common / train.checkpoint / atomic_dir / provenance when guard/ is next edited.
-__all__ = [
-    "LORA_DROPOUT",
-    "base_reference",
-    "publish_dir",
-    "save_model_dir",
-    "sha256_file",
-    "staging_dir",
-    "train_sft",
-    "trainer_args",
-]
 
 LOG_KEYS = ("step", "loss", "learning_rate", "epoch")
 

@@ -1,7 +1,7 @@
 """The results page's content: `analyze` on the live votes, and its two charts as inline SVG.
 
 The analysis is exactly `cai collective analyze` on the conversation's export (same matrix, same
-config), so the page and an offline run agree. Charts go through the report's `to_svg`, so they
+config), so the page and an offline run agree. Charts go through `constitutional.svg.to_svg`, so they
 need no font or script and label statements and groups by id only: their texts, which users
 wrote, appear only in the (escaped) tables.
 
@@ -76,7 +76,7 @@ def opinion_map(points: list[dict[str, Any]], k: int, explained: list[float]) ->
     """Participants on the first two principal components, coloured by opinion group."""
     from matplotlib.figure import Figure
 
-    from constitutional.report.plots import to_svg
+    from constitutional.svg import to_svg
 
     fig = Figure(figsize=(5.6, 4.2), layout="constrained")
     ax = fig.add_subplot()
@@ -100,7 +100,7 @@ def agreement(stats: list[dict[str, Any]], k: int) -> str:
     import numpy as np
     from matplotlib.figure import Figure
 
-    from constitutional.report.plots import to_svg
+    from constitutional.svg import to_svg
 
     grid = np.array([[s["groups"][g]["p_agree"] for s in stats] for g in range(k)])  # (k, n_statements)
     fig = Figure(figsize=(min(1.6 + 0.45 * len(stats), 12), 0.9 + 0.45 * k), layout="constrained")

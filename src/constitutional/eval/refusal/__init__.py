@@ -44,7 +44,7 @@ class RefusalVerdict:
 
 @lru_cache(maxsize=1)
 def _encoder():
-    from constitutional.guard.cheap import MiniLMEncoder
+    from constitutional.backends.encoders import MiniLMEncoder
 
     return MiniLMEncoder()
 

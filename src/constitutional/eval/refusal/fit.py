@@ -27,8 +27,8 @@ import numpy as np
 
 from constitutional.eval.refusal import features as F
 from constitutional.eval.refusal import xstest
-from constitutional.eval.stats import wilson
 from constitutional.jsonl import read_jsonl
+from constitutional.stats import wilson
 
 VERSION = "2.0.0"
 C_COMPLY = 3.0  # inverse L2 strength; chosen by 5-fold cross-validation on the training rows

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from statistics import fmean
 from typing import Any
 
-from constitutional.eval.judging import Pair, compare, compare_both_orders, swap_averaged
-from constitutional.eval.principles import side
-from constitutional.eval.stats import rate
 from constitutional.judge import layout
+from constitutional.judge.compare import Pair, compare, compare_both_orders, swap_averaged
+from constitutional.judge.labels import side
+from constitutional.stats import rate
 
 
 def reference_labels(judge, rows: Sequence[dict], constitution, *, fewshot: int, swap_average: bool) -> list[float | None]:
@@ -47,7 +47,7 @@ def agreement(self_ps: Sequence[float | None], reference_ps: Sequence[float | No
 
     Pairs where either judge has no label are left out. Agreement counts a pair when both prefer
     the same side of 0.5 (an exact tie prefers nothing, so it never agrees). Returns the rate
-    record of `eval.stats.rate` ({"rate", "ci_low", "ci_high", "n"}) plus `mean_abs_diff`, the
+    record of `constitutional.stats.rate` ({"rate", "ci_low", "ci_high", "n"}) plus `mean_abs_diff`, the
     mean |p_self - p_reference|, which moves before whole labels change side.
 
     Example: self (0.9, 0.2, 0.6), reference (0.7, 0.4, 0.3): the first two agree, rate 2/3;

@@ -1,7 +1,7 @@
 """Putting questions to a judge model through `choice_logprobs`: A/B comparisons and yes/no checks.
 
-Comparisons reuse RL-CAI's feedback layout (`rl_cai.feedback`), so an audited judge is asked
-exactly as it is when labelling. Yes/no checks are A/B questions too: the options are lettered
+Comparisons reuse the labelling layout (`judge.layout`), so an audited judge is asked exactly
+as it is when labelling. Yes/no checks are A/B questions too: the options are lettered
 and the assistant turn is pre-filled up to "(", so one forward pass reads p(A) = p(yes) with
 the same single-token letters on every tokenizer.
 """
@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 from constitutional.backends import GenerationRequest, Prompt
 from constitutional.backends.base import Message
+from constitutional.judge import labels, layout
 from constitutional.provenance import derive_seed
-from constitutional.rl_cai import feedback as layout
-from constitutional.rl_cai import labels
 
 LETTER_ONLY = "Reply with only the letter of your answer: A or B."
 # The eval's comparison questions (ours, not constitution principles, so a model trained on the
@@ -63,7 +62,7 @@ def compare(judge, pairs: Sequence[Pair], *, mode: str = "logprob", fewshot: Seq
     Args:
         mode: "logprob" reads the letter at once; "cot" first samples step-by-step reasoning
             (greedy, seeded per pair) and then reads the letter after it.
-        fewshot: finished exemplar turns, e.g. `rl_cai.feedback.fewshot_messages(...)`.
+        fewshot: finished exemplar turns, e.g. `judge.layout.fewshot_messages(...)`.
     """
     render = layout.renderer(judge)
     chats = [layout.judge_messages(list(fewshot), p.prompt, p.response_a, p.response_b, p.question) for p in pairs]

@@ -260,7 +260,7 @@ class Iteration:
         self.policy = self.make_backend(self.policy_spec)
         rows = self.label()
         prefs = read_jsonl(self.dir / "prefs.jsonl")
-        from constitutional.rl_cai.agreement import agreement
+        from constitutional.self_play.agreement import agreement
 
         m: dict[str, Any] = {
             "iteration": self.n, "policy": self.policy_spec, "seed": iteration_seed(self.cfg.seed, self.n),
@@ -293,8 +293,8 @@ class Iteration:
     def label(self) -> list[dict]:
         """Samples and self-labels from the current model, plus the reference judge's labels."""
         from constitutional.judge.labels import to_dpo_rows
-        from constitutional.rl_cai.agreement import reference_labels
         from constitutional.rl_cai.label import label_pairs
+        from constitutional.self_play.agreement import reference_labels
 
         path = self.dir / "labels.jsonl"
         if path.is_file() and (self.dir / "prefs.jsonl").is_file():
@@ -351,7 +351,7 @@ def score_against_start(judge, start, current, red_team: list[dict], helpful: li
     """
     from constitutional.eval.evaluate import HARMLESS_QUESTION, HELPFUL_QUESTION, pairwise
     from constitutional.eval.harm import SampleConfig, answer
-    from constitutional.eval.stats import rate
+    from constitutional.stats import rate
 
     sample = SampleConfig(temperature=0.0, max_tokens=cfg.eval_max_tokens, seed=cfg.seed)
     scores = {}

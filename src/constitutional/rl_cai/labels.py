@@ -1,8 +1,0 @@
-"""Moved to `constitutional.judge.labels` (the judge layer). This alias keeps the old import path
-working until every importer (eval/, some tests) names the new one; then delete this file."""
-
-import sys
-
-from constitutional.judge import labels
-
-sys.modules[__name__] = labels
