@@ -28,6 +28,7 @@ test: $(BIN)/cai
 check: $(BIN)/cai
 	$(BIN)/ruff check src tests benchmarks
 	PYTHONPATH=src $(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) demo-out
