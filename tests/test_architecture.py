@@ -9,11 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "constitutional"
 MAX_LINES = 80
 # Known to be longer, in code other work is reshaping; a new entry needs a reason.
-TOO_LONG_FOR_NOW = {
-    ("guard/classifiers.py", "train_guard"),
-    ("guard/classifiers.py", "evaluate_guard"),
-    ("guard/proxy.py", "create_guard_app"),
-}
+TOO_LONG_FOR_NOW: set[tuple[str, str]] = set()
 
 
 def modules():

@@ -147,30 +147,20 @@ def train_guard(
     """
     started = time.monotonic()
     data, out = Path(data), Path(out)
-    if not 0 <= target_frr < 1:
-        raise UserError(f"target_frr must be in [0, 1), got {target_frr}")
-    rows = load_guard_rows(data)
-    check_guard_rows(rows, data)
-    if out.exists() and (out.is_file() or any(out.iterdir())) and not overwrite:
-        raise UserError("output exists and is not empty; pass --overwrite to replace it", out)
+    rows = _training_rows(data, out, target_frr, overwrite)
     enc = make_encoder(encoder) if isinstance(encoder, str) else encoder
     chash = _constitution_hash(data, constitution)
-
     calibration, held_report = heldout_parts(rows)
     tmp = staging_dir(out)
     try:
         cascades, report = {}, {}
         for view in VIEWS:
-            texts, labels, _ = view_rows(view, rows, "train")
-            cheap = CheapClassifier(enc, seed=seed).fit(texts, labels)
-            strong_clf = None
-            if strong:
-                strong_clf = train_strong(texts, labels, base, tmp / view / "strong", seed=seed,
-                                          **(strong_options or {}))  # fmt: skip
-            cascades[view] = Cascade(cheap, strong_clf)
+            strong_dir = tmp / view / "strong" if strong else None
+            cascades[view], train_texts = _train_cascade(view, rows, enc, base, strong_dir, seed,
+                                                         strong_options)  # fmt: skip
             fitted = fit_threshold(cascades[view], view, calibration, held_report, target_frr,
                                    band=band, band_miss=band_miss)  # fmt: skip
-            report[view] = {**fitted, "train_texts": len(texts)}
+            report[view] = {**fitted, "train_texts": train_texts}
         meta = {
             "encoder": enc.name,
             "base": base_reference(base) if strong else None,
@@ -190,6 +180,33 @@ def train_guard(
         "wall_seconds": round(time.monotonic() - started, 3),
         "classifiers": report,
     }
+
+
+def _training_rows(data: Path, out: Path, target_frr: float, overwrite: bool) -> list[GuardRow]:
+    """The rows of `data`, once the arguments and the rows are known to allow training into
+    `out`; checked before any model is loaded, so a mistake costs nothing."""
+    if not 0 <= target_frr < 1:
+        raise UserError(f"target_frr must be in [0, 1), got {target_frr}")
+    rows = load_guard_rows(data)
+    check_guard_rows(rows, data)
+    if out.exists() and (out.is_file() or any(out.iterdir())) and not overwrite:
+        raise UserError("output exists and is not empty; pass --overwrite to replace it", out)
+    return rows
+
+
+def _train_cascade(view: str, rows: list[GuardRow], enc: Encoder, base: str,
+                   strong_dir: Path | None, seed: int,
+                   strong_options: dict[str, Any] | None) -> tuple[Cascade, int]:  # fmt: skip
+    """One view's cascade fitted on the train rows, not yet calibrated (threshold and band are
+    `fit_threshold`'s), and how many texts it was fitted on. Without `strong_dir` the cascade
+    has no strong stage; with it, the strong stage is written there."""
+    texts, labels, _ = view_rows(view, rows, "train")
+    cheap = CheapClassifier(enc, seed=seed).fit(texts, labels)
+    strong_clf = None
+    if strong_dir is not None:
+        strong_clf = train_strong(texts, labels, base, strong_dir, seed=seed,
+                                  **(strong_options or {}))  # fmt: skip
+    return Cascade(cheap, strong_clf), len(texts)
 
 
 def _calibration_meta(calibration: list[GuardRow], report: list[GuardRow]) -> dict[str, Any]:
@@ -222,6 +239,19 @@ def evaluate_guard(
             with `strong_only=False`).
     """
     held, excluded = _report_rows(guard, rows)
+    texts, owner = _request_texts(guard, held)
+    scored, compute = _score_views(guard, texts, strong_only, len(held))
+    blocked = _blocked_requests(guard, owner, scored, len(held))
+    classifiers = _classifier_metrics(guard, held, texts, scored)
+    end_to_end = {**_end_to_end(held, blocked), "calibration_rows_left_out": excluded}
+    return {"classifiers": classifiers, "end_to_end": end_to_end, "compute": compute}
+
+
+def _request_texts(
+    guard: TrainedGuard, held: list[GuardRow]
+) -> tuple[dict[str, list[str]], dict[str, list[int]]]:
+    """Per view, every text the proxy would score for the `held` requests, and the index in
+    `held` of the request each text belongs to."""
     texts: dict[str, list[str]] = {view: [] for view in guard.cascades}
     owner: dict[str, list[int]] = {view: [] for view in guard.cascades}
     for i, row in enumerate(held):
@@ -231,12 +261,27 @@ def evaluate_guard(
             for view in ("output", "exchange"):
                 texts[view].append(view_text(view, row.messages, prefix))
                 owner[view].append(i)
-    scored, compute = _score_views(guard, texts, strong_only, len(held))
-    blocked = [False] * len(held)
+    return texts, owner
+
+
+def _blocked_requests(
+    guard: TrainedGuard,
+    owner: dict[str, list[int]],
+    scored: dict[str, list[tuple[float, str]]],
+    n: int,
+) -> list[bool]:
+    """Per request: whether any of its texts reached its classifier's threshold."""
+    blocked = [False] * n
     for view, cascade in guard.cascades.items():
         for i, (p, _) in zip(owner[view], scored[view]):
             blocked[i] = blocked[i] or p >= cascade.threshold
+    return blocked
 
+
+def _classifier_metrics(guard: TrainedGuard, held: list[GuardRow], texts: dict[str, list[str]],
+                        scored: dict[str, list[tuple[float, str]]]) -> dict[str, Any]:  # fmt: skip
+    """Each classifier's `metrics` over the `held` rows, reusing the scores already computed
+    for the requests' texts (a row's score is its highest over the prefixes checked)."""
     classifiers = {}
     for view, cascade in guard.cascades.items():
         view_texts, labels, groups = view_rows(view, held, None, stream=True)
@@ -247,8 +292,7 @@ def evaluate_guard(
         row_scores, picked = per_row_max([p for p, _ in found], groups)
         classifiers[view] = metrics(row_scores, [labels[i] for i in picked], cascade.threshold,
                                     [stage for _, stage in found])  # fmt: skip
-    end_to_end = {**_end_to_end(held, blocked), "calibration_rows_left_out": excluded}
-    return {"classifiers": classifiers, "end_to_end": end_to_end, "compute": compute}
+    return classifiers
 
 
 def _report_rows(guard: TrainedGuard, rows: list[GuardRow]) -> tuple[list[GuardRow], int]:

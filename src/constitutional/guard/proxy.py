@@ -107,18 +107,26 @@ def create_guard_app(
         raise UserError(f"holdback_chars must be >= 0, got {holdback_chars}")
     app = FastAPI(title="constitutional guard", docs_url=None, redoc_url=None)
     install_error_handlers(app)
-
-    @app.exception_handler(Exception)
-    async def _crash(_: Request, exc: Exception) -> JSONResponse:
-        # Overrides the serve app's handler: exception text may quote a request or a secret.
-        log.error("unhandled %s in the guard proxy", type(exc).__name__)
-        return openai_error(500, "internal error in the guard proxy", "server_error")
-
+    # Overrides the serve app's handler for anything unhandled (see `_crash`).
+    app.add_exception_handler(Exception, _crash)
     app.add_middleware(_Gate, api_keys=set(api_keys or ()), max_body_bytes=max_body_bytes)
     proxy = _Proxy(guard, upstream_url, AuditLog(audit_db), fail_closed=fail_closed,
                    holdback=holdback_chars, model_name=model_name, upstream_api_key=upstream_api_key,
                    timeout=timeout, transport=transport, max_check_chars=max_check_chars)  # fmt: skip
-    metrics_keys = _encoded_keys({metrics_key} if metrics_key else set())
+    _add_routes(app, proxy, _encoded_keys({metrics_key} if metrics_key else set()))
+    # Exposed for tests and the benchmark.
+    app.state.metrics, app.state.audit = proxy.metrics, proxy.audit
+    return app
+
+
+async def _crash(_: Request, exc: Exception) -> JSONResponse:
+    """A 500 naming no exception text: that text may quote a request or a secret."""
+    log.error("unhandled %s in the guard proxy", type(exc).__name__)
+    return openai_error(500, "internal error in the guard proxy", "server_error")
+
+
+def _add_routes(app: FastAPI, proxy: _Proxy, metrics_keys: list[bytes]) -> None:
+    """The proxy's four routes; /v1/* is behind `_Gate`, /metrics behind `_metrics_refusal`."""
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -130,16 +138,13 @@ def create_guard_app(
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        card = {"id": model_name, "object": "model", "created": 0, "owned_by": "constitutional"}
+        card = {"id": proxy.model_name, "object": "model", "created": 0,
+                "owned_by": "constitutional"}  # fmt: skip
         return {"object": "list", "data": [card]}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest):
         return await proxy.chat(body)
-
-    # Exposed for tests and the benchmark.
-    app.state.metrics, app.state.audit = proxy.metrics, proxy.audit
-    return app
 
 
 class _Proxy:
