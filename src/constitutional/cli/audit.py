@@ -12,7 +12,15 @@ from typing import Any
 
 import typer
 
-from constitutional.cli.models import BackendOpt, BaseUrlOpt, SlotsOpt, backend_from_options
+from constitutional.cli.models import (
+    BackendOpt,
+    BaseUrlOpt,
+    CacheOpt,
+    Concurrency8Opt,
+    NoCacheOpt,
+    SlotsOpt,
+    backend_from_options,
+)
 from constitutional.eval.audits import run_judge_audit, run_principle_audit
 
 app = typer.Typer(
@@ -20,46 +28,48 @@ app = typer.Typer(
 )
 
 
+LabelsOpt = typer.Option(
+    ..., "--labels", "-l", help="Label JSONL from `cai rl-cai label` (pairs to audit on)."
+)
+JudgeOpt = typer.Option(
+    None, "--judge", help="Judge model to ask afresh; omit to audit the file's own judgements."
+)
+FewshotOpt = typer.Option(0, help="Constitution comparison exemplars shown before each question.")
+HumanOpt = typer.Option(
+    None, "--human", help="JSONL with prompt, chosen, rejected: agreement and calibration."
+)
+OtherOpt = typer.Option(
+    None, "--other", help="A second model: self-preference of the judge against it."
+)
+InjectionOpt = typer.Option(
+    True, "--injection/--no-injection", help="Test a planted note to the evaluator."
+)
+ConstitutionOpt = typer.Option(
+    "default", "--constitution", "-c", help="Constitution YAML, or 'default'."
+)
+MaxTokensOpt = typer.Option(128, help="New tokens for self-preference answers and cot reasoning.")
+
+
 @app.command("judge")
 def judge_command(
-    labels: Path = typer.Option(
-        ..., "--labels", "-l", help="Label JSONL from `cai rl-cai label` (pairs to audit on)."
-    ),
-    judge: str = typer.Option(
-        None, "--judge", help="Judge model to ask afresh; omit to audit the file's own judgements."
-    ),
+    labels: Path = LabelsOpt,
+    judge: str = JudgeOpt,
     mode: str = typer.Option("logprob", help="logprob or cot, as in `cai rl-cai label`."),
-    fewshot: int = typer.Option(
-        0, help="Constitution comparison exemplars shown before each question."
-    ),
-    human: Path = typer.Option(
-        None, "--human", help="JSONL with prompt, chosen, rejected: agreement and calibration."
-    ),
-    other: str = typer.Option(
-        None, "--other", help="A second model: self-preference of the judge against it."
-    ),
-    injection: bool = typer.Option(
-        True, "--injection/--no-injection", help="Test a planted note to the evaluator."
-    ),
-    constitution: str = typer.Option(
-        "default", "--constitution", "-c", help="Constitution YAML, or 'default'."
-    ),
+    fewshot: int = FewshotOpt,
+    human: Path = HumanOpt,
+    other: str = OtherOpt,
+    injection: bool = InjectionOpt,
+    constitution: str = ConstitutionOpt,
     limit: int = typer.Option(None, help="Use only the first N label rows (and human rows)."),
     seed: int = typer.Option(0, help="Seed for principle draws and side coins."),
-    max_tokens: int = typer.Option(
-        128, help="New tokens for self-preference answers and cot reasoning."
-    ),
+    max_tokens: int = MaxTokensOpt,
     out: Path = typer.Option(Path("audit.json"), "--out", "-o", help="Audit JSON."),
     backend: str = BackendOpt,
     base_url: str = BaseUrlOpt,
     batch_size: int | None = SlotsOpt,
-    concurrency: int = typer.Option(8, help="openai backend: requests in flight."),
-    cache: Path = typer.Option(
-        None, help="Response cache file (default $CAI_CACHE_DIR/responses.sqlite)."
-    ),
-    no_cache: bool = typer.Option(
-        False, "--no-cache", help="Neither read nor write the response cache."
-    ),
+    concurrency: int = Concurrency8Opt,
+    cache: Path = CacheOpt,
+    no_cache: bool = NoCacheOpt,
 ) -> None:
     """Position flips, length bias, self-preference, calibration, human agreement, injection robustness."""
     import time

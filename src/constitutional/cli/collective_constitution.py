@@ -16,7 +16,10 @@ import typer
 from constitutional.cli.models import (
     BackendOpt,
     BaseUrlOpt,
+    CacheOpt,
+    Concurrency16Opt,
     ModelOpt,
+    NoCacheOpt,
     SlotsOpt,
     backend_from_options,
 )
@@ -126,57 +129,61 @@ def run_to_constitution(
     return constitution, [fallback for _, fallback in drafts]
 
 
+SourceArg = typer.Argument(
+    ...,
+    help="An `analyze --out` JSON, or a votes CSV (then analysed here with the options below).",
+)
+CommentsArg = typer.Argument(
+    None, help="Statement texts for a votes CSV: Polis comments.csv or statement,text."
+)
+OutOpt = typer.Option(
+    ..., "--out", "-o", help="Constitution YAML to write (and OUT.manifest.json)."
+)
+ConsensusThresholdOpt = typer.Option(
+    None,
+    "--consensus-threshold",
+    help="Least group-aware consensus for a statement, 0..1 (default: the analysis's, 0.5).",
+)
+LimitOpt = typer.Option(0, "--limit", help="Most principles, highest consensus first; 0 for all.")
+DraftOpt = typer.Option(
+    "template",
+    "--draft",
+    help="Wording: 'template' (no model) or 'model' (the backend drafts; failed drafts fall back).",
+)
+DescriptionOpt = typer.Option(
+    None, "--description", help="Constitution description (default: a summary of the input)."
+)
+SeedOpt = typer.Option(0, "--seed", help="Seed of the drafts and, for a votes CSV, of k-means.")
+MinVotesOpt = typer.Option(
+    7, "--min-votes", help="Votes CSV only: leave out participants with fewer votes."
+)
+KOpt = typer.Option(
+    "2..5", "--k", help="Votes CSV only: numbers of opinion groups to try, MIN..MAX."
+)
+
+
 def to_constitution(
-    source: Path = typer.Argument(
-        ...,
-        help="An `analyze --out` JSON, or a votes CSV (then analysed here with the options below).",
-    ),
-    comments: Path = typer.Argument(
-        None, help="Statement texts for a votes CSV: Polis comments.csv or statement,text."
-    ),
-    out: Path = typer.Option(
-        ..., "--out", "-o", help="Constitution YAML to write (and OUT.manifest.json)."
-    ),
-    consensus_threshold: float = typer.Option(
-        None,
-        "--consensus-threshold",
-        help="Least group-aware consensus for a statement, 0..1 (default: the analysis's, 0.5).",
-    ),
-    limit: int = typer.Option(
-        0, "--limit", help="Most principles, highest consensus first; 0 for all."
-    ),
-    draft: str = typer.Option(
-        "template",
-        "--draft",
-        help="Wording: 'template' (no model) or 'model' (the backend drafts; failed drafts fall back).",
-    ),
+    source: Path = SourceArg,
+    comments: Path = CommentsArg,
+    out: Path = OutOpt,
+    consensus_threshold: float = ConsensusThresholdOpt,
+    limit: int = LimitOpt,
+    draft: str = DraftOpt,
     name: str = typer.Option("collective", "--name", help="Constitution name."),
     version: str = typer.Option("1.0.0", "--version", help="Constitution version."),
-    description: str = typer.Option(
-        None, "--description", help="Constitution description (default: a summary of the input)."
-    ),
-    seed: int = typer.Option(
-        0, "--seed", help="Seed of the drafts and, for a votes CSV, of k-means."
-    ),
-    min_votes: int = typer.Option(
-        7, "--min-votes", help="Votes CSV only: leave out participants with fewer votes."
-    ),
-    k: str = typer.Option(
-        "2..5", "--k", help="Votes CSV only: numbers of opinion groups to try, MIN..MAX."
-    ),
+    description: str = DescriptionOpt,
+    seed: int = SeedOpt,
+    min_votes: int = MinVotesOpt,
+    k: str = KOpt,
     temperature: float = typer.Option(0.3, help="--draft model: sampling temperature; 0 = greedy."),
     max_tokens: int = typer.Option(200, help="--draft model: new tokens per draft."),
     backend: str = BackendOpt,
     model: str = ModelOpt,
     base_url: str = BaseUrlOpt,
     batch_size: int | None = SlotsOpt,
-    concurrency: int = typer.Option(16, help="openai backend: requests in flight."),
-    cache: Path = typer.Option(
-        None, help="Response cache file (default $CAI_CACHE_DIR/responses.sqlite)."
-    ),
-    no_cache: bool = typer.Option(
-        False, "--no-cache", help="Neither read nor write the response cache."
-    ),
+    concurrency: int = Concurrency16Opt,
+    cache: Path = CacheOpt,
+    no_cache: bool = NoCacheOpt,
 ) -> None:
     """Turn the statements every opinion group agreed with into constitution principles.
 

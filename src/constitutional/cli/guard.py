@@ -11,7 +11,10 @@ from constitutional.cli.guard_train import evaluate, train
 from constitutional.cli.models import (
     BackendOpt,
     BaseUrlOpt,
+    CacheOpt,
+    Concurrency16Opt,
     ModelOpt,
+    NoCacheOpt,
     SlotsOpt,
     backend_from_options,
     stage_progress,
@@ -58,13 +61,9 @@ def synth(
     model: str = ModelOpt,
     base_url: str = BaseUrlOpt,
     batch_size: int | None = SlotsOpt,
-    concurrency: int = typer.Option(16, help="openai backend: requests in flight."),
-    cache: Path = typer.Option(
-        None, help="Response cache file (default $CAI_CACHE_DIR/responses.sqlite)."
-    ),
-    no_cache: bool = typer.Option(
-        False, "--no-cache", help="Neither read nor write the response cache."
-    ),
+    concurrency: int = Concurrency16Opt,
+    cache: Path = CacheOpt,
+    no_cache: bool = NoCacheOpt,
 ) -> None:
     """Generate labelled, augmented guard data from the constitution's categories."""
     import time

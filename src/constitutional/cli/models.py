@@ -33,6 +33,14 @@ SlotsOpt = typer.Option(
     "as many as the KV memory budget $CAI_KV_BUDGET_GB allows, at most 128 on CPU).",
 )
 
+# The response-cache and concurrency options repeat in every command that calls a backend;
+# declaring them once keeps their flags and help identical everywhere.
+CacheOpt = typer.Option(None, help="Response cache file (default $CAI_CACHE_DIR/responses.sqlite).")
+NoCacheOpt = typer.Option(False, "--no-cache", help="Neither read nor write the response cache.")
+_CONCURRENCY_HELP = "openai backend: requests in flight."
+Concurrency8Opt = typer.Option(8, help=_CONCURRENCY_HELP)
+Concurrency16Opt = typer.Option(16, help=_CONCURRENCY_HELP)
+
 
 def backend_from_options(
     backend: str,
@@ -68,13 +76,9 @@ def generate(
     max_tokens: int = typer.Option(256, help="New tokens per response at most."),
     seed: int = typer.Option(0, help="Run seed; each row's seed derives from it."),
     batch_size: int | None = SlotsOpt,
-    concurrency: int = typer.Option(8, help="openai backend: requests in flight."),
-    cache: Path = typer.Option(
-        None, help="Response cache file (default $CAI_CACHE_DIR/responses.sqlite)."
-    ),
-    no_cache: bool = typer.Option(
-        False, "--no-cache", help="Neither read nor write the response cache."
-    ),
+    concurrency: int = Concurrency8Opt,
+    cache: Path = CacheOpt,
+    no_cache: bool = NoCacheOpt,
     manifest: Path = typer.Option(None, help="Run manifest to update (default OUT.manifest.json)."),
 ) -> None:
     """Complete every prompt in a JSONL file; a killed run resumes from the cache."""

@@ -9,6 +9,9 @@ import typer
 from constitutional.cli.models import (
     BackendOpt,
     BaseUrlOpt,
+    CacheOpt,
+    Concurrency16Opt,
+    NoCacheOpt,
     SlotsOpt,
     backend_from_options,
     stage_progress,
@@ -34,74 +37,79 @@ def _group() -> None:
     # A callback keeps this a command group even with one command, so `rl-cai label` is stable.
 
 
+PolicyOpt = typer.Option(
+    ...,
+    "--policy",
+    help="Model that writes the two responses ('embedded', .gguf, HF dir, or server model).",
+)
+FeedbackOpt = typer.Option(
+    ..., "--feedback", help="Model that judges them (may be the same as --policy)."
+)
+PromptsOpt = typer.Option(
+    ...,
+    "--prompts",
+    "-p",
+    help="JSONL with `prompt`, or builtin:advbench|harmbench|strongreject|self_instruct|mt_bench.",
+)
+OutOpt = typer.Option(
+    ...,
+    "--out",
+    "-o",
+    help="Label JSONL (discards kept with reasons); TRL rows go to OUT.dpo.jsonl.",
+)
+ConstitutionOpt = typer.Option(
+    "default", "--constitution", "-c", help="Constitution YAML, or 'default'."
+)
+ModeOpt = typer.Option(
+    "logprob", help="logprob: p(A) read directly; cot: reason step by step first."
+)
+ClampOpt = typer.Option(
+    (0.4, 0.6),
+    help="Band LO HI for p(A); applied in cot mode (and logprob with --clamp-logprob).",
+)
+SwapAverageOpt = typer.Option(
+    False,
+    "--swap-average",
+    help="Also judge with A/B swapped and average (cancels position bias).",
+)
+PrinciplesPerPairOpt = typer.Option(1, help="K principles per pair; p(A) is averaged over them.")
+FewshotOpt = typer.Option(2, help="Constitution comparison exemplars shown before each question.")
+HumanPrefsOpt = typer.Option(
+    None, help="HH-style JSONL with prompt, chosen, rejected: mixed in as hard labels."
+)
+HumanRatioOpt = typer.Option(
+    0.1, help="Share of human rows in the output, in [0, 1) (with --human-prefs)."
+)
+SeedOpt = typer.Option(0, help="Run seed: samples, principle draws and sides derive from it.")
+
+
 @app.command()
 def label(
-    policy: str = typer.Option(
-        ...,
-        "--policy",
-        help="Model that writes the two responses ('embedded', .gguf, HF dir, or server model).",
-    ),
-    feedback: str = typer.Option(
-        ..., "--feedback", help="Model that judges them (may be the same as --policy)."
-    ),
-    prompts: str = typer.Option(
-        ...,
-        "--prompts",
-        "-p",
-        help="JSONL with `prompt`, or builtin:advbench|harmbench|strongreject|self_instruct|mt_bench.",
-    ),
-    out: Path = typer.Option(
-        ...,
-        "--out",
-        "-o",
-        help="Label JSONL (discards kept with reasons); TRL rows go to OUT.dpo.jsonl.",
-    ),
-    constitution: str = typer.Option(
-        "default", "--constitution", "-c", help="Constitution YAML, or 'default'."
-    ),
-    mode: str = typer.Option(
-        "logprob", help="logprob: p(A) read directly; cot: reason step by step first."
-    ),
-    clamp: tuple[float, float] = typer.Option(
-        (0.4, 0.6),
-        help="Band LO HI for p(A); applied in cot mode (and logprob with --clamp-logprob).",
-    ),
+    policy: str = PolicyOpt,
+    feedback: str = FeedbackOpt,
+    prompts: str = PromptsOpt,
+    out: Path = OutOpt,
+    constitution: str = ConstitutionOpt,
+    mode: str = ModeOpt,
+    clamp: tuple[float, float] = ClampOpt,
     clamp_logprob: bool = typer.Option(False, "--clamp-logprob", help="Clamp in logprob mode too."),
-    swap_average: bool = typer.Option(
-        False,
-        "--swap-average",
-        help="Also judge with A/B swapped and average (cancels position bias).",
-    ),
-    principles_per_pair: int = typer.Option(
-        1, help="K principles per pair; p(A) is averaged over them."
-    ),
-    fewshot: int = typer.Option(
-        2, help="Constitution comparison exemplars shown before each question."
-    ),
+    swap_average: bool = SwapAverageOpt,
+    principles_per_pair: int = PrinciplesPerPairOpt,
+    fewshot: int = FewshotOpt,
     limit: int = typer.Option(None, help="Use only the first N prompts."),
     temperature: float = typer.Option(1.0, help="Policy sampling temperature."),
     max_tokens: int = typer.Option(128, help="New tokens per policy response."),
     cot_temperature: float = typer.Option(0.0, help="cot mode: temperature of the reasoning."),
     cot_max_tokens: int = typer.Option(128, help="cot mode: new tokens of reasoning at most."),
-    human_prefs: Path = typer.Option(
-        None, help="HH-style JSONL with prompt, chosen, rejected: mixed in as hard labels."
-    ),
-    human_ratio: float = typer.Option(
-        0.1, help="Share of human rows in the output, in [0, 1) (with --human-prefs)."
-    ),
-    seed: int = typer.Option(
-        0, help="Run seed: samples, principle draws and sides derive from it."
-    ),
+    human_prefs: Path = HumanPrefsOpt,
+    human_ratio: float = HumanRatioOpt,
+    seed: int = SeedOpt,
     backend: str = BackendOpt,
     base_url: str = BaseUrlOpt,
     batch_size: int | None = SlotsOpt,
-    concurrency: int = typer.Option(16, help="openai backend: requests in flight."),
-    cache: Path = typer.Option(
-        None, help="Response cache file (default $CAI_CACHE_DIR/responses.sqlite)."
-    ),
-    no_cache: bool = typer.Option(
-        False, "--no-cache", help="Neither read nor write the response cache."
-    ),
+    concurrency: int = Concurrency16Opt,
+    cache: Path = CacheOpt,
+    no_cache: bool = NoCacheOpt,
 ) -> None:
     """Sample two responses per prompt, have the feedback model compare them, write soft labels."""
     import time

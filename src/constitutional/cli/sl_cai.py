@@ -9,7 +9,10 @@ import typer
 from constitutional.cli.models import (
     BackendOpt,
     BaseUrlOpt,
+    CacheOpt,
+    Concurrency16Opt,
     ModelOpt,
+    NoCacheOpt,
     SlotsOpt,
     stage_progress,
 )
@@ -53,53 +56,57 @@ def sft_path(out: Path) -> Path:
     return out.with_name(out.name.removesuffix(".jsonl") + ".sft.jsonl")
 
 
+PromptsOpt = typer.Option(
+    ...,
+    "--prompts",
+    "-p",
+    help="Red-team prompts: JSONL with `prompt`, or builtin:advbench|harmbench|strongreject.",
+)
+OutOpt = typer.Option(
+    ...,
+    "--out",
+    "-o",
+    help="Trace JSONL (every round, discards with reasons); the SFT export goes to OUT.sft.jsonl.",
+)
+ConstitutionOpt = typer.Option(
+    "default", "--constitution", "-c", help="Constitution YAML, or 'default'."
+)
+HelpfulPromptsOpt = typer.Option(
+    "builtin:self_instruct",
+    help="Helpful prompts to mix in (JSONL or builtin:self_instruct|mt_bench).",
+)
+HelpfulRatioOpt = typer.Option(
+    0.5, help="Share of helpful rows in the SFT export, in [0, 1); 0 disables mixing."
+)
+CritiqueOpt = typer.Option(
+    True,
+    "--critique/--no-critique",
+    help="--no-critique: revise without writing a critique first (the paper's ablation).",
+)
+
+
 @app.command()
 def generate(
-    prompts: str = typer.Option(
-        ...,
-        "--prompts",
-        "-p",
-        help="Red-team prompts: JSONL with `prompt`, or builtin:advbench|harmbench|strongreject.",
-    ),
-    out: Path = typer.Option(
-        ...,
-        "--out",
-        "-o",
-        help="Trace JSONL (every round, discards with reasons); the SFT export goes to OUT.sft.jsonl.",
-    ),
-    constitution: str = typer.Option(
-        "default", "--constitution", "-c", help="Constitution YAML, or 'default'."
-    ),
+    prompts: str = PromptsOpt,
+    out: Path = OutOpt,
+    constitution: str = ConstitutionOpt,
     rounds: int = typer.Option(4, help="Critique/revision rounds per prompt."),
-    helpful_prompts: str = typer.Option(
-        "builtin:self_instruct",
-        help="Helpful prompts to mix in (JSONL or builtin:self_instruct|mt_bench).",
-    ),
-    helpful_ratio: float = typer.Option(
-        0.5, help="Share of helpful rows in the SFT export, in [0, 1); 0 disables mixing."
-    ),
+    helpful_prompts: str = HelpfulPromptsOpt,
+    helpful_ratio: float = HelpfulRatioOpt,
     limit: int = typer.Option(None, help="Use only the first N red-team prompts."),
     temperature_start: float = typer.Option(0.9, help="Temperature of the first round."),
     temperature_end: float = typer.Option(0.4, help="Temperature of the last round."),
     max_tokens: int = typer.Option(200, help="New tokens per response or revision."),
     fewshot: int = typer.Option(2, help="Constitution exemplars shown before each request."),
-    critique: bool = typer.Option(
-        True,
-        "--critique/--no-critique",
-        help="--no-critique: revise without writing a critique first (the paper's ablation).",
-    ),
+    critique: bool = CritiqueOpt,
     seed: int = typer.Option(0, help="Run seed: principle draws and samples derive from it."),
     backend: str = BackendOpt,
     model: str = ModelOpt,
     base_url: str = BaseUrlOpt,
     batch_size: int | None = SlotsOpt,
-    concurrency: int = typer.Option(16, help="openai backend: requests in flight."),
-    cache: Path = typer.Option(
-        None, help="Response cache file (default $CAI_CACHE_DIR/responses.sqlite)."
-    ),
-    no_cache: bool = typer.Option(
-        False, "--no-cache", help="Neither read nor write the response cache."
-    ),
+    concurrency: int = Concurrency16Opt,
+    cache: Path = CacheOpt,
+    no_cache: bool = NoCacheOpt,
     executor: str = ExecutorOpt,
     ray_address: str = RayAddressOpt,
     workers: int = WorkersOpt,
