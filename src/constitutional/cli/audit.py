@@ -120,6 +120,11 @@ def judge_command(
             other=second,
             outputs=[str(out)],
         )
+    typer.echo("\n".join(_judge_summary(doc)) + f"\n→ {out}", err=True)
+
+
+def _judge_summary(doc: dict[str, Any]) -> list[str]:
+    """One line per measured bias of the judge audit document."""
     lines = [
         f"{key}: {_rate(doc[key])}"
         for key in ("flip_rate", "self_preference", "human_agreement", "injection_flip_rate")
@@ -131,7 +136,7 @@ def judge_command(
     )
     if doc["calibration"]:
         lines.append(f"calibration: ECE {doc['calibration']['ece']:.3f}")
-    typer.echo("\n".join(lines) + f"\n→ {out}", err=True)
+    return lines
 
 
 @app.command("principles")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -53,12 +54,18 @@ def backend_from_options(
 ):
     from constitutional.backends import make_backend
 
-    options = (
-        {"batch_size": batch_size}
-        if backend == "local"
-        else {"base_url": base_url, "concurrency": concurrency}
-    )
+    options = backend_options(backend, base_url, batch_size, concurrency)
     return make_backend(backend, model, cache=cache, use_cache=not no_cache, **options)
+
+
+def backend_options(
+    backend: str, base_url: str | None, batch_size: int | None, concurrency: int
+) -> dict[str, Any]:
+    """The engine keywords that apply to BACKEND: slots for a local model, URL and requests in
+    flight for a server."""
+    if backend == "local":
+        return {"batch_size": batch_size}
+    return {"base_url": base_url, "concurrency": concurrency}
 
 
 def generate(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -118,7 +119,6 @@ def label(
     from constitutional.constitution import load_constitution
     from constitutional.generate import load_prompts
     from constitutional.jsonl import write_jsonl
-    from constitutional.provenance import RunManifest
 
     rules = load_constitution(constitution)
     config = rl_cai.LabelConfig(
@@ -136,18 +136,12 @@ def label(
         seed=seed,
     )
     config.check(rules)
-    rows = load_prompts(prompts, chat_allowed=False)[
-        :limit
-    ]  # check every input before loading a model
+    # check every input before loading a model
+    rows = load_prompts(prompts, chat_allowed=False)[:limit]
     human = rl_cai.load_human_prefs(human_prefs) if human_prefs else []
 
-    built: dict[str, object] = {}  # one backend per distinct model: policy == feedback loads once
-    for spec in (policy, feedback):
-        if spec not in built:
-            built[spec] = backend_from_options(
-                backend, spec, base_url, batch_size, concurrency, cache, no_cache
-            )
-    policy_llm, feedback_llm = built[policy], built[feedback]
+    options = (backend, base_url, batch_size, concurrency, cache, no_cache)
+    policy_llm, feedback_llm = _backends(policy, feedback, options)
 
     start = time.perf_counter()
     with stage_progress() as progress:
@@ -156,6 +150,24 @@ def label(
     write_jsonl(out, labelled)
     dpo = rl_cai.to_dpo_rows(labelled)
     write_jsonl(dpo_path(out), dpo)
+    seconds = time.perf_counter() - start
+    _report_label(out, labelled, dpo, rules, config, (policy, policy_llm, feedback_llm), seconds)
+
+
+def _backends(policy: str, feedback: str, options: tuple) -> tuple[Any, Any]:
+    """One backend per distinct model, so that policy == feedback loads the model once."""
+    built: dict[str, Any] = {}
+    for spec in (policy, feedback):
+        if spec not in built:
+            built[spec] = backend_from_options(options[0], spec, *options[1:])
+    return built[policy], built[feedback]
+
+
+def _report_label(out: Path, labelled, dpo, rules, config, models: tuple, seconds: float) -> None:
+    """Record the run manifest of `label` and print its counts."""
+    from constitutional.provenance import RunManifest
+
+    policy, policy_llm, feedback_llm = models
     ai = [r for r in labelled if r["source"] == "ai"]
     kept, flips = sum(not r["discarded"] for r in ai), sum(bool(r["flip"]) for r in ai)
     # A shared backend meters policy and feedback tokens together under `tokens`.
@@ -167,8 +179,8 @@ def label(
     RunManifest(Path(f"{out}.manifest.json")).record(
         "rl_cai_label",
         backend=feedback_llm,
-        wall_seconds=time.perf_counter() - start,
-        seed=seed,
+        wall_seconds=seconds,
+        seed=config.seed,
         constitution={"hash": rules.hash, "version": rules.version},
         policy=policy_usage,
         params=vars(config),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -115,17 +117,10 @@ def self_play(
     Stops early when the self-judge stops agreeing with a frozen reference judge. A killed run
     resumes at the first unfinished iteration; the report goes to OUT/report.html.
     """
-    from constitutional.backends import make_backend
-    from constitutional.errors import UserError
     from constitutional.report import render_report
     from constitutional.self_play.loop import SelfPlayConfig, run_self_play
 
-    if reference_backend not in ("local", "openai"):
-        raise UserError(f"--reference-backend must be local or openai, got {reference_backend!r}")
-    if reference_backend == "openai" and not reference_judge:
-        raise UserError(
-            "--reference-backend openai needs --reference-judge (the server's model name)"
-        )
+    _check_reference(reference_backend, reference_judge)
     cfg = SelfPlayConfig(
         model=model,
         reference_judge=reference_judge,
@@ -151,6 +146,37 @@ def self_play(
         min_agreement=min_agreement,
         seed=seed,
     )
+    reference_opts = (reference_judge, reference_backend, reference_base_url)
+    local, reference = _backend_factories(out, model, reference_opts, decode_batch, no_cache)
+
+    def say(line: str) -> None:
+        typer.echo(line, err=True)
+
+    with stage_progress() as progress:
+        doc = run_self_play(cfg, out, local, reference, say=say, progress=progress)
+    say(f"report → {render_report(out)} · final model {doc['final_model']}")
+
+
+def _check_reference(reference_backend: str, reference_judge: str | None) -> None:
+    """Refuse a reference judge the run could not build, before any model loads."""
+    from constitutional.errors import UserError
+
+    if reference_backend not in ("local", "openai"):
+        raise UserError(f"--reference-backend must be local or openai, got {reference_backend!r}")
+    if reference_backend == "openai" and not reference_judge:
+        raise UserError(
+            "--reference-backend openai needs --reference-judge (the server's model name)"
+        )
+
+
+def _backend_factories(
+    out: Path, model: str, reference_opts: tuple, decode_batch: int, no_cache: bool
+) -> tuple[Callable[[str], Any], Callable[[], Any]]:
+    """The run's backend makers: `local(spec)` builds each local model once, `reference()` the
+    frozen reference judge."""
+    from constitutional.backends import make_backend
+
+    reference_judge, reference_backend, reference_base_url = reference_opts
     cache = out / "responses.sqlite"
     built: dict[str, object] = {}
 
@@ -172,9 +198,4 @@ def self_play(
             base_url=reference_base_url,
         )
 
-    def say(line: str) -> None:
-        typer.echo(line, err=True)
-
-    with stage_progress() as progress:
-        doc = run_self_play(cfg, out, local, reference, say=say, progress=progress)
-    say(f"report → {render_report(out)} · final model {doc['final_model']}")
+    return local, reference

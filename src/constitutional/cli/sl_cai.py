@@ -14,6 +14,7 @@ from constitutional.cli.models import (
     ModelOpt,
     NoCacheOpt,
     SlotsOpt,
+    backend_options,
     stage_progress,
 )
 
@@ -120,7 +121,6 @@ def generate(
     from constitutional.errors import UserError
     from constitutional.generate import load_prompts
     from constitutional.jsonl import write_jsonl
-    from constitutional.provenance import RunManifest
     from constitutional.scale import ExecutorConfig, executor_backend
     from constitutional.sl_cai import SLConfig, generate_sl_data, to_sft_rows
 
@@ -140,11 +140,7 @@ def generate(
         seed=seed,
     )
     where = ExecutorConfig(executor, ray_address, workers, worker_cpus, worker_gpus)
-    options = (
-        {"batch_size": batch_size}
-        if backend == "local"
-        else {"base_url": base_url, "concurrency": concurrency}
-    )
+    options = backend_options(backend, base_url, batch_size, concurrency)
 
     start = time.perf_counter()
     with (
@@ -158,18 +154,25 @@ def generate(
     sft = to_sft_rows(traces)
     write_jsonl(sft_path(out), sft)
     kept = sum(1 for t in traces if t["kind"] == "red_team" and not t["discarded"])
+    _record_generate(out, llm, time.perf_counter() - start, rules, config, where)
+    typer.echo(
+        f"{kept}/{len(red)} red-team prompts kept, {len(sft)} SFT rows → {sft_path(out)}", err=True
+    )
+
+
+def _record_generate(out: Path, llm, seconds: float, rules, config, where) -> None:
+    """The run manifest of `generate`, beside its traces."""
+    from constitutional.provenance import RunManifest
+
     RunManifest(Path(f"{out}.manifest.json")).record(
         "sl_cai_generate",
         backend=llm,
-        wall_seconds=time.perf_counter() - start,
-        seed=seed,
+        wall_seconds=seconds,
+        seed=config.seed,
         constitution={"hash": rules.hash, "version": rules.version},
         params=vars(config),
         executor=where.describe(),
         outputs=[str(out), str(sft_path(out))],
-    )
-    typer.echo(
-        f"{kept}/{len(red)} red-team prompts kept, {len(sft)} SFT rows → {sft_path(out)}", err=True
     )
 
 
