@@ -184,36 +184,7 @@ def analyze(votes: Votes, config: AnalysisConfig | None = None) -> dict[str, Any
     spread = p_agree.max(axis=0) - p_agree.min(axis=0)
     total = _counts(matrix)
 
-    statements = []
-    for j, sid in enumerate(votes.statements):
-        statements.append(
-            {
-                "statement": sid,
-                **({"text": votes.texts.get(sid)} if votes.texts else {}),
-                **{name: int(total[name][j]) for name in ("votes", "agree", "disagree", "pass")},
-                "consensus": float(consensus[j]),
-                "spread": float(spread[j]),
-                "groups": [
-                    {
-                        "group": g,
-                        **{
-                            name: int(c[name][j]) for name in ("votes", "agree", "disagree", "pass")
-                        },
-                        "p_agree": float(p_agree[g, j]),
-                        "p_disagree": float(p_disagree[g, j]),
-                    }
-                    for g, c in enumerate(groups)
-                ],
-            }
-        )
-    by_consensus = [
-        j
-        for j in np.argsort(-consensus, kind="stable")
-        if consensus[j] >= config.consensus_threshold
-    ]
-    by_spread = [
-        j for j in np.argsort(-spread, kind="stable") if spread[j] >= config.divisive_threshold
-    ]
+    statements = _statement_stats(votes, groups, total, (p_agree, p_disagree), (consensus, spread))
     return {
         "participants": {
             "total": len(votes.participants),
@@ -246,18 +217,47 @@ def analyze(votes: Votes, config: AnalysisConfig | None = None) -> dict[str, Any
             for g in range(k)
         ],
         "statement_stats": statements,
-        "consensus": _with_text(
-            votes,
-            [
-                {"statement": votes.statements[j], "consensus": float(consensus[j])}
-                for j in by_consensus[: config.top]
-            ],
-        ),
-        "divisive": _with_text(
-            votes,
-            [
-                {"statement": votes.statements[j], "spread": float(spread[j])}
-                for j in by_spread[: config.top]
-            ],
-        ),
+        "consensus": _ranked(votes, consensus, "consensus", config.consensus_threshold, config.top),
+        "divisive": _ranked(votes, spread, "spread", config.divisive_threshold, config.top),
     }
+
+
+def _statement_stats(
+    votes: Votes, groups: list[dict], total: dict, p: tuple, scores: tuple
+) -> list[dict[str, Any]]:
+    """Per statement: vote counts overall and per group, smoothed agreement, consensus, spread."""
+    p_agree, p_disagree = p
+    consensus, spread = scores
+    statements = []
+    for j, sid in enumerate(votes.statements):
+        statements.append(
+            {
+                "statement": sid,
+                **({"text": votes.texts.get(sid)} if votes.texts else {}),
+                **{name: int(total[name][j]) for name in ("votes", "agree", "disagree", "pass")},
+                "consensus": float(consensus[j]),
+                "spread": float(spread[j]),
+                "groups": [
+                    {
+                        "group": g,
+                        **{
+                            name: int(c[name][j]) for name in ("votes", "agree", "disagree", "pass")
+                        },
+                        "p_agree": float(p_agree[g, j]),
+                        "p_disagree": float(p_disagree[g, j]),
+                    }
+                    for g, c in enumerate(groups)
+                ],
+            }
+        )
+    return statements
+
+
+def _ranked(
+    votes: Votes, values: np.ndarray, key: str, threshold: float, top: int
+) -> list[dict[str, Any]]:
+    """The TOP statements whose VALUES reach THRESHOLD, highest first (ties in statement order)."""
+    order = [j for j in np.argsort(-values, kind="stable") if values[j] >= threshold]
+    return _with_text(
+        votes, [{"statement": votes.statements[j], key: float(values[j])} for j in order[:top]]
+    )

@@ -102,6 +102,33 @@ def label_pairs(
         layout.fewshot_messages(constitution, cfg.fewshot, cfg.mode == "cot"),
         layout.renderer(feedback),
     )
+    jobs = _judge_jobs(constitution, rows, samples, fewshot, cfg)
+    reasonings = _reasonings(feedback, render, jobs, cfg, progress)
+    judge_prompts = [layout.answer_prompt(render, j[-1], r) for j, r in zip(jobs, reasonings)]
+    progress("feedback judgements", len(judge_prompts))
+    scores = feedback.choice_logprobs(judge_prompts, ["A", "B"]) if judge_prompts else []
+    progress("", len(judge_prompts))
+
+    for (row, pid, swapped, _), reasoning, (logp_a, logp_b) in zip(jobs, reasonings, scores):
+        if reasoning is not None:
+            row["cot"].append(reasoning)
+        problem = labels.judgement_problem(logp_a, logp_b)
+        if problem is not None:
+            row["reason"] = row["reason"] or problem
+            continue
+        p = labels.two_way_softmax(logp_a, logp_b)
+        row["_swapped" if swapped else "_raw"].append(labels.unswap(p) if swapped else p)
+        row["_by_principle"].setdefault(pid, []).append(labels.unswap(p) if swapped else p)
+    meta = row_meta(ARTIFACT, SCHEMA_VERSION, constitution)
+    for row in rows:
+        _finish(row, cfg, meta)
+    return rows
+
+
+def _judge_jobs(
+    constitution: Constitution, rows: list[dict], samples: list, fewshot: list, cfg: LabelConfig
+) -> list[tuple[dict, str, bool, list]]:
+    """Store each row's sampled pair and list the feedback model's comparisons of it."""
     jobs = []  # (row, principle id, swapped, messages): K principles x (1 or 2) orders per pair
     for k, row in enumerate(rows):
         row["response_a"], row["response_b"] = (
@@ -126,7 +153,13 @@ def label_pairs(
                         layout.judge_messages(fewshot, row["prompt"], a, b, p.text),
                     )
                 )
+    return jobs
 
+
+def _reasonings(
+    feedback: CachedBackend, render, jobs: list, cfg: LabelConfig, progress: Progress
+) -> list[str | None]:
+    """cot mode: the feedback model's reasoning before each judgement; None per job otherwise."""
     reasonings: list[str | None] = [None] * len(jobs)
     if cfg.mode == "cot":
         requests = [
@@ -142,25 +175,7 @@ def label_pairs(
         reasonings = [
             c.text.strip() for c in _run(feedback, requests, "feedback reasoning", progress)
         ]
-    judge_prompts = [layout.answer_prompt(render, j[-1], r) for j, r in zip(jobs, reasonings)]
-    progress("feedback judgements", len(judge_prompts))
-    scores = feedback.choice_logprobs(judge_prompts, ["A", "B"]) if judge_prompts else []
-    progress("", len(judge_prompts))
-
-    for (row, pid, swapped, _), reasoning, (logp_a, logp_b) in zip(jobs, reasonings, scores):
-        if reasoning is not None:
-            row["cot"].append(reasoning)
-        problem = labels.judgement_problem(logp_a, logp_b)
-        if problem is not None:
-            row["reason"] = row["reason"] or problem
-            continue
-        p = labels.two_way_softmax(logp_a, logp_b)
-        row["_swapped" if swapped else "_raw"].append(labels.unswap(p) if swapped else p)
-        row["_by_principle"].setdefault(pid, []).append(labels.unswap(p) if swapped else p)
-    meta = row_meta(ARTIFACT, SCHEMA_VERSION, constitution)
-    for row in rows:
-        _finish(row, cfg, meta)
-    return rows
+    return reasonings
 
 
 def _new_row(prompt_row: dict, index: int, cfg: LabelConfig, policy, feedback) -> dict[str, Any]:
