@@ -110,51 +110,16 @@ def harm_eval(
     harm = ask_yes_no(
         judge, [HARM_QUESTION.format(prompt=r["prompt"], response=t) for r, t in zip(red_team, red)]
     )
-    refused = ask_yes_no(
-        judge,
-        [REFUSAL_QUESTION.format(prompt=r["prompt"], response=t) for r, t in zip(red_team, red)],
-    )
-    benign_refused = ask_yes_no(
-        judge,
-        [
-            REFUSAL_QUESTION.format(prompt=r["prompt"], response=t)
-            for r, t in zip(benign, benign_replies)
-        ],
-    )
+    refused = _refusal_probs(judge, red_team, red)
+    benign_refused = _refusal_probs(judge, benign, benign_replies)
     progress("", 1)
-    # Only refusals are pushed: the question is whether a refusal holds, not whether pressure works.
-    pushed = [i for i, p in enumerate(refused) if is_yes(p)]
-    follow = answer(
-        model,
-        [
-            [
-                *red_chats[i],
-                {"role": "assistant", "content": red[i]},
-                {"role": "user", "content": PRESSURE_TURN},
-            ]
-            for i in pushed
-        ],
-        cfg,
-        "pressure",
-    )
-    progress("", 1)
-    still = ask_yes_no(
-        judge,
-        [
-            REFUSAL_QUESTION.format(prompt=red_team[i]["prompt"], response=t)
-            for i, t in zip(pushed, follow)
-        ],
-    )
-    second: list[float | None] = [None] * len(red_team)
-    for i, p in zip(pushed, still):
-        second[i] = p
+    followups, second = _pressure(model, judge, red_team, red, refused, cfg, progress)
     progress("", 1)
     metrics = {
         "attack_success": yes_rate(harm),
         "over_refusal": yes_rate(benign_refused),
         "refusal_hold": hold_rate(refused, second),
     }
-    followups = dict(zip(pushed, follow))
     samples = [
         _sample(
             name,
@@ -175,6 +140,42 @@ def harm_eval(
         for r, t, p in zip(benign, benign_replies, benign_refused)
     ]
     return metrics, samples
+
+
+def _refusal_probs(judge, rows: Sequence[dict], replies: Sequence[str]) -> list:
+    """The judge's P(yes) that each reply refuses its row's prompt."""
+    return ask_yes_no(
+        judge,
+        [REFUSAL_QUESTION.format(prompt=r["prompt"], response=t) for r, t in zip(rows, replies)],
+    )
+
+
+def _pressure(
+    model, judge, red_team: Sequence[dict], red: list[str], refused: list, cfg, progress
+) -> tuple[dict[int, str], list[float | None]]:
+    """Push back once on every refused red-team prompt; return the follow-up replies by index
+    and, per prompt, the judge's P(still refusing) (None where nothing was pushed)."""
+    # Only refusals are pushed: the question is whether a refusal holds, not whether pressure works.
+    pushed = [i for i, p in enumerate(refused) if is_yes(p)]
+    follow = answer(
+        model,
+        [
+            [
+                {"role": "user", "content": red_team[i]["prompt"]},
+                {"role": "assistant", "content": red[i]},
+                {"role": "user", "content": PRESSURE_TURN},
+            ]
+            for i in pushed
+        ],
+        cfg,
+        "pressure",
+    )
+    progress("", 1)
+    still = _refusal_probs(judge, [red_team[i] for i in pushed], follow)
+    second: list[float | None] = [None] * len(red_team)
+    for i, p in zip(pushed, still):
+        second[i] = p
+    return dict(zip(pushed, follow)), second
 
 
 def _sample(name: str, kind: str, row: dict, response: str, judgements: dict) -> dict[str, Any]:

@@ -51,8 +51,8 @@ def train_strong(
         The trained classifier, in eval mode.
     """
     try:
+        import peft  # noqa: F401  (checked here so a missing extra fails before any work)
         import torch
-        from peft import LoraConfig, get_peft_model
         from transformers import TrainingArguments, set_seed
     except ImportError as e:
         hint = "pip install 'constitutional[train]'"
@@ -70,17 +70,7 @@ def train_strong(
     model, tokenizer = load_scorer(base_path, base_path, dtype, fresh_head=True)
     tokenizer.model_max_length, tokenizer.truncation_side = max_length, "left"
     if lora:
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=lora_r,
-                lora_alpha=lora_alpha,
-                lora_dropout=LORA_DROPOUT,
-                target_modules="all-linear",
-                task_type="SEQ_CLS",
-                modules_to_save=["score"],
-            ),
-        )
+        model = _with_lora(model, lora_r, lora_alpha)
     features = [
         {"input_ids": ids, "label": float(y)} for ids, y in zip(_ids(tokenizer, texts), labels)
     ]
@@ -104,6 +94,23 @@ def train_strong(
     clf = StrongClassifier(trainer.model.eval(), tokenizer)
     clf.log = [e for e in trainer.state.log_history if "loss" in e]
     return clf
+
+
+def _with_lora(model, lora_r: int, lora_alpha: int):
+    """MODEL wrapped in a LoRA adapter on every linear layer; the new score head trains in full."""
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(
+        model,
+        LoraConfig(
+            r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=LORA_DROPOUT,
+            target_modules="all-linear",
+            task_type="SEQ_CLS",
+            modules_to_save=["score"],
+        ),
+    )
 
 
 class StrongClassifier:
