@@ -148,6 +148,24 @@ def train_dpo(
     }
     models, cuda = load_dpo_models(policy, reference, seed, lora)
     switches = {"bf16": bf16, "activation_checkpointing": activation_checkpointing}
+    paths = (data, out, policy, reference)
+    return _train_and_save(models, rows, paths, overwrite, hparams, cuda, switches, started)
+
+
+def _train_and_save(
+    models: dict,
+    rows: list,
+    paths: tuple,
+    overwrite: bool,
+    hparams: dict,
+    cuda: bool,
+    switches: dict,
+    started: float,
+) -> dict[str, Any]:
+    """Train in a staging directory, save the policy with its loss curve and provenance, and
+    move it to `out`. Returns train_dpo's summary."""
+    data, out, policy, reference = paths
+    lora = hparams["lora"]
     with staged_checkpoint(out, overwrite) as tmp:
         trainer = dpo_trainer(models, rows, tmp, hparams, cuda, switches)
         trainer.train()
@@ -378,21 +396,27 @@ def soft_dpo_trainer_class():
             h = chosen_logratios - rejected_logratios
             loss = soft_dpo_loss(h, inputs["p_chosen"], self.beta).mean()
 
-            # TRL's metric names, so logs read the same as stock DPO runs.
-            chosen_rewards = self.beta * chosen_logratios.detach()
-            rejected_rewards = self.beta * rejected_logratios.detach()
-            gather, m = self.accelerator.gather_for_metrics, self._metrics[mode]
-            m["rewards/chosen"].append(gather(chosen_rewards).mean().item())
-            m["rewards/rejected"].append(gather(rejected_rewards).mean().item())
-            m["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
-            accuracy = (chosen_rewards > rejected_rewards).float()
-            m["rewards/accuracies"].append(gather(accuracy).mean().item())
-            m["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
-            m["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
+            logratios = (chosen_logratios.detach(), rejected_logratios.detach())
+            _log_reward_metrics(self, mode, logratios, (chosen_logps, rejected_logps))
             return loss
 
     _TRAINER_CLASS = SoftDPOTrainer
     return SoftDPOTrainer
+
+
+def _log_reward_metrics(trainer, mode: str, logratios: tuple, logps: tuple) -> None:
+    """Record a batch's implicit rewards and log-probs under TRL's metric names, so logs read
+    the same as stock DPO runs."""
+    chosen_rewards, rejected_rewards = (trainer.beta * r for r in logratios)
+    chosen_logps, rejected_logps = logps
+    gather, m = trainer.accelerator.gather_for_metrics, trainer._metrics[mode]
+    m["rewards/chosen"].append(gather(chosen_rewards).mean().item())
+    m["rewards/rejected"].append(gather(rejected_rewards).mean().item())
+    m["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
+    accuracy = (chosen_rewards > rejected_rewards).float()
+    m["rewards/accuracies"].append(gather(accuracy).mean().item())
+    m["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
+    m["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
 
 
 def load_dpo_rows(path: Path) -> list[dict[str, Any]]:

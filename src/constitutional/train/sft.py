@@ -116,38 +116,55 @@ def train_sft(
     }
     # 2. The base model, exactly as LocalBackend would load it; 3. train in a staging dir.
     model, tokenizer, cuda = load_sft_base(base, seed, lora)
+    return _train_and_save(
+        model, tokenizer, rows, (base, data, out), overwrite, hparams, cuda, started
+    )
+
+
+def _train_and_save(
+    model,
+    tokenizer,
+    rows: list,
+    paths: tuple,
+    overwrite: bool,
+    hparams: dict,
+    cuda: bool,
+    started: float,
+) -> dict[str, Any]:
+    """Train in a staging directory, save the model with its loss curve and provenance, and
+    move it to `out`. Returns train_sft's summary."""
+    base, data, out = paths
     with staged_checkpoint(out, overwrite) as tmp:
         trainer = sft_trainer(model, tokenizer, rows, tmp, hparams, cuda)
         trainer.train()
         if not trainer.accelerator.is_main_process:  # `accelerate launch`: rank 0 writes `out`
             shutil.rmtree(tmp, ignore_errors=True)
-            return {
-                "steps": trainer.state.global_step,
-                "final_loss": None,
-                "out": str(out),
-                "wall_seconds": round(time.monotonic() - started, 3),
-            }
+            return _summary(trainer, out, started, None)
         # 4. Save: with LoRA trainer.model is a PeftModel, which writes the adapter only.
-        save_model_dir(trainer.model, tokenizer, tmp, base, adapter=lora)
+        save_model_dir(trainer.model, tokenizer, tmp, base, adapter=hparams["lora"])
         # 5. The loss curve and provenance; leaving the block moves the checkpoint into place.
         log = logged_steps(trainer, LOG_KEYS)
-        summary = {
-            "steps": trainer.state.global_step,
-            "final_loss": log[-1]["loss"] if log else None,
-            "wall_seconds": round(time.monotonic() - started, 3),
-            "out": str(out),
-        }
+        summary = _summary(trainer, out, started, log[-1]["loss"] if log else None)
         write_train_log(tmp, log, loss="loss")
         write_checkpoint_record(
             tmp,
             {"stage": "sl-cai-sft", "base": base_reference(base)},
             data=data_record(data, rows=len(rows)),
             hyperparameters=hparams,
-            seed=seed,
+            seed=hparams["seed"],
             device="cuda" if cuda else "cpu",
             summary=summary,
         )
     return summary
+
+
+def _summary(trainer, out: Path, started: float, final_loss: float | None) -> dict[str, Any]:
+    return {
+        "steps": trainer.state.global_step,
+        "final_loss": final_loss,
+        "wall_seconds": round(time.monotonic() - started, 3),
+        "out": str(out),
+    }
 
 
 def load_sft_base(base: str, seed: int, lora: bool):
