@@ -46,6 +46,7 @@ from constitutional.train.rewards import (
     RewardFunction,
     build_reward,
     check_reward,
+    reward_arguments,
 )
 
 LOG_KEYS = (
@@ -117,37 +118,60 @@ def train_grpo(
         {"steps", "reward_first", "reward_last", "kl_last", "wall_seconds", "out"}: the mean
         reward of the first and last step's responses and the last step's mean KL.
     """
+    # Read off the arguments before any other local exists: hyperparameters and reward
+    # options are recorded under the arguments' own names.
+    args = dict(locals())
+    hp = grpo_hparams(args)
     started, out = time.monotonic(), Path(out)
     rows = load_prompts(prompts, chat_allowed=False)  # bad input fails before any model load
     refuse_existing(out, overwrite)
-    hp = {
-        "beta": beta,
-        "steps": steps,
-        "prompts_per_step": prompts_per_step,
-        "num_generations": num_generations,
-        "max_new_tokens": max_new_tokens,
-        "temperature": temperature,
-        "lora": lora,
-        "lora_r": lora_r,
-        "lora_alpha": lora_alpha,
-        "seed": seed,
-        "bf16": bf16,
-        "activation_checkpointing": activation_checkpointing,
-        "learning_rate": learning_rate if learning_rate is not None else 5e-5 if lora else 1e-6,
-    }
     check_grpo_settings(hp)
     check_reward(reward, reward_model, judge, rbr)
     device = grpo_setup(seed)
-    rbr_options = {
-        "rbr": rbr,
-        "rbr_weight": rbr_weight,
-        "rbr_class": rbr_class,
-        "rbr_factory": rbr_factory,
-    }
-    reward_funcs, reward_tokenizers, record = trl_rewards(
-        reward, reward_model, judge, constitution, seed, device, **rbr_options
-    )
+    rewards = trl_rewards(reward, device=device, **reward_arguments(args))
     model, tokenizer, policy_is_adapter = load_grpo_policy(policy, device == "cuda" and lora, lora)
+    trained = (model, tokenizer, policy_is_adapter)
+    return _train_and_save(
+        trained, rewards, rows, (policy, prompts, out), overwrite, hp, (device, started)
+    )
+
+
+def grpo_hparams(args: dict[str, Any]) -> dict[str, Any]:
+    """The hyperparameters `train_grpo` records, from its arguments."""
+    learning_rate, lora = args["learning_rate"], args["lora"]
+    return {
+        "beta": args["beta"],
+        "steps": args["steps"],
+        "prompts_per_step": args["prompts_per_step"],
+        "num_generations": args["num_generations"],
+        "max_new_tokens": args["max_new_tokens"],
+        "temperature": args["temperature"],
+        "lora": lora,
+        "lora_r": args["lora_r"],
+        "lora_alpha": args["lora_alpha"],
+        "seed": args["seed"],
+        "bf16": args["bf16"],
+        "activation_checkpointing": args["activation_checkpointing"],
+        "learning_rate": learning_rate if learning_rate is not None else 5e-5 if lora else 1e-6,
+    }
+
+
+def _train_and_save(
+    trained: tuple,
+    rewards: tuple,
+    rows: list,
+    sources: tuple,
+    overwrite: bool,
+    hp: dict,
+    run_info: tuple,
+) -> dict[str, Any]:
+    """Train in a staging directory, save the policy with its reward curve and provenance, and
+    move it to `out`. Returns train_grpo's summary."""
+    model, tokenizer, policy_is_adapter = trained
+    reward_funcs, reward_tokenizers, record = rewards
+    policy, prompts, out = sources
+    device, started = run_info
+    lora, seed, beta = hp["lora"], hp["seed"], hp["beta"]
     with staged_checkpoint(out, overwrite) as tmp:
         trainer = grpo_trainer(
             model, tokenizer, (reward_funcs, reward_tokenizers), rows, tmp, hp, device == "cuda"

@@ -58,6 +58,7 @@ from constitutional.train.rewards import (
     RewardFunction,
     build_reward,
     check_reward,
+    reward_arguments,
 )
 
 GAMMA, LAMBDA = 1.0, 0.95  # GAE: no discount within a response; λ trades bias for variance
@@ -124,54 +125,62 @@ def train_ppo(
         {"steps", "reward_first", "reward_last", "kl_last", "beta", "wall_seconds", "out"}: mean
         reward of the first and last rollout, and the last rollout's mean KL.
     """
+    # Read off the arguments before any other local exists: hyperparameters and reward
+    # options are recorded under the arguments' own names.
+    args = dict(locals())
+    hp = ppo_hparams(args)
     started, out = time.monotonic(), Path(out)
     rows = load_prompts(prompts, chat_allowed=False)  # bad input fails before any model load
     refuse_existing(out, overwrite)
-    hp = {
-        "beta": beta,
+    check_ppo_settings(hp, target_kl)
+    check_reward(reward, reward_model, judge, rbr)
+    device = ppo_setup(seed)  # after the checks: the train extra is imported only now
+    reward_fn, reward_record = build_reward(reward, device=device, **reward_arguments(args))
+    run = PPORun.start(
+        policy, hp, device, reward_fn, KLController(beta, target_kl if adaptive_kl else None)
+    )
+    log = run.train(rows, random.Random(seed))
+    sources = (policy, prompts, out)
+    return _save_ppo(run, log, sources, overwrite, reward_record, hp, (seed, device, beta, started))
+
+
+def ppo_hparams(args: dict[str, Any]) -> dict[str, Any]:
+    """The hyperparameters `train_ppo` records, from its arguments."""
+    adaptive_kl, learning_rate = args["adaptive_kl"], args["learning_rate"]
+    return {
+        "beta": args["beta"],
         "adaptive_kl": adaptive_kl,
-        "target_kl": target_kl if adaptive_kl else None,
-        "steps": steps,
-        "batch_size": batch_size,
-        "ppo_epochs": ppo_epochs,
-        "minibatch_size": minibatch_size,
+        "target_kl": args["target_kl"] if adaptive_kl else None,
+        "steps": args["steps"],
+        "batch_size": args["batch_size"],
+        "ppo_epochs": args["ppo_epochs"],
+        "minibatch_size": args["minibatch_size"],
         "learning_rate": learning_rate,
         "value_learning_rate": learning_rate * VALUE_LR_SCALE,
-        "max_new_tokens": max_new_tokens,
-        "temperature": temperature,
-        "entropy_coef": entropy_coef,
+        "max_new_tokens": args["max_new_tokens"],
+        "temperature": args["temperature"],
+        "entropy_coef": args["entropy_coef"],
         "gamma": GAMMA,
         "lambda": LAMBDA,
         "clip": CLIP,
         "value_clip": VALUE_CLIP,
         "value_coef": VALUE_COEF,
-        "lora": lora,
-        "lora_r": lora_r,
-        "lora_alpha": lora_alpha,
+        "lora": args["lora"],
+        "lora_r": args["lora_r"],
+        "lora_alpha": args["lora_alpha"],
         "lora_dropout": 0.0,
     }
-    check_ppo_settings(hp, target_kl)
-    check_reward(reward, reward_model, judge, rbr)
-    device = ppo_setup(seed)  # after the checks: the train extra is imported only now
-    reward_fn, reward_record = build_reward(
-        reward,
-        reward_model=reward_model,
-        judge=judge,
-        constitution=constitution,
-        seed=seed,
-        device=device,
-        rbr=rbr,
-        rbr_weight=rbr_weight,
-        rbr_class=rbr_class,
-        rbr_factory=rbr_factory,
-    )
-    run = PPORun.start(
-        policy, hp, device, reward_fn, KLController(beta, target_kl if adaptive_kl else None)
-    )
-    log = run.train(rows, random.Random(seed))
-    with staged_checkpoint(
-        out, overwrite
-    ) as tmp:  # an adapter over the policy, or the merged model
+
+
+def _save_ppo(
+    run, log, sources: tuple, overwrite: bool, reward_record: dict, hp: dict, run_info: tuple
+) -> dict[str, Any]:
+    """Save the trained policy with its loss curve and provenance into `out`, atomically."""
+    policy, prompts, out = sources
+    seed, device, beta, started = run_info
+    lora = hp["lora"]
+    # Saved as an adapter over the policy, or as the merged model.
+    with staged_checkpoint(out, overwrite) as tmp:
         saved_adapter = save_policy(
             run.model,
             run.tokenizer,

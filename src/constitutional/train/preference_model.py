@@ -96,9 +96,8 @@ def train_preference_model(
         UserError: bad data (naming file:line), unknown base, or `out` in the way.
     """
     started, data, out = time.monotonic(), Path(data), Path(out)
-    pairs, discarded = load_preference_pairs(
-        data
-    )  # 1. bad data fails in a second, before any import
+    # 1. bad data fails in a second, before any import
+    pairs, discarded = load_preference_pairs(data)
     if not 0 <= eval_fraction < 1:
         raise UserError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
     refuse_existing(out, overwrite)
@@ -120,6 +119,27 @@ def train_preference_model(
     }
     # 2. The base with a fresh one-output head on top; 3. train in a staging dir.
     model, tokenizer, cuda = load_pm_base(base, hparams)
+    split = (train_pairs, eval_pairs, len(pairs), discarded)
+    return _train_and_save(
+        model, tokenizer, split, (base, data, out), overwrite, hparams, cuda, started
+    )
+
+
+def _train_and_save(
+    model,
+    tokenizer,
+    split: tuple,
+    paths: tuple,
+    overwrite: bool,
+    hparams: dict,
+    cuda: bool,
+    started: float,
+) -> dict[str, Any]:
+    """Train in a staging directory, measure the held-out pairs, save the model with its loss
+    curve, metrics and provenance, and move it to `out`. Returns train_preference_model's summary."""
+    train_pairs, eval_pairs, n_pairs, discarded = split
+    base, data, out = paths
+    batch_size, lora, seed = hparams["batch_size"], hparams["lora"], hparams["seed"]
     with staged_checkpoint(out, overwrite) as tmp:
         trainer = pm_trainer(model, tokenizer, train_pairs, tmp, hparams, cuda)
         trainer.train()
@@ -154,7 +174,7 @@ def train_preference_model(
         write_checkpoint_record(
             tmp,
             {"kind": KIND, "stage": "rl-cai-pm", "base": base_reference(base)},
-            data=data_record(data, pairs=len(pairs), discarded_rows=discarded),
+            data=data_record(data, pairs=n_pairs, discarded_rows=discarded),
             hyperparameters=hparams,
             seed=seed,
             device="cuda" if cuda else "cpu",

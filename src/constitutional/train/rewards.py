@@ -37,6 +37,22 @@ RewardFunction = Callable[[list[str], list[str]], list[float]]
 # (`constitutional.rbr.reward.rbr_reward`); raises UserError for a class the weights lack.
 RbrFactory = Callable[[Backend, Path, str], RewardFunction]
 REWARDS = ("pm", "judge", "pm+rbr")
+# The keyword arguments of `build_reward` that train_ppo and train_grpo take under the same names.
+REWARD_ARGUMENTS = (
+    "reward_model",
+    "judge",
+    "constitution",
+    "seed",
+    "rbr",
+    "rbr_weight",
+    "rbr_class",
+    "rbr_factory",
+)
+
+
+def reward_arguments(args: dict[str, Any]) -> dict[str, Any]:
+    """The `build_reward` keywords among a trainer's arguments (its `locals()` on entry)."""
+    return {name: args[name] for name in REWARD_ARGUMENTS}
 
 
 def expected_score(logprobs: Sequence[float], scores: Sequence[float] | None = None) -> float:
