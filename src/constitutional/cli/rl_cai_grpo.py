@@ -8,57 +8,23 @@ from pathlib import Path
 import typer
 
 from constitutional.cli.models import BackendOpt, BaseUrlOpt
-from constitutional.cli.rl_cai_ppo import judge_from_options
 
-PromptsOpt = typer.Option(
-    ...,
-    "--prompts",
-    "-p",
-    help="JSONL with `prompt`, or builtin:advbench|harmbench|strongreject|self_instruct|mt_bench.",
+# The options GRPO shares with PPO are declared once, with the PPO command.
+from constitutional.cli.rl_cai_ppo import (
+    ConstitutionOpt,
+    FeedbackOpt,
+    JudgeBatchSizeOpt,
+    OutOpt,
+    PolicyOpt,
+    PromptsOpt,
+    RbrClassOpt,
+    RbrOpt,
+    RbrWeightOpt,
+    RewardModelOpt,
+    RewardOpt,
+    judge_from_options,
 )
-PolicyOpt = typer.Option(
-    "embedded",
-    "--policy",
-    help="Model to train and KL reference, usually the SL-CAI checkpoint ('embedded', .gguf, HF or LoRA dir).",
-)
-OutOpt = typer.Option(..., "--out", "-o", help="Checkpoint directory (loads with --model OUT).")
-RewardOpt = typer.Option(
-    "pm",
-    "--reward",
-    help="pm: the preference model scores; judge: the feedback model rates each response (d-RLAIF); "
-    "pm+rbr: PM + weighted rule-based reward graded by --feedback.",
-)
-RewardModelOpt = typer.Option(
-    None,
-    "--reward-model",
-    help="--reward pm: preference model directory from `cai rl-cai train-pm`.",
-)
-FeedbackOpt = typer.Option(
-    None,
-    "--feedback",
-    help="--reward judge: the model that rates each response; "
-    "pm+rbr: grades the propositions ('embedded', HF dir, or server model).",
-)
-ConstitutionOpt = typer.Option(
-    "default",
-    "--constitution",
-    "-c",
-    help="--reward judge: constitution YAML whose comparison principles it rates against.",
-)
-RbrOpt = typer.Option(
-    None, "--rbr", help="--reward pm+rbr: rule-based reward weights from `cai rbr fit`."
-)
-RbrWeightOpt = typer.Option(
-    1.0, "--rbr-weight", help="--reward pm+rbr: reward = PM + this × RBR score."
-)
-RbrClassOpt = typer.Option(
-    "hard_refuse",
-    "--rbr-class",
-    help="--reward pm+rbr: response class of every prompt (a class of the RBR rules).",
-)
-JudgeBatchSizeOpt = typer.Option(
-    16, help="--reward judge, local backend: responses rated together."
-)
+
 BetaOpt = typer.Option(0.04, help="KL coefficient β to the reference (0: no reference at all).")
 LoraOpt = typer.Option(
     True, "--lora/--full", help="Fresh LoRA adapter (default) or full fine-tuning."
