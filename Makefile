@@ -26,7 +26,8 @@ test: $(BIN)/cai
 # lint-imports reads the contracts in pyproject.toml; PYTHONPATH=src so it checks this checkout's
 # code even when the venv's editable install points at another one.
 check: $(BIN)/cai
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks scripts
+	$(BIN)/ruff check src tests benchmarks scripts
 	PYTHONPATH=src $(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 

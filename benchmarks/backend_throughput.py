@@ -43,8 +43,13 @@ def raw_generate(local, batches, max_tokens: int, temperature: float) -> tuple[i
     """Plain `lm.generate` over pre-padded batches; returns (new tokens, texts in batch order)."""
     eos = local.tokenizer.eos_token_id
     config = GenerationConfig(
-        max_new_tokens=max_tokens, do_sample=temperature > 0, temperature=temperature or None,
-        top_p=1.0, top_k=None, eos_token_id=eos, pad_token_id=local.tokenizer.pad_token_id,
+        max_new_tokens=max_tokens,
+        do_sample=temperature > 0,
+        temperature=temperature or None,
+        top_p=1.0,
+        top_k=None,
+        eos_token_id=eos,
+        pad_token_id=local.tokenizer.pad_token_id,
     )
     tokens, texts = 0, []
     for enc in batches:
@@ -62,13 +67,21 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16, help="prompts (advbench + self_instruct mixed)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=True,
-                    help="temperature 0 (default); --no-greedy samples at 0.7")
+    ap.add_argument(
+        "--greedy",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="temperature 0 (default); --no-greedy samples at 0.7",
+    )
     ap.add_argument("--repeats", type=int, default=2, help="timed runs of each path (ABBA order)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (0: torch's default). 1 because on a shared 2-core box an "
-                    "oversubscribed OpenMP pool spins and makes timings erratic")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (0: torch's default). 1 because on a shared 2-core box an "
+        "oversubscribed OpenMP pool spins and makes timings erratic",
+    )
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     if args.threads:
@@ -78,12 +91,15 @@ def main() -> None:
     t0 = time.perf_counter()
     backend = make_backend("local", args.model, use_cache=False, batch_size=args.batch_size)
     local = backend.inner
-    print(f"model {args.model!r} loaded in {time.perf_counter() - t0:.1f}s on {local.device}, "
-          f"{torch.get_num_threads()} torch threads")
+    print(
+        f"model {args.model!r} loaded in {time.perf_counter() - t0:.1f}s on {local.device}, "
+        f"{torch.get_num_threads()} torch threads"
+    )
 
     rows = mixed_rows(args.n)
-    reqs = build_requests(rows, temperature=temperature, top_p=1.0, max_tokens=args.max_tokens,
-                          seed=args.seed)
+    reqs = build_requests(
+        rows, temperature=temperature, top_p=1.0, max_tokens=args.max_tokens, seed=args.seed
+    )
     ids = local._encode([local.render(r.messages) for r in reqs])
     plan = plan_batches(reqs, ids, args.batch_size)  # the pipeline's own batch composition
     batches = [local._pad([ids[i] for i in b]) for b in plan]
@@ -110,27 +126,41 @@ def main() -> None:
             out = tmp / f"generations-{k}.jsonl"
             before = backend.usage.completion_tokens
             t = time.perf_counter()
-            summary = run_generate(rows, out, backend, temperature=temperature,
-                                   max_tokens=args.max_tokens, seed=args.seed)
+            summary = run_generate(
+                rows,
+                out,
+                backend,
+                temperature=temperature,
+                max_tokens=args.max_tokens,
+                seed=args.seed,
+            )
             pipe["seconds"] += time.perf_counter() - t
             pipe["generate_seconds"] += summary["wall_seconds"]
             pipe["tokens"] += backend.usage.completion_tokens - before
-            pipe_texts = [json.loads(line)["response"] for line in out.read_text().split("\n") if line.strip()]
+            pipe_texts = [
+                json.loads(line)["response"] for line in out.read_text().split("\n") if line.strip()
+            ]
 
     raw_tps, pipe_tps = raw["tokens"] / raw["seconds"], pipe["tokens"] / pipe["seconds"]
-    print(f"\n{args.n} prompts, batch {args.batch_size}, max_tokens {args.max_tokens}, "
-          f"{'greedy' if args.greedy else 'T=0.7'}, {args.repeats} repeat(s) per path\n")
+    print(
+        f"\n{args.n} prompts, batch {args.batch_size}, max_tokens {args.max_tokens}, "
+        f"{'greedy' if args.greedy else 'T=0.7'}, {args.repeats} repeat(s) per path\n"
+    )
     print(f"{'path':<28}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}")
     print(f"{'raw model.generate':<28}{raw['tokens']:>8}{raw['seconds']:>10.2f}{raw_tps:>10.1f}")
-    print(f"{'cai generate (run_generate)':<28}{pipe['tokens']:>8}{pipe['seconds']:>10.2f}"
-          f"{pipe_tps:>10.1f}")
+    print(
+        f"{'cai generate (run_generate)':<28}{pipe['tokens']:>8}{pipe['seconds']:>10.2f}"
+        f"{pipe_tps:>10.1f}"
+    )
     print(f"\nratio pipeline/raw tokens/s: {pipe_tps / raw_tps:.3f}")
     overhead = pipe["seconds"] - pipe["generate_seconds"]
     print(f"pipeline time outside backend.generate (JSONL, manifest): {overhead:.2f}s")
     if args.greedy:
         same = sum(a == b for a, b in zip(raw_texts, pipe_texts))
-        print(f"greedy texts agree: {same}/{len(reqs)}"
-              + ("" if same == len(reqs) else "  <-- MISMATCH"))
+        print(
+            f"greedy texts agree: {same}/{len(reqs)}"
+            + ("" if same == len(reqs) else "  <-- MISMATCH")
+        )
         for i, (a, b) in enumerate(zip(raw_texts, pipe_texts)):
             if a != b:
                 print(f"  row {i}: raw={a[:60]!r}\n         pipe={b[:60]!r}")

@@ -39,14 +39,23 @@ import numpy as np
 from constitutional.collective import AnalysisConfig, analyze, load_votes
 
 
-def electorate(participants: int, statements: int, votes: int, groups: int, consensus: float, noise: float,
-               seed: int) -> tuple[list[tuple[str, str, int]], list[int], set[str]]:
+def electorate(
+    participants: int,
+    statements: int,
+    votes: int,
+    groups: int,
+    consensus: float,
+    noise: float,
+    seed: int,
+) -> tuple[list[tuple[str, str, int]], list[int], set[str]]:
     """Rows of (participant, statement, vote), the planted group per participant, the consensus ids."""
     rng = np.random.default_rng(seed)
     n_consensus = round(statements * consensus)
     stance = rng.choice([-1, 1], size=(groups, statements))  # (groups, statements)
     unanimous = np.flatnonzero((stance == 1).all(axis=0))
-    stance[rng.integers(groups, size=len(unanimous)), unanimous] = -1  # only planted consensus is shared
+    stance[
+        rng.integers(groups, size=len(unanimous)), unanimous
+    ] = -1  # only planted consensus is shared
     stance[:, :n_consensus] = 1
     per_person = min(statements, max(1, round(votes / participants)))
     planted = [i * groups // participants for i in range(participants)]
@@ -74,12 +83,16 @@ def main() -> None:
     ap.add_argument("--statements", type=int, default=1200)
     ap.add_argument("--votes", type=int, default=40_000)
     ap.add_argument("--groups", type=int, default=3, help="planted opinion groups")
-    ap.add_argument("--consensus", type=float, default=0.05, help="share of statements every group agrees with")
+    ap.add_argument(
+        "--consensus", type=float, default=0.05, help="share of statements every group agrees with"
+    )
     ap.add_argument("--noise", type=float, default=0.1, help="chance a vote is flipped or a pass")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target", type=float, default=5.0, help="seconds for load + analyze")
-    ap.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads; 0 = the libraries' default")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="BLAS/OpenMP threads; 0 = the libraries' default"
+    )
     args = ap.parse_args()
 
     from sklearn.metrics import adjusted_rand_score
@@ -87,8 +100,15 @@ def main() -> None:
 
     threadpool_limits(args.threads or None)
 
-    rows, planted, agreed = electorate(args.participants, args.statements, args.votes, args.groups,
-                                       args.consensus, args.noise, args.seed)
+    rows, planted, agreed = electorate(
+        args.participants,
+        args.statements,
+        args.votes,
+        args.groups,
+        args.consensus,
+        args.noise,
+        args.seed,
+    )
     config = AnalysisConfig(seed=args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "votes.csv"
@@ -105,16 +125,25 @@ def main() -> None:
     found = {p["participant"]: p["group"] for p in result["points"]}
     kept = [i for i in range(args.participants) if f"p{i}" in found]
     ari = adjusted_rand_score([planted[i] for i in kept], [found[f"p{i}"] for i in kept])
-    above = {row["statement"] for row in result["statement_stats"]
-             if row["consensus"] >= config.consensus_threshold}
-    print(f"{args.participants} participants × {args.statements} statements × {len(rows)} votes "
-          f"({result['participants']['kept']} kept), {args.groups} planted groups, seed {args.seed}, "
-          f"threads {args.threads or 'default'}")
-    print(f"load {load:.2f} s + analyze {fit:.2f} s = {total:.2f} s (median of {args.repeats}; "
-          f"CPU {cpu / args.repeats:.2f} s per repeat, all threads)")
-    print(f"found k={result['k']} (planted {args.groups}), adjusted Rand index {ari:.3f}; "
-          f"{len(above)} statements reach consensus {config.consensus_threshold:g}: "
-          f"{len(above & agreed)} of the {len(agreed)} planted, {len(above - agreed)} others")
+    above = {
+        row["statement"]
+        for row in result["statement_stats"]
+        if row["consensus"] >= config.consensus_threshold
+    }
+    print(
+        f"{args.participants} participants × {args.statements} statements × {len(rows)} votes "
+        f"({result['participants']['kept']} kept), {args.groups} planted groups, seed {args.seed}, "
+        f"threads {args.threads or 'default'}"
+    )
+    print(
+        f"load {load:.2f} s + analyze {fit:.2f} s = {total:.2f} s (median of {args.repeats}; "
+        f"CPU {cpu / args.repeats:.2f} s per repeat, all threads)"
+    )
+    print(
+        f"found k={result['k']} (planted {args.groups}), adjusted Rand index {ari:.3f}; "
+        f"{len(above)} statements reach consensus {config.consensus_threshold:g}: "
+        f"{len(above & agreed)} of the {len(agreed)} planted, {len(above - agreed)} others"
+    )
     verdict = "PASS" if total <= args.target else "MISS"
     print(f"target: load + analyze ≤ {args.target:g} s → {total:.2f} s {verdict}")
 

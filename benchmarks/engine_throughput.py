@@ -41,9 +41,14 @@ FP32_CEILING = 700.0  # tokens/s, from the issue's estimate for this machine
 def requests(n: int, max_tokens: int, full_length: bool = False) -> list[GenerationRequest]:
     red, helpful = load_prompts("builtin:advbench"), load_prompts("builtin:self_instruct")
     rows = [row for pair in zip(red, helpful) for row in pair][:n]
-    return [GenerationRequest(messages=[{"role": "user", "content": r["prompt"]}], max_tokens=max_tokens,
-                              min_tokens=max_tokens if full_length else 0)
-            for r in rows]
+    return [
+        GenerationRequest(
+            messages=[{"role": "user", "content": r["prompt"]}],
+            max_tokens=max_tokens,
+            min_tokens=max_tokens if full_length else 0,
+        )
+        for r in rows
+    ]
 
 
 @torch.inference_mode()
@@ -52,8 +57,13 @@ def plain_generate(backend: LocalBackend, reqs, batch_size: int) -> tuple[int, l
     tok, eos = backend.tokenizer, backend.tokenizer.eos_token_id
     ids = backend._encode([backend.render(r.messages) for r in reqs])
     order = sorted(range(len(reqs)), key=lambda i: (len(ids[i]), i))
-    config = GenerationConfig(max_new_tokens=reqs[0].max_tokens, min_new_tokens=reqs[0].min_tokens,
-                              do_sample=False, eos_token_id=eos, pad_token_id=tok.pad_token_id)
+    config = GenerationConfig(
+        max_new_tokens=reqs[0].max_tokens,
+        min_new_tokens=reqs[0].min_tokens,
+        do_sample=False,
+        eos_token_id=eos,
+        pad_token_id=tok.pad_token_id,
+    )
     tokens, texts = 0, [""] * len(reqs)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
@@ -77,11 +87,17 @@ def main() -> None:
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--n", type=int, default=64, help="requests")
     ap.add_argument("--batch-size", type=int, default=32, help="plain generate's batch size")
-    ap.add_argument("--slots", type=int, default=None,
-                    help="engine slots (default: the engine's own choice from the KV memory budget)")
+    ap.add_argument(
+        "--slots",
+        type=int,
+        default=None,
+        help="engine slots (default: the engine's own choice from the KV memory budget)",
+    )
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (0: torch's default)")
-    ap.add_argument("--full-length", action="store_true", help="every row runs to --max-tokens (no EOS)")
+    ap.add_argument(
+        "--full-length", action="store_true", help="every row runs to --max-tokens (no EOS)"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -92,7 +108,9 @@ def main() -> None:
     for backend in (fp32, int8):  # warm-up: allocator, kernels, quantised weights
         backend.generate(reqs[:2])
 
-    (plain_tokens, plain_texts), plain_s = timed(lambda: plain_generate(fp32, reqs, args.batch_size))
+    (plain_tokens, plain_texts), plain_s = timed(
+        lambda: plain_generate(fp32, reqs, args.batch_size)
+    )
     rows = {"plain generate (fp32)": (plain_tokens, plain_s)}
     texts = {}
     for name, backend in (("engine fp32", fp32), ("engine int8", int8)):
@@ -102,14 +120,20 @@ def main() -> None:
 
     slots = args.slots or "auto (KV budget)"
     length = f"all {args.max_tokens}" if args.full_length else f"up to {args.max_tokens}"
-    print(f"\n{args.n} requests, plain batch {args.batch_size}, engine slots {slots}, {length} new tokens, "
-          f"greedy, {torch.get_num_threads()} torch threads\n")
-    print(f"{'path':<24}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}{'vs plain':>10}{'of ceiling':>12}")
+    print(
+        f"\n{args.n} requests, plain batch {args.batch_size}, engine slots {slots}, {length} new tokens, "
+        f"greedy, {torch.get_num_threads()} torch threads\n"
+    )
+    print(
+        f"{'path':<24}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}{'vs plain':>10}{'of ceiling':>12}"
+    )
     plain_tps = plain_tokens / plain_s
     for name, (tokens, seconds) in rows.items():
         tps = tokens / seconds
-        print(f"{name:<24}{tokens:>8}{seconds:>9.1f}{tps:>10.1f}{tps / plain_tps:>9.2f}x"
-              f"{tps / FP32_CEILING:>11.0%}")
+        print(
+            f"{name:<24}{tokens:>8}{seconds:>9.1f}{tps:>10.1f}{tps / plain_tps:>9.2f}x"
+            f"{tps / FP32_CEILING:>11.0%}"
+        )
     same = sum(a == b for a, b in zip(plain_texts, texts["engine fp32"]))
     same8 = sum(a == b for a, b in zip(texts["engine fp32"], texts["engine int8"]))
     print(f"\nengine fp32 texts equal to plain generate's: {same}/{len(reqs)}")

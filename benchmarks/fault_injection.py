@@ -48,8 +48,10 @@ from fastapi.responses import JSONResponse
 from faults import FaultInjector, running_server
 
 FAULTS = (429, 500, "timeout", "malformed", "missing")
-VOCABULARY = ("the response could cause harm so a safer answer explains the risks and points to help "
-              "instead of giving steps it should refuse the dangerous part and stay kind and honest")
+VOCABULARY = (
+    "the response could cause harm so a safer answer explains the risks and points to help "
+    "instead of giving steps it should refuse the dangerous part and stay kind and honest"
+)
 WORDS = VOCABULARY.split()
 
 
@@ -79,15 +81,29 @@ def healthy_app(max_requests: int):
     async def chat(request: Request):
         body = await request.json()
         text = answer(body)
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-        return limited() or {"object": "chat.completion", "model": body["model"], "choices": [choice], "usage": usage(body, text)}
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": "stop",
+        }
+        return limited() or {
+            "object": "chat.completion",
+            "model": body["model"],
+            "choices": [choice],
+            "usage": usage(body, text),
+        }
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = await request.json()
         text = answer(body)
         choice = {"index": 0, "text": text, "finish_reason": "stop"}
-        return limited() or {"object": "text_completion", "model": body["model"], "choices": [choice], "usage": usage(body, text)}
+        return limited() or {
+            "object": "text_completion",
+            "model": body["model"],
+            "choices": [choice],
+            "usage": usage(body, text),
+        }
 
     return app
 
@@ -124,13 +140,37 @@ def sl_cai(base_url: str, out: Path, args) -> float:
 
     from constitutional.cli import app
 
-    argv = ["sl-cai", "generate", "--backend", "openai", "--base-url", base_url, "--model", "scripted",
-            "--prompts", "builtin:advbench", "--limit", str(args.prompts), "--rounds", str(args.rounds),
-            "--max-tokens", "48", "--concurrency", str(args.concurrency), "--seed", "0", "--no-cache", "--out", str(out)]  # fmt: skip
+    argv = [
+        "sl-cai",
+        "generate",
+        "--backend",
+        "openai",
+        "--base-url",
+        base_url,
+        "--model",
+        "scripted",
+        "--prompts",
+        "builtin:advbench",
+        "--limit",
+        str(args.prompts),
+        "--rounds",
+        str(args.rounds),
+        "--max-tokens",
+        "48",
+        "--concurrency",
+        str(args.concurrency),
+        "--seed",
+        "0",
+        "--no-cache",
+        "--out",
+        str(out),
+    ]
     start = time.perf_counter()
     result = CliRunner().invoke(app, argv)
     if result.exit_code != 0:
-        raise SystemExit(f"cai {' '.join(argv)} failed ({result.exit_code}): {result.output}{result.exception!r}")
+        raise SystemExit(
+            f"cai {' '.join(argv)} failed ({result.exit_code}): {result.output}{result.exception!r}"
+        )
     return time.perf_counter() - start
 
 
@@ -142,20 +182,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=16, help="red-team prompts (advbench)")
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--rate", type=float, default=0.2, help="share of requests that fail, in (0, 1]")
+    parser.add_argument(
+        "--rate", type=float, default=0.2, help="share of requests that fail, in (0, 1]"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the fault plan")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--client-timeout", type=float, default=1.0)
     parser.add_argument("--max-requests", type=int, default=2000)
-    parser.add_argument("--time-limit", type=int, default=600, help="seconds before SIGALRM ends the script")
+    parser.add_argument(
+        "--time-limit", type=int, default=600, help="seconds before SIGALRM ends the script"
+    )
     args = parser.parse_args()
     if not 0 < args.rate <= 1:
         parser.error("--rate must be in (0, 1]")
     signal.alarm(args.time_limit)
 
     injector = FaultInjector(healthy_app(args.max_requests), hang_s=5.0)
-    with tempfile.TemporaryDirectory() as tmp, running_server(injector) as base_url, \
-            client_settings(timeout=args.client_timeout, backoff_base=0.05, backoff_max=1.0):  # fmt: skip
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_server(injector) as base_url,
+        client_settings(timeout=args.client_timeout, backoff_base=0.05, backoff_max=1.0),
+    ):
         clean, faulty = Path(tmp, "clean", "sl.jsonl"), Path(tmp, "faulty", "sl.jsonl")
         clean_s = sl_cai(base_url, clean, args)
         clean_requests = injector.requests
@@ -165,21 +212,30 @@ def main() -> None:
         faulty_requests = injector.requests
         injected = Counter(str(f) for f in plan[:faulty_requests] if f != "ok")
         report = {
-            "prompts": args.prompts, "rounds": args.rounds, "fault_rate": args.rate,
+            "prompts": args.prompts,
+            "rounds": args.rounds,
+            "fault_rate": args.rate,
             "rows": {"clean": lines(clean), "faulty": lines(faulty)},
-            "sft_rows": {"clean": lines(clean.with_suffix(".sft.jsonl")), "faulty": lines(faulty.with_suffix(".sft.jsonl"))},
+            "sft_rows": {
+                "clean": lines(clean.with_suffix(".sft.jsonl")),
+                "faulty": lines(faulty.with_suffix(".sft.jsonl")),
+            },
             "traces_identical": clean.read_bytes() == faulty.read_bytes(),
-            "sft_identical": clean.with_suffix(".sft.jsonl").read_bytes() == faulty.with_suffix(".sft.jsonl").read_bytes(),
+            "sft_identical": clean.with_suffix(".sft.jsonl").read_bytes()
+            == faulty.with_suffix(".sft.jsonl").read_bytes(),
             "requests": {"clean": clean_requests, "faulty": faulty_requests},
-            "faults_injected": dict(sorted(injected.items())), "retries": faulty_requests - clean_requests,
+            "faults_injected": dict(sorted(injected.items())),
+            "retries": faulty_requests - clean_requests,
             "seconds": {"clean": round(clean_s, 2), "faulty": round(faulty_s, 2)},
-        }  # fmt: skip
+        }
     from constitutional.stats import rate
 
     report["rows_lost"] = report["rows"]["clean"] - report["rows"]["faulty"]
     # Rates with their n and 95 % Wilson interval: the faults actually met, and rows lost.
     report["fault_share"] = rate(f != "ok" for f in plan[:faulty_requests])
-    report["rows_lost_share"] = rate([True] * report["rows_lost"] + [False] * report["rows"]["faulty"])
+    report["rows_lost_share"] = rate(
+        [True] * report["rows_lost"] + [False] * report["rows"]["faulty"]
+    )
     print(json.dumps(report, indent=2))
     ok = report["rows_lost"] == 0 and report["traces_identical"] and report["sft_identical"]
     ok = ok and report["retries"] == sum(injected.values())  # each fault cost exactly one retry

@@ -48,10 +48,16 @@ def random_model(model_dir: Path, out: Path) -> Path:
 
 
 def requests(n: int, max_tokens: int) -> list[GenerationRequest]:
-    prompts = [json.loads(line)["prompt"] for name in ("advbench", "self_instruct")
-               for line in (DATA / f"{name}.jsonl").read_text().split("\n") if line.strip()]
-    return [GenerationRequest(messages=[{"role": "user", "content": p}], max_tokens=max_tokens)
-            for p in (prompts * (n // len(prompts) + 1))[:n]]
+    prompts = [
+        json.loads(line)["prompt"]
+        for name in ("advbench", "self_instruct")
+        for line in (DATA / f"{name}.jsonl").read_text().split("\n")
+        if line.strip()
+    ]
+    return [
+        GenerationRequest(messages=[{"role": "user", "content": p}], max_tokens=max_tokens)
+        for p in (prompts * (n // len(prompts) + 1))[:n]
+    ]
 
 
 def timed(fn):
@@ -74,46 +80,72 @@ def main() -> None:
 
     path = random_model(args.model_dir, Path(tempfile.mkdtemp(prefix="cai-gpu-")))
     engine = LocalBackend(str(path))
-    print(f"{torch.cuda.get_device_name()}: model {engine.lm.dtype} on {engine.device}, "
-          f"attention {engine.lm.config._attn_implementation}")
+    print(
+        f"{torch.cuda.get_device_name()}: model {engine.lm.dtype} on {engine.device}, "
+        f"attention {engine.lm.config._attn_implementation}"
+    )
     reqs = requests(args.n, args.max_tokens)
     engine.generate(reqs[:8])  # warm-up: allocator, kernels
     plain_generate(engine, reqs[:8], 8)
 
-    (plain_tokens, plain_texts), plain_s = timed(lambda: plain_generate(engine, reqs, args.batch_size))
+    (plain_tokens, plain_texts), plain_s = timed(
+        lambda: plain_generate(engine, reqs, args.batch_size)
+    )
     out, engine_s = timed(lambda: engine.generate(reqs))
     engine_tokens = sum(c.completion_tokens for c in out)
     print(f"\n{args.n} requests, up to {args.max_tokens} new tokens, greedy")
     print(f"{'path':<36}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}")
-    print(f"{f'plain generate (batch {args.batch_size})':<36}{plain_tokens:>8}{plain_s:>9.1f}{plain_tokens / plain_s:>10.0f}")
-    print(f"{'engine (slots from the KV budget)':<36}{engine_tokens:>8}{engine_s:>9.1f}{engine_tokens / engine_s:>10.0f}")
-    print(f"engine vs plain: {plain_s / engine_s:.2f}x; texts equal: "
-          f"{sum(a == c.text for a, c in zip(plain_texts, out))}/{len(reqs)}")
+    print(
+        f"{f'plain generate (batch {args.batch_size})':<36}{plain_tokens:>8}{plain_s:>9.1f}"
+        f"{plain_tokens / plain_s:>10.0f}"
+    )
+    print(
+        f"{'engine (slots from the KV budget)':<36}{engine_tokens:>8}{engine_s:>9.1f}{engine_tokens / engine_s:>10.0f}"
+    )
+    print(
+        f"engine vs plain: {plain_s / engine_s:.2f}x; texts equal: "
+        f"{sum(a == c.text for a, c in zip(plain_texts, out))}/{len(reqs)}"
+    )
 
     int8 = LocalBackend(str(path), precision="int8")
-    few = reqs[:32]  # against a fresh backend: `engine` holds these rows' KV, and reuse moves bf16 rounding
-    same = [c.text for c in int8.generate(few)] == [c.text for c in LocalBackend(str(path)).generate(few)]
-    print(f"\n--precision int8 on the GPU: model dtype {int8.lm.dtype}, "
-          f"same model object: {int8.lm is engine.lm}, same texts: {same}")
+    few = reqs[
+        :32
+    ]  # against a fresh backend: `engine` holds these rows' KV, and reuse moves bf16 rounding
+    same = [c.text for c in int8.generate(few)] == [
+        c.text for c in LocalBackend(str(path)).generate(few)
+    ]
+    print(
+        f"\n--precision int8 on the GPU: model dtype {int8.lm.dtype}, "
+        f"same model object: {int8.lm is engine.lm}, same texts: {same}"
+    )
 
     short = [GenerationRequest(prompt=r.messages[0]["content"], max_tokens=24) for r in reqs[:16]]
     one = LocalBackend(str(path), batch_size=1)
-    agree = sum(a.text == b.text for a, b in zip(engine.generate(short), [one.generate([r])[0] for r in short]))
+    agree = sum(
+        a.text == b.text
+        for a, b in zip(engine.generate(short), [one.generate([r])[0] for r in short])
+    )
     print(f"batched greedy texts equal to one-by-one: {agree}/{len(short)} (bf16)")
 
     preamble = "You review answers against a written constitution, one principle at a time. " * 12
     first = [GenerationRequest(prompt=preamble + r.prompt, max_tokens=24) for r in short]
     drafts = engine.generate(first)
-    second = [GenerationRequest(prompt=r.prompt + c.text + " Now rewrite it.", max_tokens=24)
-              for r, c in zip(first, drafts)]
+    second = [
+        GenerationRequest(prompt=r.prompt + c.text + " Now rewrite it.", max_tokens=24)
+        for r, c in zip(first, drafts)
+    ]
     hits = [engine.kv_store.lookup(engine._encode([r.prompt])[0]) for r in second]
-    reused = sum(h.n for h in hits if h) / sum(len(ids) for ids in engine._encode([r.prompt for r in second]))
+    reused = sum(h.n for h in hits if h) / sum(
+        len(ids) for ids in engine._encode([r.prompt for r in second])
+    )
     with_store = [c.text for c in engine.generate(second)]
     os.environ["CAI_KV_STORE_GB"] = "0"
     without = [c.text for c in LocalBackend(str(path)).generate(second)]
-    print(f"KV store: {sum(map(bool, hits))}/{len(second)} prompts found a stored row, "
-          f"{reused:.0%} of prompt tokens reused; texts equal to no store: "
-          f"{sum(a == b for a, b in zip(with_store, without))}/{len(second)}")
+    print(
+        f"KV store: {sum(map(bool, hits))}/{len(second)} prompts found a stored row, "
+        f"{reused:.0%} of prompt tokens reused; texts equal to no store: "
+        f"{sum(a == b for a, b in zip(with_store, without))}/{len(second)}"
+    )
 
 
 if __name__ == "__main__":

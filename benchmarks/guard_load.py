@@ -161,18 +161,27 @@ def measure(upstream: str, proxy: str, concurrency: int, args: argparse.Namespac
     direct, proxied = runs["direct"][0], runs["proxy"][0]
     mean_direct = [statistics.fmean(r[j] for r in direct) for j in range(args.chunks)]
     added = [(r[j] - mean_direct[j]) * 1000 for r in proxied for j in range(args.chunks)]
-    return {"concurrency": concurrency, "streams": 2 * concurrency * args.rounds, "runs": runs,
-            "added_p50": pct(added, 50), "added_p95": pct(added, 95)}  # fmt: skip
+    return {
+        "concurrency": concurrency,
+        "streams": 2 * concurrency * args.rounds,
+        "runs": runs,
+        "added_p50": pct(added, 50),
+        "added_p95": pct(added, 95),
+    }
 
 
 def report(result: dict, args: argparse.Namespace) -> None:
     streams = result["streams"]
-    print(f"\n{result['concurrency']} concurrent: {streams} streams per path, {args.chunks} chunks of "
-          f"{args.piece} chars {args.delay_ms:g} ms apart, holdback {args.holdback}")  # fmt: skip
+    print(
+        f"\n{result['concurrency']} concurrent: {streams} streams per path, {args.chunks} chunks of "
+        f"{args.piece} chars {args.delay_ms:g} ms apart, holdback {args.holdback}"
+    )
     for name, (good, errors, wall) in result["runs"].items():
         first = [r[0] * 1000 for r in good]
-        print(f"{name:>6}: errors {errors}, {streams / wall:.1f} streams/s, first chunk "
-              f"p50 {pct(first, 50):.1f} ms p95 {pct(first, 95):.1f} ms")  # fmt: skip
+        print(
+            f"{name:>6}: errors {errors}, {streams / wall:.1f} streams/s, first chunk "
+            f"p50 {pct(first, 50):.1f} ms p95 {pct(first, 95):.1f} ms"
+        )
     print(
         f"added latency per chunk: p50 {result['added_p50']:.1f} ms, p95 {result['added_p95']:.1f} ms"
     )

@@ -93,14 +93,27 @@ def main() -> None:
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--prompts", default="builtin:harmbench")
     ap.add_argument("--n", type=int, default=8, help="prompts, so pairs (one label each)")
-    ap.add_argument("--fewshot", type=int, default=2, help="comparison exemplars (cai rl-cai label's default)")
+    ap.add_argument(
+        "--fewshot", type=int, default=2, help="comparison exemplars (cai rl-cai label's default)"
+    )
     ap.add_argument("--max-tokens", type=int, default=64, help="policy response length")
-    ap.add_argument("--cot-max-tokens", type=int, default=128, help="reasoning length (the CLI default)")
-    ap.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (cai rl-cai label's default)")
+    ap.add_argument(
+        "--cot-max-tokens", type=int, default=128, help="reasoning length (the CLI default)"
+    )
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="rows per forward pass (cai rl-cai label's default)",
+    )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (0: torch's default). 1 because on a shared 2-core box an "
-                    "oversubscribed OpenMP pool spins and makes timings erratic")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (0: torch's default). 1 because on a shared 2-core box an "
+        "oversubscribed OpenMP pool spins and makes timings erratic",
+    )
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     if args.threads:
@@ -108,14 +121,20 @@ def main() -> None:
 
     backend = make_backend("local", args.model, use_cache=False, batch_size=args.batch_size)
     rules, prompts = load_constitution("default"), load_prompts(args.prompts)[: args.n]
-    base = {"fewshot": args.fewshot, "max_tokens": args.max_tokens, "cot_max_tokens": args.cot_max_tokens,
-            "seed": args.seed}
+    base = {
+        "fewshot": args.fewshot,
+        "max_tokens": args.max_tokens,
+        "cot_max_tokens": args.cot_max_tokens,
+        "seed": args.seed,
+    }
     policy = Replay(backend)
     start = time.perf_counter()  # samples the pairs and warms the model up on a logprob pass
     warm = run(rules, prompts, policy, backend, LabelConfig(mode="logprob", **base))
-    print(f"{args.n} prompts from {args.prompts}: pairs sampled + warm-up in "
-          f"{time.perf_counter() - start:.1f}s; {warm['labels']} pairs judgeable; {args.fewshot} exemplars, "
-          f"batch {args.batch_size}, cot up to {args.cot_max_tokens} tokens, {torch.get_num_threads()} thread(s)\n")
+    print(
+        f"{args.n} prompts from {args.prompts}: pairs sampled + warm-up in "
+        f"{time.perf_counter() - start:.1f}s; {warm['labels']} pairs judgeable; {args.fewshot} exemplars, "
+        f"batch {args.batch_size}, cot up to {args.cot_max_tokens} tokens, {torch.get_num_threads()} thread(s)\n"
+    )
 
     runs = {}
     for name, config in [
@@ -125,16 +144,25 @@ def main() -> None:
         ("(a') logprob again", LabelConfig(mode="logprob", **base)),
     ]:
         runs[name] = r = run(rules, prompts, policy, backend, config)
-        print(f"{name:<22}{r['labels']:>4} labels {r['judgements']:>4} judgements {r['seconds']:>8.2f}s "
-              f"feedback {r['wall']:>8.2f}s wall {r['seconds'] / max(r['labels'], 1):>7.3f} s/label", flush=True)
+        print(
+            f"{name:<22}{r['labels']:>4} labels {r['judgements']:>4} judgements {r['seconds']:>8.2f}s "
+            f"feedback {r['wall']:>8.2f}s wall {r['seconds'] / max(r['labels'], 1):>7.3f} s/label",
+            flush=True,
+        )
 
     per = {k: v["seconds"] / max(v["labels"], 1) for k, v in runs.items()}
     logprob = (per["(a) logprob"] + per["(a') logprob again"]) / 2
     cot, swap = per["(c) cot"] / logprob, per["(b) logprob + swap"] / logprob
-    print(f"\nlogprob {logprob:.3f} s/label (mean of a, a'), cot {per['(c) cot']:.3f}, "
-          f"logprob + swap {per['(b) logprob + swap']:.3f}")
-    print(f"cot / logprob per label  = {cot:.2f}x  target >= 10x: {'PASS' if cot >= 10 else 'MISS'}")
-    print(f"swap / plain per label   = {swap:.2f}x  target <= 2x:  {'PASS' if swap <= 2 else 'MISS'}")
+    print(
+        f"\nlogprob {logprob:.3f} s/label (mean of a, a'), cot {per['(c) cot']:.3f}, "
+        f"logprob + swap {per['(b) logprob + swap']:.3f}"
+    )
+    print(
+        f"cot / logprob per label  = {cot:.2f}x  target >= 10x: {'PASS' if cot >= 10 else 'MISS'}"
+    )
+    print(
+        f"swap / plain per label   = {swap:.2f}x  target <= 2x:  {'PASS' if swap <= 2 else 'MISS'}"
+    )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,14 @@ def run(backend, args) -> tuple[list[dict], float]:
 
     rules = load_constitution("default")
     red = load_prompts("builtin:advbench", chat_allowed=False)[: args.n]
-    config = SLConfig(rounds=args.rounds, max_tokens=args.max_tokens, critique_max_tokens=args.max_tokens,
-                      fewshot=2, helpful_ratio=0.0, seed=0)  # fmt: skip
+    config = SLConfig(
+        rounds=args.rounds,
+        max_tokens=args.max_tokens,
+        critique_max_tokens=args.max_tokens,
+        fewshot=2,
+        helpful_ratio=0.0,
+        seed=0,
+    )
     start = time.perf_counter()
     traces = generate_sl_data(rules, red, [], backend, config)
     return traces, time.perf_counter() - start
@@ -78,14 +84,27 @@ def main() -> None:
     tokens = sum(t["tokens"]["prompt"] + t["tokens"]["completion"] for t in single)
     new = sum(t["tokens"]["completion"] for t in single)
     same = json.dumps(single, sort_keys=True) == json.dumps(spread, sort_keys=True)
-    print(json.dumps({
-        "prompts": args.n, "rounds": args.rounds, "max_tokens": args.max_tokens, "batch_size": args.batch_size,
-        "workers": args.workers, "single_process_s": round(single_s, 2), "ray_startup_s": round(ready_s, 2),
-        "ray_s": round(ray_s, 2), "ray_with_startup_s": round(total_s, 2),
-        "speedup": round(single_s / ray_s, 3), "speedup_with_startup": round(single_s / total_s, 3),
-        "prompt_tokens_per_prompt": round((tokens - new) / args.n, 1),
-        "completion_tokens_per_prompt": round(new / args.n, 1), "identical": same,
-    }, indent=1))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "prompts": args.n,
+                "rounds": args.rounds,
+                "max_tokens": args.max_tokens,
+                "batch_size": args.batch_size,
+                "workers": args.workers,
+                "single_process_s": round(single_s, 2),
+                "ray_startup_s": round(ready_s, 2),
+                "ray_s": round(ray_s, 2),
+                "ray_with_startup_s": round(total_s, 2),
+                "speedup": round(single_s / ray_s, 3),
+                "speedup_with_startup": round(single_s / total_s, 3),
+                "prompt_tokens_per_prompt": round((tokens - new) / args.n, 1),
+                "completion_tokens_per_prompt": round(new / args.n, 1),
+                "identical": same,
+            },
+            indent=1,
+        )
+    )
     if not same:
         raise SystemExit("outputs differ between one process and Ray")
 

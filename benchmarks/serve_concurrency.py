@@ -81,8 +81,13 @@ def run_level(app, bodies: list[dict], clients: int) -> dict:
     server.should_exit = True
     thread.join()
     tokens = sum(n for _, n in results)
-    return {"tokens": tokens, "seconds": seconds, "texts": [t for t, _ in results],
-            "p50": statistics.median(latencies), "max": max(latencies)}
+    return {
+        "tokens": tokens,
+        "seconds": seconds,
+        "texts": [t for t, _ in results],
+        "p50": statistics.median(latencies),
+        "max": max(latencies),
+    }
 
 
 def main() -> None:
@@ -99,11 +104,19 @@ def main() -> None:
 
     backend = LocalBackend(args.model, batch_size=args.slots)
     prompts = load_prompts("builtin:self_instruct")[: args.requests]
-    bodies = [{"messages": [{"role": "user", "content": p["prompt"]}], "max_tokens": args.max_tokens,
-               "temperature": 0} for p in prompts]
+    bodies = [
+        {
+            "messages": [{"role": "user", "content": p["prompt"]}],
+            "max_tokens": args.max_tokens,
+            "temperature": 0,
+        }
+        for p in prompts
+    ]
     slots = backend.batcher().slots
-    print(f"model {args.model}, {len(bodies)} requests x max_tokens {args.max_tokens}, {slots} slots, "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(
+        f"model {args.model}, {len(bodies)} requests x max_tokens {args.max_tokens}, {slots} slots, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
     run_level(create_app(backend), bodies[:2], 2)  # warm-up: first-call costs out of the timings
 
     levels = [(f"{c} client{'s' if c > 1 else ''}", create_app(backend), c) for c in args.clients]
@@ -113,15 +126,19 @@ def main() -> None:
         r = run_level(app, bodies, clients)
         first = first or r
         rows.append((label, r))
-    print("| clients | tokens | seconds | tok/s | × 1 client | p50 / max latency s | texts = 1 client's |")
+    print(
+        "| clients | tokens | seconds | tok/s | × 1 client | p50 / max latency s | texts = 1 client's |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     base = first["tokens"] / first["seconds"]
     for label, r in rows:
         rate = r["tokens"] / r["seconds"]
         same = sum(a == b for a, b in zip(r["texts"], first["texts"]))
         low, high = wilson(same, len(bodies))
-        print(f"| {label} | {r['tokens']} | {r['seconds']:.1f} | {rate:.1f} | {rate / base:.2f}× | "
-              f"{r['p50']:.1f} / {r['max']:.1f} | {same}/{len(bodies)} (95 % CI {low:.2f}-{high:.2f}) |")
+        print(
+            f"| {label} | {r['tokens']} | {r['seconds']:.1f} | {rate:.1f} | {rate / base:.2f}× | "
+            f"{r['p50']:.1f} / {r['max']:.1f} | {same}/{len(bodies)} (95 % CI {low:.2f}-{high:.2f}) |"
+        )
 
 
 if __name__ == "__main__":

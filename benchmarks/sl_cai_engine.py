@@ -10,7 +10,8 @@ libraries and differ only in the package's code. Each side runs
 
 in a subprocess with the same seed and options, one after the other, in the order baseline,
 fp32, int8, then fp32 and baseline again (so a drift of the machine's load shows as a gap between
-the two runs of one side; --no-repeat skips the second pair). Prints wall seconds per run, the speed-up of each precision over the
+the two runs of one side; --no-repeat skips the second pair).
+Prints wall seconds per run, the speed-up of each precision over the
 baseline, and how many rows' final revisions are identical to the baseline's.
 """
 
@@ -30,19 +31,46 @@ REPO = Path(__file__).resolve().parents[1]
 
 def worktree(rev: str, where: Path) -> Path:
     path = where / f"baseline-{rev}"
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-f", str(path), rev],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", "-f", str(path), rev],
+        check=True,
+        capture_output=True,
+    )
     return path
 
 
 def run_sl_cai(src: Path, out: Path, args, precision: str | None) -> float:
-    env = {**os.environ, "PYTHONPATH": str(src / "src"), "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(src / "src"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     root = ["--precision", precision] if precision else []
-    cmd = [sys.executable, "-c", "from constitutional.cli import main; main()", *root,
-           "sl-cai", "generate", "--prompts", "builtin:advbench", "--limit", str(args.n),
-           "--rounds", str(args.rounds), "--max-tokens", str(args.max_tokens),
-           "--helpful-ratio", "0", "--seed", "0", "--no-cache", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from constitutional.cli import main; main()",
+        *root,
+        "sl-cai",
+        "generate",
+        "--prompts",
+        "builtin:advbench",
+        "--limit",
+        str(args.n),
+        "--rounds",
+        str(args.rounds),
+        "--max-tokens",
+        str(args.max_tokens),
+        "--helpful-ratio",
+        "0",
+        "--seed",
+        "0",
+        "--no-cache",
+        "--out",
+        str(out),
+    ]
     if args.batch_size:
         cmd += ["--batch-size", str(args.batch_size)]
     env["OMP_NUM_THREADS"] = str(args.threads)  # both sides: torch reads it at import
@@ -65,12 +93,20 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=32, help="red-team prompts")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--batch-size", type=int, default=None,
-                    help="pass --batch-size to both sides (default: each side's own default: 16 "
-                         "rows before #11, the KV memory budget's choice after)")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="pass --batch-size to both sides (default: each side's own default: 16 "
+        "rows before #11, the KV memory budget's choice after)",
+    )
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", action=argparse.BooleanOptionalAction, default=True,
-                    help="run fp32 and the baseline a second time (drift check)")
+    ap.add_argument(
+        "--repeat",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run fp32 and the baseline a second time (drift check)",
+    )
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="cai-sl-engine-"))
@@ -88,18 +124,25 @@ def main() -> None:
             outputs.setdefault(name, out)
             print(f"run {k + 1}/{len(plan)} {name:<9} {s:7.1f}s", flush=True)
     finally:
-        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)],
-                       capture_output=True, check=False)
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)],
+            capture_output=True,
+            check=False,
+        )
 
     mean = {name: sum(v) / len(v) for name, v in seconds.items()}
     reference = final_revisions(outputs["baseline"])
-    print(f"\nSL-CAI: {args.n} prompts x {args.rounds} rounds, up to {args.max_tokens} tokens, "
-          f"batch {args.batch_size or 'default'}, {args.threads} threads; baseline = {args.baseline}\n")
+    print(
+        f"\nSL-CAI: {args.n} prompts x {args.rounds} rounds, up to {args.max_tokens} tokens, "
+        f"batch {args.batch_size or 'default'}, {args.threads} threads; baseline = {args.baseline}\n"
+    )
     print(f"{'engine':<10}{'mean s':>9}{'speed-up':>10}{'same final revisions':>23}")
     for name in ("baseline", "fp32", "int8"):
         same = sum(a == b for a, b in zip(reference, final_revisions(outputs[name])))
-        print(f"{name:<10}{mean[name]:>9.1f}{mean['baseline'] / mean[name]:>9.2f}x"
-              f"{f'{same}/{len(reference)}':>23}")
+        print(
+            f"{name:<10}{mean[name]:>9.1f}{mean['baseline'] / mean[name]:>9.2f}x"
+            f"{f'{same}/{len(reference)}':>23}"
+        )
     best = max(mean["baseline"] / mean["fp32"], mean["baseline"] / mean["int8"])
     print(f"\ntarget: >= 2x faster end to end: {best:.2f}x {'PASS' if best >= 2 else 'MISS'}")
 

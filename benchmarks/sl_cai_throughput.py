@@ -69,8 +69,15 @@ def raw_replay(local, calls: list[list[GenerationRequest]]) -> tuple[int, list[f
         for batch in plan_batches(reqs, ids, local.batch_size):
             t, n = reqs[batch[0]].temperature, max(reqs[i].max_tokens for i in batch)
             assert all(reqs[i].temperature == t for i in batch), "one temperature per call"
-            config = GenerationConfig(max_new_tokens=n, do_sample=t > 0, temperature=t or None,
-                                      top_p=1.0, top_k=None, eos_token_id=eos, pad_token_id=pad)
+            config = GenerationConfig(
+                max_new_tokens=n,
+                do_sample=t > 0,
+                temperature=t or None,
+                top_p=1.0,
+                top_k=None,
+                eos_token_id=eos,
+                pad_token_id=pad,
+            )
             work.append((c, local._pad([ids[i] for i in batch]), config))
     tokens, seconds = 0, [0.0] * len(calls)
     for c, enc, config in work:
@@ -84,6 +91,7 @@ def raw_replay(local, calls: list[list[GenerationRequest]]) -> tuple[int, list[f
 
 def sequential(backend, calls: list[list[GenerationRequest]], n_fewshot: int) -> tuple[int, float]:
     """The recorded requests one call each, prompt by prompt in chain order: (tokens, seconds)."""
+
     def prompt_of(r: GenerationRequest) -> str:  # the red-team prompt a request belongs to
         return r.messages[0 if len(r.messages) == 1 else n_fewshot]["content"]
 
@@ -103,15 +111,29 @@ def main() -> None:
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--n", type=int, default=16, help="red-team prompts from builtin:advbench")
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--max-tokens", type=int, default=32, help="for responses, critiques, revisions")
-    ap.add_argument("--fewshot", type=int, default=2, help="constitution exemplars per request (the CLI default)")
+    ap.add_argument(
+        "--max-tokens", type=int, default=32, help="for responses, critiques, revisions"
+    )
+    ap.add_argument(
+        "--fewshot",
+        type=int,
+        default=2,
+        help="constitution exemplars per request (the CLI default)",
+    )
     ap.add_argument("--batch-size", type=int, default=16, help="the CLI default")
-    ap.add_argument("--greedy", action="store_true",
-                    help="all temperatures 0, so (a) and (b) decode identical tokens")
+    ap.add_argument(
+        "--greedy",
+        action="store_true",
+        help="all temperatures 0, so (a) and (b) decode identical tokens",
+    )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (0: torch's default). 1 because on a shared 2-core box an "
-                    "oversubscribed OpenMP pool spins and makes timings erratic")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (0: torch's default). 1 because on a shared 2-core box an "
+        "oversubscribed OpenMP pool spins and makes timings erratic",
+    )
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     if args.threads:
@@ -121,12 +143,20 @@ def main() -> None:
     one_by_one = make_backend("local", args.model, use_cache=False, batch_size=1)  # same weights
     constitution, red = load_constitution("default"), load_prompts("builtin:advbench")[: args.n]
     temps = {"temperature_start": 0.0, "temperature_end": 0.0, "response_temperature": 0.0}
-    config = SLConfig(rounds=args.rounds, max_tokens=args.max_tokens, fewshot=args.fewshot,
-                      critique_max_tokens=args.max_tokens, helpful_ratio=0.0, seed=args.seed,
-                      **(temps if args.greedy else {}))
+    config = SLConfig(
+        rounds=args.rounds,
+        max_tokens=args.max_tokens,
+        fewshot=args.fewshot,
+        critique_max_tokens=args.max_tokens,
+        helpful_ratio=0.0,
+        seed=args.seed,
+        **(temps if args.greedy else {}),
+    )
 
-    warm = [GenerationRequest(messages=[{"role": "user", "content": r["prompt"]}], max_tokens=8)
-            for r in red[:2]]
+    warm = [
+        GenerationRequest(messages=[{"role": "user", "content": r["prompt"]}], max_tokens=8)
+        for r in red[:2]
+    ]
     backend.generate(warm)
     one_by_one.generate(warm[:1])
     raw_replay(backend.inner, [warm])
@@ -138,14 +168,17 @@ def main() -> None:
     pipe_tok = sum(t["tokens"]["completion"] for t in traces)
     raw_tok, raw_calls = raw_replay(backend.inner, recorder.calls)
     raw_s = sum(raw_calls)
-    seq_tok, seq_s = sequential(one_by_one, recorder.calls,
-                                len(fewshot_messages(constitution, config.fewshot)))
+    seq_tok, seq_s = sequential(
+        one_by_one, recorder.calls, len(fewshot_messages(constitution, config.fewshot))
+    )
 
     n_req = sum(map(len, recorder.calls))
     kept = sum(not t["discarded"] for t in traces)
-    print(f"\n{args.n} prompts x {args.rounds} rounds, max_tokens {args.max_tokens}, batch "
-          f"{args.batch_size}, {'greedy' if args.greedy else 'sampled'}: {len(recorder.calls)} "
-          f"calls, {n_req} requests; {kept}/{len(traces)} traces kept\n")
+    print(
+        f"\n{args.n} prompts x {args.rounds} rounds, max_tokens {args.max_tokens}, batch "
+        f"{args.batch_size}, {'greedy' if args.greedy else 'sampled'}: {len(recorder.calls)} "
+        f"calls, {n_req} requests; {kept}/{len(traces)} traces kept\n"
+    )
     print(f"{'path':<34}{'calls':>6}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}")
     for name, calls, tok, sec in [
         ("(a) pipeline generate_sl_data", len(recorder.calls), pipe_tok, pipe_s),
@@ -154,12 +187,18 @@ def main() -> None:
     ]:
         print(f"{name:<34}{calls:>6}{tok:>8}{sec:>9.2f}{tok / sec:>10.1f}")
     per_call = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(recorder.seconds, raw_calls))
-    print(f"\nseconds per call, (a)/(b): {per_call}  (a) outside calls: "
-          f"{pipe_s - sum(recorder.seconds):.2f}s")
+    print(
+        f"\nseconds per call, (a)/(b): {per_call}  (a) outside calls: "
+        f"{pipe_s - sum(recorder.seconds):.2f}s"
+    )
     ratio, speedup = (pipe_tok / pipe_s) / (raw_tok / raw_s), seq_s / pipe_s
-    print(f"\n(a) tok/s / (b) tok/s = {ratio:.3f}   target >= 0.9: {'PASS' if ratio >= 0.9 else 'MISS'}")
-    print(f"(c) wall / (a) wall  = {speedup:.2f}x  target >= 4x:  "
-          f"{'PASS' if speedup >= 4 else 'MISS'}")
+    print(
+        f"\n(a) tok/s / (b) tok/s = {ratio:.3f}   target >= 0.9: {'PASS' if ratio >= 0.9 else 'MISS'}"
+    )
+    print(
+        f"(c) wall / (a) wall  = {speedup:.2f}x  target >= 4x:  "
+        f"{'PASS' if speedup >= 4 else 'MISS'}"
+    )
 
 
 if __name__ == "__main__":

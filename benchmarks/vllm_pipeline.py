@@ -71,22 +71,41 @@ def main() -> None:
     raw_s, raw_tokens = 0.0, 0
     for requests in recording.calls:  # the same calls, straight into the engine
         prompts = [engine.render(r.messages or r.prompt) for r in requests]
-        params = [vllm.SamplingParams(temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
-                                      seed=r.seed, stop=list(r.stop) or None) for r in requests]  # fmt: skip
+        params = [
+            vllm.SamplingParams(
+                temperature=r.temperature,
+                top_p=r.top_p,
+                max_tokens=r.max_tokens,
+                seed=r.seed,
+                stop=list(r.stop) or None,
+            )
+            for r in requests
+        ]
         start = time.perf_counter()
         outputs = engine.llm.generate(prompts, params, use_tqdm=False)
         raw_s += time.perf_counter() - start
         raw_tokens += sum(len(o.outputs[0].token_ids) for o in outputs)
 
     pipeline_tps, raw_tps = generated / pipeline_s, raw_tokens / raw_s
-    print(json.dumps({
-        "model": args.model, "prompts": args.n, "rounds": args.rounds, "calls": len(recording.calls),
-        "pipeline_s": round(pipeline_s, 2), "pipeline_tok_s": round(pipeline_tps, 1),
-        "raw_s": round(raw_s, 2), "raw_tok_s": round(raw_tps, 1), "ratio": round(pipeline_tps / raw_tps, 3),
-        "prompt_tokens_per_prompt": round(prompt_tokens / args.n, 1),
-        "completion_tokens_per_prompt": round(generated / args.n, 1),
-        "prompts_per_hour": round(args.n / pipeline_s * 3600),
-    }, indent=1))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "prompts": args.n,
+                "rounds": args.rounds,
+                "calls": len(recording.calls),
+                "pipeline_s": round(pipeline_s, 2),
+                "pipeline_tok_s": round(pipeline_tps, 1),
+                "raw_s": round(raw_s, 2),
+                "raw_tok_s": round(raw_tps, 1),
+                "ratio": round(pipeline_tps / raw_tps, 3),
+                "prompt_tokens_per_prompt": round(prompt_tokens / args.n, 1),
+                "completion_tokens_per_prompt": round(generated / args.n, 1),
+                "prompts_per_hour": round(args.n / pipeline_s * 3600),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -16,13 +16,18 @@ CAI = [sys.executable, "-c", "from constitutional.cli import main; main()"]
 
 
 def cai(*args, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([*CAI, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kwargs)
+    return subprocess.run(
+        [*CAI, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kwargs
+    )
 
 
 def write_prompts(path: Path, n: int) -> Path:
     with path.open("w") as f:
         for i in range(n):
-            f.write(json.dumps({"id": f"p{i}", "prompt": f"Question {i}: tell me about topic {i}."}) + "\n")
+            f.write(
+                json.dumps({"id": f"p{i}", "prompt": f"Question {i}: tell me about topic {i}."})
+                + "\n"
+            )
     return path
 
 
@@ -36,7 +41,9 @@ def cached_rows(db: Path) -> int:
 
 def run_and_kill(args, cache: Path, at_least: int, timeout: float = 600) -> int:
     """Start `cai ARGS`, SIGKILL it once `cache` holds `at_least` results; return how many it held."""
-    proc = subprocess.Popen([*CAI, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*CAI, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + timeout
     while cached_rows(cache) < at_least and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
@@ -61,9 +68,17 @@ def headless_chromium():
         pytest.skip(f"needs Debian chromium at {CHROMIUM} (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])  # fmt: skip
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         try:
             yield browser
         finally:

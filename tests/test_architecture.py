@@ -27,7 +27,10 @@ def test_no_private_name_is_imported_from_another_package():
     for rel, tree in modules():
         here = rel.split("/")[0].removesuffix(".py")
         for node in ast.walk(tree):
-            if not (isinstance(node, ast.ImportFrom) and (node.module or "").startswith("constitutional.")):
+            if not (
+                isinstance(node, ast.ImportFrom)
+                and (node.module or "").startswith("constitutional.")
+            ):
                 continue
             for alias in node.names:
                 private = alias.name.startswith("_") and not alias.name.startswith("__")

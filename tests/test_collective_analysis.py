@@ -101,7 +101,9 @@ def test_smoothing_arithmetic_by_hand(tmp_path):
 def test_min_votes_drops_participants(tmp_path):
     rows, _ = electorate(missing=0.0)
     rows = [r for r in rows if not (r[0] == "B3" and int(r[1][1:]) >= 5)]  # B3 votes on 5 only
-    result = analyze(load_votes(write_simple(tmp_path / "v.csv", rows)), AnalysisConfig(min_votes=7))
+    result = analyze(
+        load_votes(write_simple(tmp_path / "v.csv", rows)), AnalysisConfig(min_votes=7)
+    )
     assert result["participants"] == {"total": 40, "kept": 39, "min_votes": 7}
     assert "B3" not in {p["participant"] for p in result["points"]}
 
@@ -113,12 +115,25 @@ def test_polis_layout_parses_like_the_simple_one(tmp_path):
     with (tmp_path / "votes.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["timestamp", "datetime", "comment-id", "voter-id", "vote"])
-        w.writerow([1, "Mon Jan 01 2024", 0, people[rows[0][0]], -rows[0][2] or 1])  # superseded below
+        w.writerow(
+            [1, "Mon Jan 01 2024", 0, people[rows[0][0]], -rows[0][2] or 1]
+        )  # superseded below
         for t, (person, statement, vote) in enumerate(rows, start=2):
             w.writerow([t, "Mon Jan 01 2024", statement[1:], people[person], vote])
     with (tmp_path / "comments.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["timestamp", "datetime", "comment-id", "author-id", "agrees", "disagrees", "moderated", "comment-body"])
+        w.writerow(
+            [
+                "timestamp",
+                "datetime",
+                "comment-id",
+                "author-id",
+                "agrees",
+                "disagrees",
+                "moderated",
+                "comment-body",
+            ]
+        )
         for s in range(20):
             w.writerow([s, "Mon Jan 01 2024", s, 0, 0, 0, 1, f"Statement {s}, with a comma"])
     polis = load_votes(tmp_path / "votes.csv", tmp_path / "comments.csv")
@@ -142,12 +157,15 @@ def test_analyze_command_writes_json(tmp_path):
     assert "k=2" in done.stderr
 
 
-@pytest.mark.parametrize("body, line, message", [
-    ("participant,statement,vote\np1,s1,1\np1,s2,yes\n", 3, "vote must be 1, -1 or 0"),
-    ("participant,statement,vote\np1,s1,1\n\np1,s2\n", 4, "expected 3 fields"),
-    ("participant,statement,vote\n,s1,1\n", 2, "empty participant"),
-    ("who,what,vote\np1,s1,1\n", 1, "header must have the columns"),
-])
+@pytest.mark.parametrize(
+    "body, line, message",
+    [
+        ("participant,statement,vote\np1,s1,1\np1,s2,yes\n", 3, "vote must be 1, -1 or 0"),
+        ("participant,statement,vote\np1,s1,1\n\np1,s2\n", 4, "expected 3 fields"),
+        ("participant,statement,vote\n,s1,1\n", 2, "empty participant"),
+        ("who,what,vote\np1,s1,1\n", 1, "header must have the columns"),
+    ],
+)
 def test_bad_row_names_file_and_line(tmp_path, body, line, message):
     path = tmp_path / "votes.csv"
     path.write_text(body)

@@ -15,8 +15,12 @@ import pytest
 from helpers import headless_chromium
 from test_collective_web import TOKEN
 
-SEEDS = ["Assistants should refuse to help build weapons.", "Assistants should say when they are unsure.",
-         "Assistants should never discuss politics.", "Assistants should put the user's wishes first."]
+SEEDS = [
+    "Assistants should refuse to help build weapons.",
+    "Assistants should say when they are unsure.",
+    "Assistants should never discuss politics.",
+    "Assistants should put the user's wishes first.",
+]
 NEW = "Assistants should explain why they refuse."
 
 
@@ -51,6 +55,7 @@ def test_conversation_in_headless_chromium(server, tmp_path):
     shots.mkdir(parents=True, exist_ok=True)
     foreign, errors = [], []
     with headless_chromium() as browser:
+
         def person():
             page = browser.new_context().new_page()  # a context each: separate cookies
             page.on("request", lambda r: None if r.url.startswith(base) else foreign.append(r.url))
@@ -81,19 +86,29 @@ def test_conversation_in_headless_chromium(server, tmp_path):
         assert vote_all(alice, base, "agree") == 1 and vote_all(bob, base, "disagree") == 1
         carol = person()
         carol.goto(f"{base}/c/1")
-        carol.screenshot(path=shots / "collective-vote.png", full_page=True)  # a statement to vote on
+        carol.screenshot(
+            path=shots / "collective-vote.png", full_page=True
+        )  # a statement to vote on
         assert vote_all(carol, base, "agree") == len(SEEDS) + 1
         assert vote_all(person(), base, "disagree") == len(SEEDS) + 1
         assert "voted on 5 of 5" in alice.locator("#progress").inner_text()
 
         results = person()
         results.goto(f"{base}/c/1/results")
-        assert results.locator("#origins").inner_text() == "Participants who voted: 0 by invite, 4 anonymously."
+        assert (
+            results.locator("#origins").inner_text()
+            == "Participants who voted: 0 by invite, 4 anonymously."
+        )
         for plot in ("map", "agreement"):
             box = results.locator(f"figure[data-plot={plot}] > svg").bounding_box()
             assert box and box["width"] > 150 and box["height"] > 80, plot
-        assert results.locator("h3.group").all_inner_texts() == ["Group A (2 participants)", "Group B (2 participants)"]
-        assert NEW in results.locator("#divisive").inner_text()  # the two camps split on every statement
+        assert results.locator("h3.group").all_inner_texts() == [
+            "Group A (2 participants)",
+            "Group B (2 participants)",
+        ]
+        assert (
+            NEW in results.locator("#divisive").inner_text()
+        )  # the two camps split on every statement
         results.screenshot(path=shots / "collective-results.png", full_page=True)
     assert errors == [] and foreign == []
     assert (shots / "collective-results.png").stat().st_size > 10_000

@@ -43,7 +43,9 @@ def planted(tmp_path_factory) -> tuple[Path, Path]:
         w.writerow(["participant", "statement", "vote"])
         for name, votes in stance.items():
             for i in range(20):
-                w.writerows((f"{name}{i}", f"s{s}", v) for s, v in enumerate(votes) if rng.random() > 0.25)
+                w.writerows(
+                    (f"{name}{i}", f"s{s}", v) for s, v in enumerate(votes) if rng.random() > 0.25
+                )
     with (root / "comments.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["statement", "text"])
@@ -63,13 +65,20 @@ def test_template_path_gives_a_valid_constitution_from_the_planted_consensus(pla
     assert "5 principles (template)" in result.stderr
 
     check = cai("constitution", "validate", out)
-    assert check.returncode == 0 and "5 critique/revision pairs, 5 comparison principles" in check.stdout
+    assert (
+        check.returncode == 0
+        and "5 critique/revision pairs, 5 comparison principles" in check.stdout
+    )
     c = load_constitution(out)
     assert set(provenance_ids(c)) == CONSENSUS and len(provenance_ids(c)) == 5
     assert [p.id for p in c.critique_revision] == [p.id for p in c.comparison]
     for pair, question in zip(c.critique_revision, c.comparison, strict=True):
         origin = pair.provenance
-        assert origin == question.provenance and origin.drafted_by == "template" and origin.model is None
+        assert (
+            origin == question.provenance
+            and origin.drafted_by == "template"
+            and origin.model is None
+        )
         (statement,) = origin.statements
         assert pair.id == f"collective-{statement.id}"
         assert statement.text in pair.critique and statement.text in question.text
@@ -81,7 +90,9 @@ def test_template_path_gives_a_valid_constitution_from_the_planted_consensus(pla
     diff = cai("constitution", "diff", "default", out, "--json")
     assert diff.returncode == 0, diff.stderr
     sections = json.loads(diff.stdout)["sections"]
-    assert {p["id"] for p in sections["critique_revision"]["added"]} == {f"collective-{s}" for s in CONSENSUS}
+    assert {p["id"] for p in sections["critique_revision"]["added"]} == {
+        f"collective-{s}" for s in CONSENSUS
+    }
     assert len(sections["comparison"]["removed"]) == len(load_constitution().comparison)
 
     again = tmp_path / "again.yaml"  # seeded and deterministic: the same bytes twice
@@ -101,7 +112,9 @@ def test_analysis_json_input_threshold_and_limit(planted, tmp_path):
     assert select(loaded, threshold=0.01) != chosen and len(select(loaded, 0.01, limit=7)) == 7
 
     out = tmp_path / "c.yaml"
-    result = to_constitution(analysis, "--out", out, "--limit", 2, "--name", "town-hall", "--version", "0.2")
+    result = to_constitution(
+        analysis, "--out", out, "--limit", 2, "--name", "town-hall", "--version", "0.2"
+    )
     assert result.returncode == 0, result.stderr
     c = load_constitution(out)
     assert (c.name, c.version, len(c.comparison)) == ("town-hall", "0.2", 2)
@@ -114,9 +127,18 @@ def test_provenance_is_optional_and_leaves_existing_hashes_alone(tmp_path):
     dumped = default.model_dump(mode="json")
     assert all("provenance" not in p for p in dumped["critique_revision"] + dumped["comparison"])
 
-    origin = Provenance(source="collective:x", drafted_by="template", statements=[{
-        "id": "7", "text": "Be kind.", "consensus": 0.6,
-        "groups": [{"group": 0, "p_agree": 0.6, "votes": 3, "agree": 2, "disagree": 1}]}])
+    origin = Provenance(
+        source="collective:x",
+        drafted_by="template",
+        statements=[
+            {
+                "id": "7",
+                "text": "Be kind.",
+                "consensus": 0.6,
+                "groups": [{"group": 0, "p_agree": 0.6, "votes": 3, "agree": 2, "disagree": 1}],
+            }
+        ],
+    )
     first = default.comparison[0].model_copy(update={"provenance": origin})
     changed = default.model_copy(update={"comparison": [first, *default.comparison[1:]]})
     assert changed.hash != default.hash  # provenance, once present, is part of the content
@@ -130,9 +152,11 @@ NEEDS = "The AI should pay attention to what users actually need."
 
 
 def test_parse_draft_reads_the_three_lines_and_rejects_what_it_cannot_use():
-    reply = ("Sure!\n**Critique:** Point out where the reply ignores the user's stated needs.\n"
-             "Revision: Rewrite the reply so that it answers what the user actually asked.\n"
-             "- Comparison: Which response pays closer attention to what the user asked for?\n")
+    reply = (
+        "Sure!\n**Critique:** Point out where the reply ignores the user's stated needs.\n"
+        "Revision: Rewrite the reply so that it answers what the user actually asked.\n"
+        "- Comparison: Which response pays closer attention to what the user asked for?\n"
+    )
     draft = parse_draft(reply, NEEDS)
     assert draft.critique == "Point out where the reply ignores the user's stated needs."
     assert draft.comparison == "Which response pays closer attention to what the user asked for?"
@@ -142,15 +166,34 @@ def test_parse_draft_reads_the_three_lines_and_rejects_what_it_cannot_use():
         (reply.replace("asked for?", "asked for."), "comparison is not a question"),
         (reply.replace(critique, "<ask>"), "critique is 5 characters"),
         ("Critique: <ask where the assistant's last reply falls short>\n" + reply, "placeholder"),
-        (reply.replace(critique, "Say where the reply does not meet the statement."), "refers to 'the statement'"),
-        (reply.replace(critique, "The AI should pay attention to what users actually need."), "does not speak of"),
-        (reply.replace(critique, "In this reply, the AI should pay attention to what users actually need."),
-         "critique restates the statement"),
-        (reply.replace("Which response pays closer attention to what the user asked for?",
-                       "Which of these responses is more honest about the limits of what the assistant knows?"),
-         "comparison copies the worked example"),
-        (reply.replace("Which response pays closer attention to what the user asked for?",
-                       "Which of these responses is more polite?"), "comparison shares no content word"),
+        (
+            reply.replace(critique, "Say where the reply does not meet the statement."),
+            "refers to 'the statement'",
+        ),
+        (
+            reply.replace(critique, "The AI should pay attention to what users actually need."),
+            "does not speak of",
+        ),
+        (
+            reply.replace(
+                critique, "In this reply, the AI should pay attention to what users actually need."
+            ),
+            "critique restates the statement",
+        ),
+        (
+            reply.replace(
+                "Which response pays closer attention to what the user asked for?",
+                "Which of these responses is more honest about the limits of what the assistant knows?",
+            ),
+            "comparison copies the worked example",
+        ),
+        (
+            reply.replace(
+                "Which response pays closer attention to what the user asked for?",
+                "Which of these responses is more polite?",
+            ),
+            "comparison shares no content word",
+        ),
     ]:
         with pytest.raises(DraftError, match=re.escape(reason)):
             parse_draft(broken, NEEDS)
@@ -165,10 +208,16 @@ class Scripted:
         return "scripted"
 
     def generate(self, requests, on_result=None):
-        good = ("Critique: Say where the reply was unkind to anyone.\nRevision: Rewrite the reply so "
-                "that it is kind throughout.\nComparison: Which of these responses is kinder?")
-        return [Completion(good if "kind" in r.messages[-1]["content"] else "I like turtles.", "stop", 9, 9)
-                for r in requests]
+        good = (
+            "Critique: Say where the reply was unkind to anyone.\nRevision: Rewrite the reply so "
+            "that it is kind throughout.\nComparison: Which of these responses is kinder?"
+        )
+        return [
+            Completion(
+                good if "kind" in r.messages[-1]["content"] else "I like turtles.", "stop", 9, 9
+            )
+            for r in requests
+        ]
 
 
 def test_model_drafts_fall_back_per_statement_and_provenance_says_which():
@@ -178,38 +227,73 @@ def test_model_drafts_fall_back_per_statement_and_provenance_says_which():
     assert brief_reason == "no Critique: line" and brief == template_draft("Be brief.")
 
     group = {"group": 0, "p_agree": 0.75, "votes": 2, "agree": 2, "disagree": 0}
-    analysis = Analysis.model_validate({
-        "participants": {"total": 9, "kept": 8}, "k": 1, "config": {"consensus_threshold": 0.5},
-        "statement_stats": [{"statement": sid, "text": text, "consensus": 0.75, "groups": [group]}
-                            for sid, text in (("1", "Be kind."), ("2", "Be brief."))]})
-    c = build_constitution(analysis, select(analysis), drafts, source="collective:x", model="fake:scripted")
+    analysis = Analysis.model_validate(
+        {
+            "participants": {"total": 9, "kept": 8},
+            "k": 1,
+            "config": {"consensus_threshold": 0.5},
+            "statement_stats": [
+                {"statement": sid, "text": text, "consensus": 0.75, "groups": [group]}
+                for sid, text in (("1", "Be kind."), ("2", "Be brief."))
+            ],
+        }
+    )
+    c = build_constitution(
+        analysis, select(analysis), drafts, source="collective:x", model="fake:scripted"
+    )
     origins = [p.provenance for p in c.comparison]
     assert [(o.drafted_by, o.model, o.fallback) for o in origins] == [
-        ("model", "fake:scripted", None), ("template", "fake:scripted", "no Critique: line")]
-    assert c.comparison[0].text == kind.comparison and c.critique_revision[1].critique == brief.critique
+        ("model", "fake:scripted", None),
+        ("template", "fake:scripted", "no Critique: line"),
+    ]
+    assert (
+        c.comparison[0].text == kind.comparison
+        and c.critique_revision[1].critique == brief.critique
+    )
     assert c.metadata["collective"]["drafted"] == {"model": 1, "template": 1}
 
 
 def test_model_path_on_a_tiny_random_model(planted, tiny_model_dir, tmp_path):
     votes, comments = planted
     out = tmp_path / "drafted.yaml"
-    result = to_constitution(votes, comments, "--out", out, "--draft", "model", "--model", tiny_model_dir,
-                             "--no-cache", "--max-tokens", 24, "--limit", 3)
+    result = to_constitution(
+        votes,
+        comments,
+        "--out",
+        out,
+        "--draft",
+        "model",
+        "--model",
+        tiny_model_dir,
+        "--no-cache",
+        "--max-tokens",
+        24,
+        "--limit",
+        3,
+    )
     assert result.returncode == 0, result.stderr
     assert cai("constitution", "validate", out).returncode == 0
     c = load_constitution(out)
     origins = [p.provenance for p in c.critique_revision]
     # Random weights write gibberish: every draft falls back, and each says why.
-    assert all(o.drafted_by == "template" and o.fallback and o.model.startswith("local:") for o in origins)
+    assert all(
+        o.drafted_by == "template" and o.fallback and o.model.startswith("local:") for o in origins
+    )
     assert c.metadata["collective"]["drafted"] == {"model": 0, "template": 3}
     assert "0 drafted by the model, 3 by the template" in result.stderr
-    stage = json.loads(Path(f"{out}.manifest.json").read_text())["stages"]["collective_to_constitution"]
+    stage = json.loads(Path(f"{out}.manifest.json").read_text())["stages"][
+        "collective_to_constitution"
+    ]
     assert stage["tokens"]["calls"] == 3
 
 
 def test_principle_ids_are_unique_slugs():
     assert principle_ids(["S 1", "s-1", "Über/2", "x" * 80]) == [
-        "collective-s-1", "collective-s-1-2", "collective-ber-2", "collective-" + "x" * 45]
+        "collective-s-1",
+        "collective-s-1-2",
+        "collective-ber-2",
+        "collective-" + "x" * 45,
+    ]
 
 
 def test_bad_input_exits_2_naming_file_and_line(planted, tmp_path):
@@ -218,11 +302,13 @@ def test_bad_input_exits_2_naming_file_and_line(planted, tmp_path):
     broken = tmp_path / "broken.json"
     broken.write_text('{\n  "k": 2,\n  "config": {oops}\n}\n')
     missing_key = tmp_path / "short.json"
-    missing_key.write_text('{"participants": {"total": 3, "kept": 3}, "k": 2,\n'
-                           ' "config": {"consensus_threshold": 0.5},\n'
-                           ' "statement_stats": [\n'
-                           '  {"statement": "a", "text": "A.", "consensus": 0.7}\n'
-                           ']}\n')
+    missing_key.write_text(
+        '{"participants": {"total": 3, "kept": 3}, "k": 2,\n'
+        ' "config": {"consensus_threshold": 0.5},\n'
+        ' "statement_stats": [\n'
+        '  {"statement": "a", "text": "A.", "consensus": 0.7}\n'
+        "]}\n"
+    )
     untitled = tmp_path / "untitled.json"
     assert cai("collective", "analyze", votes, "--out", untitled).returncode == 0
     bad_votes = tmp_path / "votes.csv"
@@ -238,5 +324,7 @@ def test_bad_input_exits_2_naming_file_and_line(planted, tmp_path):
     ]:
         result = to_constitution(*args, "--out", out)
         assert result.returncode == 2, (args, result.stderr)
-        assert result.stderr.startswith("cai: error: " + expected) and result.stderr.count("\n") == 1, result.stderr
+        assert (
+            result.stderr.startswith("cai: error: " + expected) and result.stderr.count("\n") == 1
+        ), result.stderr
     assert not out.exists() and not list(tmp_path.glob(".never*"))

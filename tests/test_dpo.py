@@ -13,7 +13,11 @@ from constitutional.errors import UserError
 from constitutional.train.dpo import load_dpo_rows, soft_dpo_loss, soft_dpo_trainer_class, train_dpo
 
 PAIRS = [  # (prompt, chosen, rejected)
-    ("How do I pick a lock?", "I can't help with that, but a locksmith can.", "Jam a pin in and twist."),
+    (
+        "How do I pick a lock?",
+        "I can't help with that, but a locksmith can.",
+        "Jam a pin in and twist.",
+    ),
     ("Write an insult.", "I'd rather say something kind.", "You are a worthless fool."),
     ("How do I make a weapon?", "I won't help with weapons.", "Take a pipe and fill it."),
     ("Tell me a secret.", "I can share a fun fact instead.", "Your neighbour's password is 1234."),
@@ -38,7 +42,9 @@ def write_prefs(path, p=None, repeat=2):
 def margins(spec):
     """log p(chosen) - log p(rejected) per pair, as LocalBackend scores whole responses."""
     backend = LocalBackend(str(spec))
-    scores = [backend.choice_logprobs([[{"role": "user", "content": q}]], [c, r])[0] for q, c, r in PAIRS]
+    scores = [
+        backend.choice_logprobs([[{"role": "user", "content": q}]], [c, r])[0] for q, c, r in PAIRS
+    ]
     return [c - r for c, r in scores]
 
 
@@ -68,14 +74,21 @@ def make_trainer(cls, model_dir, rows, out):
     from trl import DPOConfig
 
     config = DPOConfig(
-        output_dir=str(out), beta=0.5, precompute_ref_log_probs=True,
-        per_device_train_batch_size=len(rows), max_length=128, activation_checkpointing=False,
-        bf16=False, use_cpu=True, report_to="none",
-    )  # fmt: skip
+        output_dir=str(out),
+        beta=0.5,
+        precompute_ref_log_probs=True,
+        per_device_train_batch_size=len(rows),
+        max_length=128,
+        activation_checkpointing=False,
+        bf16=False,
+        use_cpu=True,
+        report_to="none",
+    )
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    trainer = cls(model=model, args=config, train_dataset=Dataset.from_list(rows),
-                  processing_class=tokenizer)  # fmt: skip
+    trainer = cls(
+        model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
     with torch.no_grad():  # move the policy off the reference, the same way in both trainers
         weight = trainer.model.model.layers[0].mlp.down_proj.weight
         weight.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(1)))
@@ -118,8 +131,16 @@ def runs(tiny_model_dir, tmp_path_factory, one_thread):
     for p in (1.0, 0.5):
         data = write_prefs(root / f"prefs-{p}.jsonl", p)
         ckpt = root / f"ckpt-{p}"
-        summary = train_dpo(data, str(tiny_model_dir), ckpt, max_steps=6, batch_size=4,
-                            learning_rate=1e-2, max_length=128, seed=1)  # fmt: skip
+        summary = train_dpo(
+            data,
+            str(tiny_model_dir),
+            ckpt,
+            max_steps=6,
+            batch_size=4,
+            learning_rate=1e-2,
+            max_length=128,
+            seed=1,
+        )
         out[p] = (ckpt, summary, json.loads((ckpt / "train_log.json").read_text()))
     out["before"] = margins(tiny_model_dir)
     return out
@@ -158,7 +179,9 @@ def test_checkpoint_is_an_adapter_over_the_policy(runs, tiny_model_dir):
     assert meta["data"]["rows"] == 8 and meta["hyperparameters"]["learning_rate"] == 1e-2
     tie_meta = json.loads((runs[0.5][0] / "cai_checkpoint.json").read_text())
     assert meta["data"]["soft_rows"] == 0 and tie_meta["data"]["soft_rows"] == 8
-    assert [e["step"] for e in log] == list(range(1, 7)) and "<polyline" in (ckpt / "loss.svg").read_text()
+    assert [e["step"] for e in log] == list(range(1, 7)) and "<polyline" in (
+        ckpt / "loss.svg"
+    ).read_text()
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +192,9 @@ def sl_adapter(tiny_model_dir, tmp_path_factory):
 
     torch.manual_seed(2)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    config = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=4, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM"
+    )
     path = tmp_path_factory.mktemp("sl-ckpt")
     get_peft_model(model, config).save_pretrained(path)
     adapter = json.loads((path / "adapter_config.json").read_text())
@@ -179,14 +204,24 @@ def sl_adapter(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("reference, lora", [("policy", True), ("base", False)])
-def test_lora_policy_is_the_reference_and_saves_merged(sl_adapter, tiny_model_dir, tmp_path, reference, lora):
+def test_lora_policy_is_the_reference_and_saves_merged(
+    sl_adapter, tiny_model_dir, tmp_path, reference, lora
+):
     """Policy = an SL-CAI LoRA checkpoint. By default the reference is that (merged) model: the
     first step's margin is 0. Naming the raw base as reference makes it non-zero. Either way
     (LoRA or full fine-tuning) the output is one full model."""
     data = write_prefs(tmp_path / "prefs.jsonl", repeat=1)
     ref = str(tiny_model_dir) if reference == "base" else None
-    summary = train_dpo(data, str(sl_adapter), tmp_path / "out", reference=ref, lora=lora,
-                        max_steps=1, learning_rate=1e-2, max_length=128)  # fmt: skip
+    summary = train_dpo(
+        data,
+        str(sl_adapter),
+        tmp_path / "out",
+        reference=ref,
+        lora=lora,
+        max_steps=1,
+        learning_rate=1e-2,
+        max_length=128,
+    )
     out = tmp_path / "out"
     assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
     meta = json.loads((out / "cai_checkpoint.json").read_text())
@@ -208,7 +243,13 @@ def test_lora_policy_is_the_reference_and_saves_merged(sl_adapter, tiny_model_di
 
 
 def test_label_file_rows_are_converted(tmp_path):
-    base = {"prompt": "Q", "response_a": "A!", "response_b": "B!", "discarded": False, "source": "ai"}
+    base = {
+        "prompt": "Q",
+        "response_a": "A!",
+        "response_b": "B!",
+        "discarded": False,
+        "source": "ai",
+    }
     rows = [
         {**base, "id": "1", "p_a": 0.2},
         {**base, "id": "2", "p_a": None, "discarded": True, "reason": "identical responses"},
@@ -219,9 +260,13 @@ def test_label_file_rows_are_converted(tmp_path):
     path = tmp_path / "labels.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     got = load_dpo_rows(path)
-    assert [(r["chosen"][0]["content"], r["rejected"][0]["content"], r["p_chosen"]) for r in got] == [
-        ("B!", "A!", 0.8), ("A!", "B!", 1.0), ("yes", "no", 1.0),
-    ]  # fmt: skip
+    assert [
+        (r["chosen"][0]["content"], r["rejected"][0]["content"], r["p_chosen"]) for r in got
+    ] == [
+        ("B!", "A!", 0.8),
+        ("A!", "B!", 1.0),
+        ("yes", "no", 1.0),
+    ]
     assert got[2]["prompt"] == [{"role": "user", "content": "Q2"}]
     assert set(got[0]) == {"prompt", "chosen", "rejected", "p_chosen"}
 
@@ -232,13 +277,25 @@ GOOD = json.dumps(pref_row(*PAIRS[0], 0.9))
 @pytest.mark.parametrize(
     "content, line, message",
     [
-        (GOOD + "\n" + json.dumps(pref_row(*PAIRS[1], 1.5)), 2, "p_chosen must be a number in [0, 1]"),
+        (
+            GOOD + "\n" + json.dumps(pref_row(*PAIRS[1], 1.5)),
+            2,
+            "p_chosen must be a number in [0, 1]",
+        ),
         (json.dumps(pref_row(*PAIRS[1], -0.1)), 1, "p_chosen must be a number in [0, 1]"),
         (json.dumps(pref_row(*PAIRS[1], "0.7")), 1, "p_chosen must be"),
         (json.dumps(pref_row(*PAIRS[1], True)), 1, "p_chosen must be"),
-        (GOOD + "\n\n" + json.dumps({"prompt": "q", "response_a": "a", "p_a": 2}), 3, "p_a must be"),
+        (
+            GOOD + "\n\n" + json.dumps({"prompt": "q", "response_a": "a", "p_a": 2}),
+            3,
+            "p_a must be",
+        ),
         (json.dumps({"prompt": "q", "chosen": "a"}), 1, "'rejected': missing"),
-        (json.dumps({**pref_row(*PAIRS[0]), "chosen": [{"role": "bot", "content": "x"}]}), 1, "'chosen'"),
+        (
+            json.dumps({**pref_row(*PAIRS[0]), "chosen": [{"role": "bot", "content": "x"}]}),
+            1,
+            "'chosen'",
+        ),
         ("", None, "empty"),
     ],
 )

@@ -59,7 +59,10 @@ def test_elo_edge_cases_and_determinism():
     sweep = elo_ratings([("a", "b", 1.0)] * 20, bootstrap=20)["ratings"]
     assert math.isfinite(sweep["a"]["elo"]) and sweep["a"]["elo"] > sweep["b"]["elo"]
     lone = elo_ratings([], ["only"])
-    assert lone == {"ratings": {"only": {"elo": 1000.0, "ci_low": 1000.0, "ci_high": 1000.0}}, "comparisons": 0}
+    assert lone == {
+        "ratings": {"only": {"elo": 1000.0, "ci_low": 1000.0, "ci_high": 1000.0}},
+        "comparisons": 0,
+    }
     with pytest.raises(ValueError, match="must be in"):
         elo_ratings([("a", "b", 1.2)])
 
@@ -67,10 +70,16 @@ def test_elo_edge_cases_and_determinism():
 def test_wilson_and_rate_by_hand():
     low, high = wilson(0, 10)
     assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)
-    assert wilson(0, 3)[0] == 0.0 and wilson(3, 3)[1] == 1.0  # exact at the ends, no rounding residue
+    assert (
+        wilson(0, 3)[0] == 0.0 and wilson(3, 3)[1] == 1.0
+    )  # exact at the ends, no rounding residue
     low, high = wilson(5, 10)  # symmetric around 0.5
     assert low == pytest.approx(0.2366, abs=1e-4) and high == pytest.approx(0.7634, abs=1e-4)
-    assert rate([True, False, True, True]) == {"rate": 0.75, **dict(zip(("ci_low", "ci_high"), wilson(3, 4))), "n": 4}
+    assert rate([True, False, True, True]) == {
+        "rate": 0.75,
+        **dict(zip(("ci_low", "ci_high"), wilson(3, 4))),
+        "n": 4,
+    }
     assert rate([]) == {"rate": None, "ci_low": 0.0, "ci_high": 1.0, "n": 0}
 
 

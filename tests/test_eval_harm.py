@@ -34,7 +34,12 @@ class FakeModel:
 
     def reply(self, messages) -> str:
         harmful, pressed = "hurt" in messages[0]["content"], len(messages) > 1
-        refuse = {"safe": harmful, "caver": harmful and not pressed, "unsafe": False, "prude": True}[self.style]
+        refuse = {
+            "safe": harmful,
+            "caver": harmful and not pressed,
+            "unsafe": False,
+            "prude": True,
+        }[self.style]
         return REFUSE if refuse else COMPLY
 
     def generate(self, requests, on_result=None):
@@ -51,9 +56,23 @@ class FakeJudge:
 
     name, model = "fake", "judge"
 
-    def __init__(self, first_bias: float = 0.0, injectable: bool = False, prefer=None, reply: str = "Step 1: thinking."):
-        self.usage, self.asked, self.first_bias, self.injectable, self.prefer = Usage(), [], first_bias, injectable, prefer
-        self.reply = reply  # what it says when it is asked to generate (cot reasoning, its own answers)
+    def __init__(
+        self,
+        first_bias: float = 0.0,
+        injectable: bool = False,
+        prefer=None,
+        reply: str = "Step 1: thinking.",
+    ):
+        self.usage, self.asked, self.first_bias, self.injectable, self.prefer = (
+            Usage(),
+            [],
+            first_bias,
+            injectable,
+            prefer,
+        )
+        self.reply = (
+            reply  # what it says when it is asked to generate (cot reasoning, its own answers)
+        )
 
     def fingerprint(self) -> str:
         return "judge"
@@ -96,29 +115,55 @@ def test_harm_rates_from_known_judgements():
     assert safe["attack_success"]["ci_high"] == pytest.approx(0.4345, abs=1e-4)  # Wilson, 0 of 5
     caver = FakeModel("caver")
     metrics, _ = harm_eval("c", caver, judge, RED, BENIGN, cfg)
-    assert metrics["attack_success"]["rate"] == 0.0 and metrics["refusal_hold"] == {**metrics["refusal_hold"], "rate": 0.0, "n": 5}
+    assert metrics["attack_success"]["rate"] == 0.0 and metrics["refusal_hold"] == {
+        **metrics["refusal_hold"],
+        "rate": 0.0,
+        "n": 5,
+    }
     pressed = [r.messages for r in caver.requests if len(r.messages) == 3]
-    assert len(pressed) == 5 and all(m[1] == {"role": "assistant", "content": REFUSE} and m[2]["content"] == PRESSURE_TURN for m in pressed)
+    assert len(pressed) == 5 and all(
+        m[1] == {"role": "assistant", "content": REFUSE} and m[2]["content"] == PRESSURE_TURN
+        for m in pressed
+    )
     unsafe, _ = harm_eval("u", FakeModel("unsafe"), judge, RED, BENIGN, cfg)
-    assert unsafe["attack_success"]["rate"] == 1.0 and unsafe["refusal_hold"] == {"rate": None, "ci_low": 0.0, "ci_high": 1.0, "n": 0}
+    assert unsafe["attack_success"]["rate"] == 1.0 and unsafe["refusal_hold"] == {
+        "rate": None,
+        "ci_low": 0.0,
+        "ci_high": 1.0,
+        "n": 0,
+    }
     prude, _ = harm_eval("p", FakeModel("prude"), judge, RED, BENIGN, cfg)
     assert prude["over_refusal"]["rate"] == 1.0 and prude["attack_success"]["rate"] == 0.0
     red = [s for s in samples if s["set"] == "red_team"]
-    assert len(red) == 5 and red[0]["response"] == REFUSE and red[0]["judgements"]["p_harmful"] == pytest.approx(0.1)
+    assert (
+        len(red) == 5
+        and red[0]["response"] == REFUSE
+        and red[0]["judgements"]["p_harmful"] == pytest.approx(0.1)
+    )
     assert red[0]["judgements"]["followup"] == REFUSE and red[0]["model"] == "s"
 
 
 def test_rates_skip_failed_judgements():
     assert yes_rate([0.9, None, 0.2, 0.6])["rate"] == pytest.approx(2 / 3)
     # hold: only first-turn refusals count; a failed second judgement is left out of n
-    assert hold_rate([0.9, 0.9, 0.1, 0.8], [0.8, 0.3, 0.9, None]) == {**hold_rate([1, 1], [1, 0]), "n": 2, "rate": 0.5}
+    assert hold_rate([0.9, 0.9, 0.1, 0.8], [0.8, 0.3, 0.9, None]) == {
+        **hold_rate([1, 1], [1, 0]),
+        "n": 2,
+        "rate": 0.5,
+    }
 
 
 def test_evaluate_models_elo_and_pareto():
     models = {s: FakeModel(s) for s in ("safe", "caver", "unsafe", "prude")}
     judge = FakeJudge(first_bias=0.05)  # a position bias the swap average must cancel
-    results, samples = evaluate_models(models, judge, red_team=RED, helpful=HELPFUL, benign=BENIGN,
-                                       config=EvalConfig(SampleConfig(max_tokens=8), bootstrap=20))
+    results, samples = evaluate_models(
+        models,
+        judge,
+        red_team=RED,
+        helpful=HELPFUL,
+        benign=BENIGN,
+        config=EvalConfig(SampleConfig(max_tokens=8), bootstrap=20),
+    )
     harmless, helpful = results["elo"]["harmless"], results["elo"]["helpful"]
     assert harmless["comparisons"] == 6 * len(RED) and helpful["comparisons"] == 6 * len(HELPFUL)
     h, u = harmless["ratings"], helpful["ratings"]
@@ -126,7 +171,12 @@ def test_evaluate_models_elo_and_pareto():
     assert h["safe"]["elo"] == pytest.approx(h["caver"]["elo"]) == pytest.approx(h["prude"]["elo"])
     assert u["prude"]["elo"] < min(u[n]["elo"] for n in ("safe", "caver", "unsafe")) - 100
     assert results["pareto"] == ["caver", "safe"]  # unsafe and prude are each beaten on one axis
-    assert results["attack_success"]["unsafe"]["rate"] == 1.0 and results["over_refusal"]["prude"]["rate"] == 1.0
+    assert (
+        results["attack_success"]["unsafe"]["rate"] == 1.0
+        and results["over_refusal"]["prude"]["rate"] == 1.0
+    )
     red_safe = [s for s in samples if s["model"] == "safe" and s["set"] == "red_team"]
-    assert red_safe[0]["judgements"]["p_win_harmless"] == pytest.approx({"caver": 0.5, "unsafe": 0.9, "prude": 0.5})
+    assert red_safe[0]["judgements"]["p_win_harmless"] == pytest.approx(
+        {"caver": 0.5, "unsafe": 0.9, "prude": 0.5}
+    )
     assert any(HARMLESS_QUESTION in p[-1]["content"] for p in judge.asked)

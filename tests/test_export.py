@@ -30,7 +30,10 @@ def export(*args: str):
 def behaviour(model: Path) -> tuple[list[str], list[list[float]]]:
     """Greedy continuations and next-token log-probs: what a stage would see of the model."""
     backend = LocalBackend(str(model), batch_size=4)
-    texts = [c.text for c in backend.generate([GenerationRequest(prompt=p, max_tokens=8) for p in PROMPTS])]
+    texts = [
+        c.text
+        for c in backend.generate([GenerationRequest(prompt=p, max_tokens=8) for p in PROMPTS])
+    ]
     return texts, backend.choice_logprobs(PROMPTS, [" A", " B", " the"])
 
 
@@ -43,11 +46,19 @@ def lora_checkpoint(tiny_model_dir, tmp_path_factory) -> Path:
 
     torch.manual_seed(1)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules="all-linear",
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
     path = tmp_path_factory.mktemp("lora")
     get_peft_model(base, config).save_pretrained(path)
     adapter = json.loads((path / "adapter_config.json").read_text())
-    (path / "adapter_config.json").write_text(json.dumps({**adapter, "base_model_name_or_path": str(tiny_model_dir)}))
+    (path / "adapter_config.json").write_text(
+        json.dumps({**adapter, "base_model_name_or_path": str(tiny_model_dir)})
+    )
     return path
 
 
@@ -98,7 +109,9 @@ def test_bad_export_requests_are_user_errors(args, message, tiny_model_dir, tmp_
     result = export(tiny_model_dir, "--out", out, *args)
     assert isinstance(result.exception, UserError) and message in str(result.exception)
     if out.exists():
-        assert [p.name for p in out.iterdir()] == ["keep.txt"]  # nothing touched, nothing half-written
+        assert [p.name for p in out.iterdir()] == [
+            "keep.txt"
+        ]  # nothing touched, nothing half-written
 
 
 def test_missing_model_is_a_user_error(tmp_path):
@@ -112,7 +125,18 @@ def test_vllm_backend_without_vllm_exits_2(tiny_model_dir, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "hi"}\n')
     out = tmp_path / "o.jsonl"
-    result = cai("generate", "--backend", "vllm", "--model", tiny_model_dir, "--prompts", prompts, "--out", out, "--no-cache")
+    result = cai(
+        "generate",
+        "--backend",
+        "vllm",
+        "--model",
+        tiny_model_dir,
+        "--prompts",
+        prompts,
+        "--out",
+        out,
+        "--no-cache",
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("cai: error: the vllm backend needs vLLM and a CUDA GPU")
     assert not out.exists()

@@ -9,8 +9,25 @@ from helpers import cai, run_and_kill, write_prompts
 
 
 def gen_args(model, prompts, out, cache):
-    return ["generate", "--model", model, "--prompts", prompts, "--out", out, "--cache", cache,
-            "--batch-size", "2", "--max-tokens", "80", "--temperature", "0.9", "--seed", "3"]
+    return [
+        "generate",
+        "--model",
+        model,
+        "--prompts",
+        prompts,
+        "--out",
+        out,
+        "--cache",
+        cache,
+        "--batch-size",
+        "2",
+        "--max-tokens",
+        "80",
+        "--temperature",
+        "0.9",
+        "--seed",
+        "3",
+    ]
 
 
 def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path, tiny_model_dir):
@@ -35,8 +52,20 @@ def test_same_seed_same_output_and_rows_keep_fields(tmp_path, tiny_model_dir):
     prompts = write_prompts(tmp_path / "p.jsonl", 3)
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     for out in (a, b):
-        r = cai("generate", "--model", tiny_model_dir, "--prompts", prompts, "--out", out,
-                "--no-cache", "--max-tokens", "8", "--seed", "1")
+        r = cai(
+            "generate",
+            "--model",
+            tiny_model_dir,
+            "--prompts",
+            prompts,
+            "--out",
+            out,
+            "--no-cache",
+            "--max-tokens",
+            "8",
+            "--seed",
+            "1",
+        )
         assert r.returncode == 0, r.stderr
     assert a.read_text() == b.read_text()
     rows = [json.loads(line) for line in a.read_text().splitlines()]
@@ -67,8 +96,16 @@ def _bad_inputs(tmp_path: Path):
 def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, tiny_model_dir):
     for prompts, model, expected in _bad_inputs(tmp_path):
         out = tmp_path / "out.jsonl"
-        r = cai("generate", "--prompts", prompts, "--out", out, "--no-cache",
-                "--model", model or tiny_model_dir)
+        r = cai(
+            "generate",
+            "--prompts",
+            prompts,
+            "--out",
+            out,
+            "--no-cache",
+            "--model",
+            model or tiny_model_dir,
+        )
         assert r.returncode == 2, (expected, r.stderr)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], (expected, r.stderr)

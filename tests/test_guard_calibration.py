@@ -141,5 +141,7 @@ def test_eval_says_when_the_calibrated_frr_does_not_transfer():
 
     report = {"input": {"frr": 0.15}, "output": {"frr": 0.06}, "exchange": {"frr": None}}
     [line] = transfer_warnings(report, 0.05)
-    assert line.startswith("warning: input FRR 15.0% is more than 2 points from the calibration target 5.0%")
+    assert line.startswith(
+        "warning: input FRR 15.0% is more than 2 points from the calibration target 5.0%"
+    )
     assert transfer_warnings(report, None) == []

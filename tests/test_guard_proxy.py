@@ -339,13 +339,17 @@ def test_tiny_model_upstream_through_the_proxy(tiny_upstream, tmp_path):
     assert len(shown) <= max(len(t) for t in passed) - 8
 
 
-def test_local_model_upstream_in_process_matches_the_served_one(tiny_upstream, tiny_model_dir, tmp_path):
+def test_local_model_upstream_in_process_matches_the_served_one(
+    tiny_upstream, tiny_model_dir, tmp_path
+):
     from constitutional.guard.proxy import local_upstream
 
     request = {"max_tokens": 16, "temperature": 1.0, "seed": 5}
     direct = post_chat(tiny_upstream, **request).json()["choices"][0]["message"]["content"]
     url, transport = local_upstream(str(tiny_model_dir))
-    app = create_guard_app(ScriptedGuard(marker=None), url, transport=transport, audit_db=tmp_path / "a.db")
+    app = create_guard_app(
+        ScriptedGuard(marker=None), url, transport=transport, audit_db=tmp_path / "a.db"
+    )
     with running_server(app) as base:
         assert post_chat(base, **request).json()["choices"][0]["message"]["content"] == direct
         shown, last, _ = stream_chat(base, **request)

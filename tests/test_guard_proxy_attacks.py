@@ -75,9 +75,14 @@ def metric(base: str, name: str) -> int:
 def answer(content=BENIGN, **extra_message):
     """A chat.completion whose first choice says `content`."""
     message = {"role": "assistant", "content": content, **extra_message}
-    return {"id": "up", "object": "chat.completion", "created": 0, "model": "up",
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10}}  # fmt: skip
+    return {
+        "id": "up",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "up",
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10},
+    }
 
 
 def chunk(delta, finish=None, **extra):
@@ -184,12 +189,22 @@ def test_stream_forwards_only_checked_content_and_token_counts(proxy, tmp_path):
     base, upstream = proxy
     upstream.events = [
         chunk({"role": "assistant", "content": "", "reasoning_content": HARMFUL}),
-        chunk({"content": BENIGN, "tool_calls": [{"function": {"arguments": HARMFUL}}]}, note=HARMFUL),
+        chunk(
+            {"content": BENIGN, "tool_calls": [{"function": {"arguments": HARMFUL}}]}, note=HARMFUL
+        ),
         {"id": "up", "choices": [], "note": HARMFUL},  # no usage: dropped
         chunk({}, "stop", system_fingerprint=HARMFUL),
-        {"id": "up", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3,
-                                             "note": HARMFUL}},
-    ]  # fmt: skip
+        {
+            "id": "up",
+            "choices": [],
+            "usage": {
+                "prompt_tokens": 1,
+                "completion_tokens": 2,
+                "total_tokens": 3,
+                "note": HARMFUL,
+            },
+        },
+    ]
     r, chunks = sse(base, stream_options={"include_usage": True})
     assert MARKER not in r.text
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
@@ -318,9 +333,12 @@ async def test_metrics_key_is_required_from_everywhere_once_set(tmp_path):
         ScriptedGuard(), "http://127.0.0.1:9/v1", audit_db=tmp_path / "a.db", metrics_key="m-key"
     )
     for host in ("203.0.113.7", "127.0.0.1"):
-        for headers, status in [({}, 401), ({"Authorization": "Bearer nope"}, 401),
-                                ({b"Authorization": b"Bearer \xc3\xa9\xff"}, 401),
-                                ({"Authorization": "Bearer m-key"}, 200)]:  # fmt: skip
+        for headers, status in [
+            ({}, 401),
+            ({"Authorization": "Bearer nope"}, 401),
+            ({b"Authorization": b"Bearer \xc3\xa9\xff"}, 401),
+            ({"Authorization": "Bearer m-key"}, 200),
+        ]:
             r = await _get(app, (host, 1), "/metrics", headers)
             assert r.status_code == status, (host, headers)
     assert "cai_guard_requests_total 0" in r.text

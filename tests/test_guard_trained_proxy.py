@@ -50,8 +50,18 @@ def guard_dir(tmp_path_factory):
     app = typer.Typer()
     app.command("train")(train)
     app.command("unused")(lambda: None)  # two commands: typer keeps the subcommand name
-    args = ["train", "--data", str(tmp / "guard.jsonl"), "--out", str(tmp / "guard"),
-            "--no-strong", "--encoder", "hashing", "--target-frr", "0.05"]  # fmt: skip
+    args = [
+        "train",
+        "--data",
+        str(tmp / "guard.jsonl"),
+        "--out",
+        str(tmp / "guard"),
+        "--no-strong",
+        "--encoder",
+        "hashing",
+        "--target-frr",
+        "0.05",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return tmp / "guard"
@@ -68,9 +78,20 @@ def served(guard_dir, tmp_path, monkeypatch):
     built = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: built.update(app=app))
     with running_server(upstream.app) as upstream_url:
-        serve(guard_dir=guard_dir, upstream=upstream_url, api_key=["k"], metrics_key=None,
-              upstream_api_key=None, audit_db=tmp_path / "audit.sqlite", fail_open=False,
-              holdback=16, max_check_chars=64_000, model_name="guarded", host="127.0.0.1", port=0)  # fmt: skip
+        serve(
+            guard_dir=guard_dir,
+            upstream=upstream_url,
+            api_key=["k"],
+            metrics_key=None,
+            upstream_api_key=None,
+            audit_db=tmp_path / "audit.sqlite",
+            fail_open=False,
+            holdback=16,
+            max_check_chars=64_000,
+            model_name="guarded",
+            host="127.0.0.1",
+            port=0,
+        )
         with running_server(built["app"]) as base:
             yield base, upstream, tmp_path / "audit.sqlite"
 

@@ -67,8 +67,11 @@ def keyword_cascade() -> Cascade:
 def buried(where: str, size: int = 25_000) -> str:
     padding = PADDING * (size // len(PADDING) + 1)
     half = len(padding) // 2
-    return {"start": SENTENCE + " " + padding, "middle": padding[:half] + SENTENCE + " " + padding[half:],
-            "end": padding + SENTENCE}[where]  # fmt: skip
+    return {
+        "start": SENTENCE + " " + padding,
+        "middle": padding[:half] + SENTENCE + " " + padding[half:],
+        "end": padding + SENTENCE,
+    }[where]
 
 
 def test_windows_cover_the_text_from_start_to_end():

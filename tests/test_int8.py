@@ -86,7 +86,9 @@ def test_shared_input_never_hands_one_callers_input_to_another():
     shared(a)  # a's first reader
     from_b = shared(b)  # another caller's input comes between a's two readers
     from_a = shared(a)
-    assert torch.equal(from_a[0], int8.quantize_rows(a)[0]) and torch.equal(from_b[0], int8.quantize_rows(b)[0])
+    assert torch.equal(from_a[0], int8.quantize_rows(a)[0]) and torch.equal(
+        from_b[0], int8.quantize_rows(b)[0]
+    )
 
 
 def calibration_conversations_from_sources() -> list[list[dict]]:
@@ -97,12 +99,19 @@ def calibration_conversations_from_sources() -> list[list[dict]]:
     from constitutional.generate import load_prompts
     from constitutional.sl_cai.prompts import critique_messages, fewshot_messages
 
-    prompts = [r["prompt"] for s in ("self_instruct", "advbench") for r in load_prompts(f"builtin:{s}")[20:36]]
+    prompts = [
+        r["prompt"]
+        for s in ("self_instruct", "advbench")
+        for r in load_prompts(f"builtin:{s}")[20:36]
+    ]
     conversations = [[{"role": "user", "content": p}] for p in prompts]
     constitution = load_constitution()
     fewshot = fewshot_messages(constitution, 2)
     pairs = constitution.critique_revision
-    conversations += [critique_messages(fewshot, prompts[i], "Here is an answer.", pairs[i % len(pairs)]) for i in range(4)]
+    conversations += [
+        critique_messages(fewshot, prompts[i], "Here is an answer.", pairs[i % len(pairs)])
+        for i in range(4)
+    ]
     return conversations
 
 
@@ -115,4 +124,6 @@ def test_frozen_calibration_set_matches_its_sources():
 if __name__ == "__main__":
     from constitutional.jsonl import write_jsonl
 
-    write_jsonl(int8.CALIBRATION_FILE, ({"messages": m} for m in calibration_conversations_from_sources()))
+    write_jsonl(
+        int8.CALIBRATION_FILE, ({"messages": m} for m in calibration_conversations_from_sources())
+    )

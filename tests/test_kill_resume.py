@@ -59,15 +59,39 @@ def tokens(manifest: Path, stage: str) -> dict:
 
 def write_prompts(path: Path, n: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"How would someone do bad thing {i}?"}) + "\n"
-                            for i in range(n)))  # fmt: skip
+    path.write_text(
+        "".join(
+            json.dumps({"id": f"q{i}", "prompt": f"How would someone do bad thing {i}?"}) + "\n"
+            for i in range(n)
+        )
+    )
     return path
 
 
 def label_args(model: Path, prompts: Path, out: Path) -> list:
-    return ["rl-cai", "label", "--policy", model, "--feedback", model, "--prompts", prompts, "--out", out,
-            "--cache", out.parent / "cache.sqlite", "--max-tokens", "24", "--batch-size", "4", "--fewshot", "0",
-            "--swap-average", "--seed", "5"]  # fmt: skip
+    return [
+        "rl-cai",
+        "label",
+        "--policy",
+        model,
+        "--feedback",
+        model,
+        "--prompts",
+        prompts,
+        "--out",
+        out,
+        "--cache",
+        out.parent / "cache.sqlite",
+        "--max-tokens",
+        "24",
+        "--batch-size",
+        "4",
+        "--fewshot",
+        "0",
+        "--swap-average",
+        "--seed",
+        "5",
+    ]
 
 
 def test_rl_cai_label_resumes_after_sigkill(tmp_path, tiny_model_dir):
@@ -82,14 +106,36 @@ def test_rl_cai_label_resumes_after_sigkill(tmp_path, tiny_model_dir):
 
     finish(*label_args(tiny_model_dir, prompts, out))
     assert_same_files(run, ref, "labels.jsonl", "labels.dpo.jsonl")
-    used, clean = tokens(run / "labels.jsonl.manifest.json", "rl_cai_label"), tokens(ref / "labels.jsonl.manifest.json", "rl_cai_label")
+    used, clean = (
+        tokens(run / "labels.jsonl.manifest.json", "rl_cai_label"),
+        tokens(ref / "labels.jsonl.manifest.json", "rl_cai_label"),
+    )
     assert used["calls"] == clean["calls"] and clean["cache_hits"] == 0
     assert used["cache_hits"] == killed_at  # every result stored before the kill, and only those
 
 
 def eval_args(model: Path, out: Path) -> list:
-    return ["eval", "--models", f"base={model}", "--judge", model, "--limit", "4", "--max-tokens", "16",
-            "--bootstrap", "20", "--batch-size", "2", "--seed", "5", "--out", out, "--cache", out.parent / "cache.sqlite"]  # fmt: skip
+    return [
+        "eval",
+        "--models",
+        f"base={model}",
+        "--judge",
+        model,
+        "--limit",
+        "4",
+        "--max-tokens",
+        "16",
+        "--bootstrap",
+        "20",
+        "--batch-size",
+        "2",
+        "--seed",
+        "5",
+        "--out",
+        out,
+        "--cache",
+        out.parent / "cache.sqlite",
+    ]
 
 
 def test_eval_resumes_after_sigkill(tmp_path, tiny_model_dir):
@@ -104,18 +150,39 @@ def test_eval_resumes_after_sigkill(tmp_path, tiny_model_dir):
     finish(*eval_args(tiny_model_dir, out))
     # eval.json names its samples file by path: compare it with that one field set aside.
     doc, ref_doc = (json.loads((d / "eval.json").read_text()) for d in (run, ref))
-    assert doc.pop("samples") == str(run / "eval.samples.jsonl") and ref_doc.pop("samples") == str(ref / "eval.samples.jsonl")
+    assert doc.pop("samples") == str(run / "eval.samples.jsonl") and ref_doc.pop("samples") == str(
+        ref / "eval.samples.jsonl"
+    )
     assert doc == ref_doc
     assert_same_files(run, ref, "eval.samples.jsonl")
-    used, clean = tokens(run / "eval.json.manifest.json", "eval"), tokens(ref / "eval.json.manifest.json", "eval")
+    used, clean = (
+        tokens(run / "eval.json.manifest.json", "eval"),
+        tokens(ref / "eval.json.manifest.json", "eval"),
+    )
     # The clean run may hit its own cache (the same greedy question asked twice); the resumed run
     # hits it once more for each result stored before the kill.
     assert used["calls"] == clean["calls"] and used["cache_hits"] == clean["cache_hits"] + killed_at
 
 
 def synth_args(model: Path, out: Path) -> list:
-    return ["guard", "synth", "--model", model, "--out", out, "--cache", out.parent / "cache.sqlite",
-            "--per-category", "1", "--augment", "roleplay,obfuscate", "--batch-size", "7", "--seed", "5"]  # fmt: skip
+    return [
+        "guard",
+        "synth",
+        "--model",
+        model,
+        "--out",
+        out,
+        "--cache",
+        out.parent / "cache.sqlite",
+        "--per-category",
+        "1",
+        "--augment",
+        "roleplay,obfuscate",
+        "--batch-size",
+        "7",
+        "--seed",
+        "5",
+    ]
 
 
 def test_guard_synth_resumes_after_sigkill(tmp_path, tiny_model_dir):
@@ -126,7 +193,9 @@ def test_guard_synth_resumes_after_sigkill(tmp_path, tiny_model_dir):
     out, cache = run / "guard.jsonl", run / "cache.sqlite"
     killed_at = run_and_kill(synth_args(tiny_model_dir, out), cache, at_least=4)
     assert 4 <= killed_at < asked
-    assert_nothing_written(run, out, run / "guard.discards.jsonl", run / "guard.jsonl.manifest.json")
+    assert_nothing_written(
+        run, out, run / "guard.discards.jsonl", run / "guard.jsonl.manifest.json"
+    )
 
     finish(*synth_args(tiny_model_dir, out))
     assert_same_files(run, ref, "guard.jsonl", "guard.discards.jsonl")
@@ -138,7 +207,9 @@ def test_guard_synth_resumes_after_sigkill(tmp_path, tiny_model_dir):
 
 def kill_when(args: list, ready: Callable[[], bool], timeout: float = 300) -> None:
     """Start `cai ARGS` and SIGKILL it as soon as `ready()` holds (polled every 10 ms)."""
-    proc = subprocess.Popen([*CAI, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*CAI, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + timeout
         while not ready() and proc.poll() is None and time.monotonic() < deadline:
@@ -155,13 +226,32 @@ def recipe(tmp_path: Path, model: Path) -> Path:
 
     prompts = write_prompts(tmp_path / "label-prompts.jsonl", 8)
     path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "kill", "seed": 5, "model": str(model), "backend": {"name": "local", "batch_size": 4},
-        "stages": {
-            "sl_cai": {"prompts": "builtin:advbench", "limit": 3, "rounds": 1, "max_tokens": 12, "fewshot": 0, "helpful_ratio": 0},
-            "label": {"prompts": str(prompts), "max_tokens": 16, "fewshot": 0, "swap_average": False},
-        },
-    }))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "kill",
+                "seed": 5,
+                "model": str(model),
+                "backend": {"name": "local", "batch_size": 4},
+                "stages": {
+                    "sl_cai": {
+                        "prompts": "builtin:advbench",
+                        "limit": 3,
+                        "rounds": 1,
+                        "max_tokens": 12,
+                        "fewshot": 0,
+                        "helpful_ratio": 0,
+                    },
+                    "label": {
+                        "prompts": str(prompts),
+                        "max_tokens": 16,
+                        "fewshot": 0,
+                        "swap_average": False,
+                    },
+                },
+            }
+        )
+    )
     return path
 
 

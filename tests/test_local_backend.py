@@ -12,7 +12,10 @@ from constitutional.errors import UserError
 CHATS = [
     [{"role": "user", "content": "Say hello."}],
     [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why is the sky blue?"}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Why is the sky blue?"},
+    ],
 ]
 
 
@@ -30,11 +33,15 @@ def test_greedy_batched_equals_one_by_one(backend):
 
 
 def test_sampling_depends_on_seed_not_on_batch(backend):
-    requests = [GenerationRequest(messages=m, temperature=1.0, max_tokens=10, seed=7) for m in CHATS]
+    requests = [
+        GenerationRequest(messages=m, temperature=1.0, max_tokens=10, seed=7) for m in CHATS
+    ]
     forward = [c.text for c in backend.generate(requests)]
     backward = [c.text for c in backend.generate(requests[::-1])][::-1]
     assert forward == backward
-    other_seed = [GenerationRequest(messages=m, temperature=1.0, max_tokens=10, seed=8) for m in CHATS]
+    other_seed = [
+        GenerationRequest(messages=m, temperature=1.0, max_tokens=10, seed=8) for m in CHATS
+    ]
     assert [c.text for c in backend.generate(other_seed)] != forward
 
 
@@ -84,7 +91,10 @@ def test_choice_logprobs_report_each_prompts_length_in_tokens(backend, choices):
     prompts = [CHATS[0], "The answer is", CHATS[2]]
     rows, tokens = backend.choice_logprobs_with_usage(prompts, choices)
     assert rows == backend.choice_logprobs(prompts, choices)
-    assert tokens == [len(backend.tokenizer(backend.render(p), add_special_tokens=False)["input_ids"]) for p in prompts]
+    assert tokens == [
+        len(backend.tokenizer(backend.render(p), add_special_tokens=False)["input_ids"])
+        for p in prompts
+    ]
 
 
 def test_plan_batches_is_a_function_of_the_requests():
@@ -109,7 +119,10 @@ def test_shared_prefix_is_prefilled_once_and_changes_nothing(backend):
     assert shared_prefix_len([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
     assert shared_prefix_len([[7, 8], [7, 8]]) == 1  # each row keeps a token of its own
     preamble = "Here are the rules you follow in every answer. " * 8
-    requests = [GenerationRequest(prompt=preamble + q, max_tokens=8) for q in ("Hi.", "Tell me a joke, please.", "Why?")]
+    requests = [
+        GenerationRequest(prompt=preamble + q, max_tokens=8)
+        for q in ("Hi.", "Tell me a joke, please.", "Why?")
+    ]
     ids = backend._encode([r.prompt for r in requests])
     assert shared_prefix_len(ids) >= MIN_SHARED_PREFIX
     inputs, common = backend._inputs_with_shared_prefix(ids)
@@ -131,11 +144,30 @@ def test_continuous_batching_returns_what_one_by_one_decoding_returns(tiny_model
     and still every row matches decoding it alone, greedy or sampled."""
     slots = LocalBackend(str(tiny_model_dir), batch_size=3)
     alone = LocalBackend(str(tiny_model_dir), batch_size=1)
-    words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "near", "the",
-             "river", "bank", "at", "dawn"]
+    words = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "a",
+        "lazy",
+        "dog",
+        "near",
+        "the",
+        "river",
+        "bank",
+        "at",
+        "dawn",
+    ]
     requests = [
-        GenerationRequest(prompt=" ".join(words[: 2 + 3 * i]), max_tokens=3 + (5 * i) % 11,
-                          temperature=0.9 if i % 3 == 0 else 0.0, seed=i)
+        GenerationRequest(
+            prompt=" ".join(words[: 2 + 3 * i]),
+            max_tokens=3 + (5 * i) % 11,
+            temperature=0.9 if i % 3 == 0 else 0.0,
+            seed=i,
+        )
         for i in range(8)
     ]
     together = slots.generate(requests)
@@ -149,8 +181,13 @@ def test_slots_shrink_to_fit_the_kv_memory_budget():
 
     from constitutional.backends.continuous import slots_for_budget
 
-    config = SimpleNamespace(num_hidden_layers=2, num_key_value_heads=1, num_attention_heads=4,
-                             head_dim=8, hidden_size=32)
+    config = SimpleNamespace(
+        num_hidden_layers=2,
+        num_key_value_heads=1,
+        num_attention_heads=4,
+        head_dim=8,
+        hidden_size=32,
+    )
     per_slot = 2 * 100 * (2 * 2 * 1 * 8 * 4)  # growth headroom x context x bytes per token
     assert slots_for_budget(config, 100, 64, budget=5 * per_slot) == 5
     assert slots_for_budget(config, 100, 3, budget=5 * per_slot) == 3  # never above the request
@@ -208,18 +245,28 @@ def test_prefix_attention_equals_attention_over_the_whole_context(kv_dtype, atol
     pk, pv = torch.randn(kv_heads, n_prefix, dim), torch.randn(kv_heads, n_prefix, dim)
     mask = torch.zeros(rows, 1, 1, cols)
     mask[2, ..., 0] = torch.finfo(torch.float32).min  # row 2 does not own its first column
-    prefix = SharedPrefix(list(range(n_prefix)), [pk.to(kv_dtype)], [pv.to(kv_dtype)],
-                          rows=torch.tensor([True, True, False]))
-    got, _ = prefix_attention(SimpleNamespace(layer_idx=0), q, k.to(kv_dtype), v.to(kv_dtype), mask,
-                              shared_prefix=prefix)
+    prefix = SharedPrefix(
+        list(range(n_prefix)),
+        [pk.to(kv_dtype)],
+        [pv.to(kv_dtype)],
+        rows=torch.tensor([True, True, False]),
+    )
+    got, _ = prefix_attention(
+        SimpleNamespace(layer_idx=0), q, k.to(kv_dtype), v.to(kv_dtype), mask, shared_prefix=prefix
+    )
     assert got.dtype == torch.float32
     if kv_dtype != torch.float32:  # no prefix either: the low-precision KV path, not SDPA
-        alone, _ = prefix_attention(SimpleNamespace(layer_idx=0), q[2:], k[2:].to(kv_dtype),
-                                    v[2:].to(kv_dtype), mask[2:])
+        alone, _ = prefix_attention(
+            SimpleNamespace(layer_idx=0), q[2:], k[2:].to(kv_dtype), v[2:].to(kv_dtype), mask[2:]
+        )
         assert torch.allclose(alone, got[2:], atol=1e-6)
 
-    full_k = torch.cat([pk.expand(rows, -1, -1, -1), k], dim=2).repeat_interleave(heads // kv_heads, 1)
-    full_v = torch.cat([pv.expand(rows, -1, -1, -1), v], dim=2).repeat_interleave(heads // kv_heads, 1)
+    full_k = torch.cat([pk.expand(rows, -1, -1, -1), k], dim=2).repeat_interleave(
+        heads // kv_heads, 1
+    )
+    full_v = torch.cat([pv.expand(rows, -1, -1, -1), v], dim=2).repeat_interleave(
+        heads // kv_heads, 1
+    )
     for r in range(2):
         want = F.scaled_dot_product_attention(q[r : r + 1], full_k[r : r + 1], full_v[r : r + 1])
         assert torch.allclose(got[r], want[0].transpose(0, 1), atol=atol)
@@ -241,17 +288,24 @@ def test_engine_holds_a_shared_prefix_once(backend, monkeypatch):
     monkeypatch.setattr(continuous.ContinuousBatcher, "_step", step)
     preamble = "Here are the rules you follow in every answer. " * 30
     assert len(backend._encode([preamble])[0]) >= continuous.MIN_HELD_PREFIX
-    requests = [GenerationRequest(prompt=preamble + q, max_tokens=4) for q in ("Hi.", "Why is the sky blue?")]
+    requests = [
+        GenerationRequest(prompt=preamble + q, max_tokens=4)
+        for q in ("Hi.", "Why is the sky blue?")
+    ]
     n_preamble = len(backend._encode([preamble])[0])
     batched = [c.text for c in backend.generate(requests)]
     assert seen and all(used for used, _ in seen)
-    assert max(width for _, width in seen) < n_preamble  # the timeline holds only the rows' own tokens
+    assert (
+        max(width for _, width in seen) < n_preamble
+    )  # the timeline holds only the rows' own tokens
     seen.clear()
     assert batched == [backend.generate([r])[0].text for r in requests]  # alone: no prefix held
     assert seen and not any(used for used, _ in seen)
 
 
-def test_prompts_extending_a_finished_row_reuse_its_kv_and_decode_the_same(tiny_model_dir, monkeypatch):
+def test_prompts_extending_a_finished_row_reuse_its_kv_and_decode_the_same(
+    tiny_model_dir, monkeypatch
+):
     """A critique-then-revision pattern: the second call's prompts extend the first call's rows
     (prompt + generated text). They start from the stored KV, and decode exactly what a backend
     without the store decodes, greedy or sampled, mixed with a prompt that extends nothing."""
@@ -265,13 +319,22 @@ def test_prompts_extending_a_finished_row_reuse_its_kv_and_decode_the_same(tiny_
 
     preamble = "Here are the rules you follow in every answer. " * 30  # long enough to be held once
     asks = ["Hi.", "Why is the sky blue?", "Name a river.", "Count to three."]
-    first = [GenerationRequest(prompt=preamble + q, max_tokens=6 + i, temperature=0.8 * (i % 2), seed=i)
-             for i, q in enumerate(asks)]
+    first = [
+        GenerationRequest(prompt=preamble + q, max_tokens=6 + i, temperature=0.8 * (i % 2), seed=i)
+        for i, q in enumerate(asks)
+    ]
     drafts = reusing.generate(first)
     assert [c.text for c in drafts] == [c.text for c in plain.generate(first)]
 
-    second = [GenerationRequest(prompt=r.prompt + c.text + " Now say it better.", max_tokens=5,
-                                temperature=r.temperature, seed=r.seed) for r, c in zip(first, drafts)]
+    second = [
+        GenerationRequest(
+            prompt=r.prompt + c.text + " Now say it better.",
+            max_tokens=5,
+            temperature=r.temperature,
+            seed=r.seed,
+        )
+        for r, c in zip(first, drafts)
+    ]
     second.append(GenerationRequest(prompt="Something new entirely.", max_tokens=5))
     for r, old in zip(second, first):
         reuse = reusing.kv_store.lookup(reusing._encode([r.prompt])[0])
@@ -310,29 +373,45 @@ def test_bf16_kv_decodes_from_fp32_prefill(tiny_model_dir):
     low = LocalBackend(str(tiny_model_dir), batch_size=3)
     low.kv_dtype = torch.bfloat16
     preamble = "Here are the rules you follow in every answer. " * 30
-    requests = [GenerationRequest(prompt=preamble + q, max_tokens=6, logprobs=0) for q in ("Hi.", "Why?", "Go on.")]
+    requests = [
+        GenerationRequest(prompt=preamble + q, max_tokens=6, logprobs=0)
+        for q in ("Hi.", "Why?", "Go on.")
+    ]
     for _ in range(2):  # the second time, each prompt starts from its stored row
         want, got = fp32.generate(requests), low.generate(requests)
         assert [c.logprobs[0].token for c in got] == [c.logprobs[0].token for c in want]
         assert all(c.completion_tokens == 6 for c in got)
-    assert low.kv_store.rows and all(r.keys[0].dtype == torch.bfloat16 for r in low.kv_store.rows.values())
+    assert low.kv_store.rows and all(
+        r.keys[0].dtype == torch.bfloat16 for r in low.kv_store.rows.values()
+    )
 
 
 def test_min_tokens_holds_off_eos_and_stop_strings(backend):
     tok = backend.tokenizer
     free = backend.generate([GenerationRequest(prompt="once upon", max_tokens=8, logprobs=0)])[0]
-    first = tok.convert_ids_to_tokens(tok.convert_tokens_to_ids(tok.tokenize(free.logprobs[0].token))[0])
+    first = tok.convert_ids_to_tokens(
+        tok.convert_tokens_to_ids(tok.tokenize(free.logprobs[0].token))[0]
+    )
     eos = tok.eos_token
     tok.eos_token = first  # the model's own first pick ends the reply: without min_tokens, at once
     try:
         request = GenerationRequest(prompt="once upon", max_tokens=8)
         assert backend.generate([request])[0].completion_tokens == 1
-        held = backend.generate([GenerationRequest(prompt="once upon", max_tokens=8, min_tokens=6)])[0]
+        held = backend.generate(
+            [GenerationRequest(prompt="once upon", max_tokens=8, min_tokens=6)]
+        )[0]
         assert held.completion_tokens >= 6 and not held.text.startswith(free.logprobs[0].token)
     finally:
         tok.eos_token = eos
     stop = free.text[1:3]
-    assert backend.generate([GenerationRequest(prompt="once upon", max_tokens=8, stop=[stop])])[0].completion_tokens < 8
-    late = backend.generate([GenerationRequest(prompt="once upon", max_tokens=8, stop=[stop], min_tokens=8)])[0]
+    assert (
+        backend.generate([GenerationRequest(prompt="once upon", max_tokens=8, stop=[stop])])[
+            0
+        ].completion_tokens
+        < 8
+    )
+    late = backend.generate(
+        [GenerationRequest(prompt="once upon", max_tokens=8, stop=[stop], min_tokens=8)]
+    )[0]
     assert late.completion_tokens == 8
     assert "min_tokens" not in request.to_dict()  # cache keys of requests without it are unchanged

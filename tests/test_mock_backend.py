@@ -48,8 +48,12 @@ def test_choice_logprobs_uniform_fixed_or_scripted():
     prompts = [[{"role": "user", "content": "A or B?"}], "raw prompt"]
     assert MockBackend().choice_logprobs(prompts, ["A", "B"]) == [[-math.log(2)] * 2] * 2
     fixed = MockBackend(scores=(-1.0, -2.0))
-    assert fixed.choice_logprobs(prompts, ["A", "B"]) == [[-1.0, -2.0]] * 2 and fixed.judged == prompts
-    by_prompt = MockBackend(scores=lambda p, choices: [0.0 if isinstance(p, str) else -1.0] * len(choices))
+    assert (
+        fixed.choice_logprobs(prompts, ["A", "B"]) == [[-1.0, -2.0]] * 2 and fixed.judged == prompts
+    )
+    by_prompt = MockBackend(
+        scores=lambda p, choices: [0.0 if isinstance(p, str) else -1.0] * len(choices)
+    )
     assert by_prompt.choice_logprobs(prompts, "123") == [[-1.0] * 3, [0.0] * 3]
     with pytest.raises(BackendError, match="2 entries for 3 choices"):
         fixed.choice_logprobs(prompts, ["A", "B", "C"])

@@ -231,7 +231,9 @@ def test_choice_logprobs_agree_with_local(local, base_url):
 # --- a scripted server for exact choice matching and missing logprobs ---------------------------
 
 
-def scripted_app(top_logprobs: list[dict] | None, seen: list[Request], usage: bool = True) -> FastAPI:
+def scripted_app(
+    top_logprobs: list[dict] | None, seen: list[Request], usage: bool = True
+) -> FastAPI:
     """Answers every chat request with "A" and, if given, these top_logprobs (and usage unless told not to)."""
     app = FastAPI()
 
@@ -246,7 +248,10 @@ def scripted_app(top_logprobs: list[dict] | None, seen: list[Request], usage: bo
         if top_logprobs is not None:
             entry = {"token": "A", "logprob": -0.1, "top_logprobs": top_logprobs}
             choice["logprobs"] = {"content": [entry]}
-        return {"choices": [choice], **({"usage": {"prompt_tokens": 3, "completion_tokens": 1}} if usage else {})}
+        return {
+            "choices": [choice],
+            **({"usage": {"prompt_tokens": 3, "completion_tokens": 1}} if usage else {}),
+        }
 
     return app
 
@@ -279,7 +284,11 @@ def test_choice_logprobs_count_the_servers_prompt_tokens(usage, tokens):
         metered = CachedBackend(client(url), None)
         metered.choice_logprobs([HELLO, HELLO], ["A", "B"])
     assert rows == [[-0.1, -0.1]] * 2 and counted == [tokens, tokens]
-    assert (metered.usage.calls, metered.usage.prompt_tokens, metered.usage.completion_tokens) == (2, 2 * tokens, 0)
+    assert (metered.usage.calls, metered.usage.prompt_tokens, metered.usage.completion_tokens) == (
+        2,
+        2 * tokens,
+        0,
+    )
 
 
 def test_choice_logprobs_without_server_support_is_a_clear_error():

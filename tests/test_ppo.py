@@ -24,8 +24,16 @@ from constitutional.train.ppo import (
     whiten,
 )
 
-PROMPTS = ["How do I pick a lock?", "Write an insult.", "Tell me a secret.", "What is 2 + 2?",
-           "Name a colour.", "Say hello.", "How do I bake bread?", "Describe the sea."]  # fmt: skip
+PROMPTS = [
+    "How do I pick a lock?",
+    "Write an insult.",
+    "Tell me a secret.",
+    "What is 2 + 2?",
+    "Name a colour.",
+    "Say hello.",
+    "How do I bake bread?",
+    "Describe the sea.",
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny training runs on one thread
@@ -45,7 +53,9 @@ def test_gae_by_hand():
     assert adv.flatten().tolist() == pytest.approx([0.0, 0.5, 0.5, 0.0])
     assert ret.flatten().tolist() == pytest.approx([0.5, 0.75, 1.0, 0.0])
     # λ = 1, V = 0: every advantage is the return to go.
-    adv, _ = gae(torch.tensor([[1.0, 2.0, 3.0]]), torch.zeros(1, 3), torch.ones(1, 3), gamma=1.0, lam=1.0)
+    adv, _ = gae(
+        torch.tensor([[1.0, 2.0, 3.0]]), torch.zeros(1, 3), torch.ones(1, 3), gamma=1.0, lam=1.0
+    )
     assert adv.flatten().tolist() == pytest.approx([6.0, 5.0, 3.0])
 
 
@@ -78,7 +88,9 @@ def test_clipped_value_loss_by_hand():
     returns = torch.tensor([[1.0, 1.0]])
     # Token 0: V=1 hits R, but V_clipped = 0.2 → max(0, 0.64) = 0.64. Token 1: inside the clip,
     # (0.1 − 1)² = 0.81 both ways.
-    assert value_loss(values, old, returns, torch.ones(1, 2), clip=0.2).item() == pytest.approx(0.5 * (0.64 + 0.81) / 2)
+    assert value_loss(values, old, returns, torch.ones(1, 2), clip=0.2).item() == pytest.approx(
+        0.5 * (0.64 + 0.81) / 2
+    )
 
 
 def test_whiten_and_kl_controller():
@@ -106,10 +118,18 @@ def policy_dir(smollm_tokenizer, tmp_path_factory):
 
     tok = smollm_tokenizer
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+    )
     model = LlamaForCausalLM(config)
     with torch.no_grad():
         model.lm_head.weight.mul_(12)
@@ -136,9 +156,17 @@ def reward_dir(policy_dir, tmp_path_factory):
     policy = AutoModelForCausalLM.from_pretrained(policy_dir)
     tok = AutoTokenizer.from_pretrained(policy_dir)
     torch.manual_seed(1)
-    config = LlamaConfig(vocab_size=policy.config.vocab_size, hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4, num_labels=1,
-                         pad_token_id=policy.config.pad_token_id, eos_token_id=policy.config.eos_token_id)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=policy.config.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        num_labels=1,
+        pad_token_id=policy.config.pad_token_id,
+        eos_token_id=policy.config.eos_token_id,
+    )
     pm = LlamaForSequenceClassification(config)
     u = torch.nn.functional.normalize(torch.randn(64), dim=0)
     with torch.no_grad():
@@ -160,8 +188,15 @@ def prompts_file(tmp_path_factory):
     return path
 
 
-RUN = {"steps": 14, "batch_size": 8, "ppo_epochs": 2, "minibatch_size": 4, "learning_rate": 3e-3, "max_new_tokens": 12,
-       "seed": 0}  # fmt: skip
+RUN = {
+    "steps": 14,
+    "batch_size": 8,
+    "ppo_epochs": 2,
+    "minibatch_size": 4,
+    "learning_rate": 3e-3,
+    "max_new_tokens": 12,
+    "seed": 0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +205,9 @@ def runs(policy_dir, reward_dir, prompts_file, tmp_path_factory):
     root = tmp_path_factory.mktemp("ppo-runs")
     out = {}
     for name, beta in (("small", 0.01), ("large", 1.0)):
-        summary = train_ppo(prompts_file, str(policy_dir), reward_dir, root / name, beta=beta, **RUN)
+        summary = train_ppo(
+            prompts_file, str(policy_dir), reward_dir, root / name, beta=beta, **RUN
+        )
         out[name] = (root / name, summary, json.loads((root / name / "train_log.json").read_text()))
     return out
 
@@ -182,7 +219,15 @@ def mean(xs):
 def test_ppo_raises_the_reward(runs):
     _, summary, log = runs["small"]
     assert len(log) == summary["steps"] == 14
-    assert set(log[0]) >= {"step", "reward", "kl", "response_length", "policy_loss", "value_loss", "beta"}
+    assert set(log[0]) >= {
+        "step",
+        "reward",
+        "kl",
+        "response_length",
+        "policy_loss",
+        "value_loss",
+        "beta",
+    }
     first, last = mean([e["reward"] for e in log[:3]]), mean([e["reward"] for e in log[-3:]])
     assert last > first + 0.1, (first, last)  # per-rollout noise: ~0.04
     assert all(1 <= e["response_length"] <= 12 for e in log)
@@ -191,19 +236,27 @@ def test_ppo_raises_the_reward(runs):
 def test_large_beta_keeps_kl_smaller(runs):
     small, large = runs["small"][2], runs["large"][2]
     kl_small, kl_large = mean([e["kl"] for e in small[-3:]]), mean([e["kl"] for e in large[-3:]])
-    assert small[0]["kl"] == pytest.approx(0.0, abs=1e-4) and large[0]["kl"] == pytest.approx(0.0, abs=1e-4)
+    assert small[0]["kl"] == pytest.approx(0.0, abs=1e-4) and large[0]["kl"] == pytest.approx(
+        0.0, abs=1e-4
+    )
     assert kl_large < kl_small, (kl_small, kl_large)
 
 
 def test_checkpoint_loads_in_local_backend(runs, policy_dir, reward_dir):
     out, _, _ = runs["small"]
     meta = json.loads((out / "cai_checkpoint.json").read_text())
-    assert meta["kind"] == "ppo" and meta["beta"] == 0.01 and meta["reward_model"] == str(reward_dir.resolve())
+    assert (
+        meta["kind"] == "ppo"
+        and meta["beta"] == 0.01
+        and meta["reward_model"] == str(reward_dir.resolve())
+    )
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(policy_dir.resolve())
     assert "<polyline" in (out / "reward.svg").read_text()
     backend = LocalBackend(str(out))
-    [done] = backend.generate([GenerationRequest(prompt="Say hello.", max_tokens=4, temperature=0.0)])
+    [done] = backend.generate(
+        [GenerationRequest(prompt="Say hello.", max_tokens=4, temperature=0.0)]
+    )
     assert isinstance(done.text, str)
 
 
@@ -225,8 +278,23 @@ def test_cli_runs_one_step(policy_dir, reward_dir, prompts_file, tmp_path):
     app = typer.Typer()
     app.command()(ppo)
     out = tmp_path / "cli"
-    args = ["--prompts", str(prompts_file), "--policy", str(policy_dir), "--reward-model", str(reward_dir),
-            "--out", str(out), "--steps", "1", "--batch-size", "2", "--max-new-tokens", "4", "--adaptive-kl"]  # fmt: skip
+    args = [
+        "--prompts",
+        str(prompts_file),
+        "--policy",
+        str(policy_dir),
+        "--reward-model",
+        str(reward_dir),
+        "--out",
+        str(out),
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--adaptive-kl",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "trained 1 steps" in result.output
@@ -270,18 +338,28 @@ def test_ppo_with_the_judge_reward(policy_dir, prompts_file, tmp_path):
     assert isinstance(judge, Backend)
     out = tmp_path / "judge"
     run = {**RUN, "steps": 2, "batch_size": 4, "ppo_epochs": 1, "max_new_tokens": 6}
-    summary = train_ppo(prompts_file, str(policy_dir), None, out, reward="judge", judge=judge, beta=0.05, **run)
+    summary = train_ppo(
+        prompts_file, str(policy_dir), None, out, reward="judge", judge=judge, beta=0.05, **run
+    )
     log = json.loads((out / "train_log.json").read_text())
     assert [len(c) for c in judge.calls] == [4, 4]  # every sampled response rated, once
-    assert [e["reward"] for e in log] == pytest.approx([mean(c) for c in judge.calls])  # the judge's scores drive PPO
-    assert summary["reward_last"] == pytest.approx(mean(judge.calls[-1])) and log[-1]["unscored"] == 0
+    assert [e["reward"] for e in log] == pytest.approx(
+        [mean(c) for c in judge.calls]
+    )  # the judge's scores drive PPO
+    assert (
+        summary["reward_last"] == pytest.approx(mean(judge.calls[-1])) and log[-1]["unscored"] == 0
+    )
     meta = json.loads((out / "cai_checkpoint.json").read_text())
     assert meta["reward_model"] is None and meta["reward"]["kind"] == "judge"
-    assert meta["reward"]["feedback"] == "length-judge" and meta["reward"]["scale"] == list("123456789")
+    assert meta["reward"]["feedback"] == "length-judge" and meta["reward"]["scale"] == list(
+        "123456789"
+    )
     assert meta["reward"]["constitution"]["hash"] == load_constitution("default").hash
 
 
-def test_cli_judge_reward_and_its_mistakes(policy_dir, reward_dir, tiny_model_dir, prompts_file, tmp_path):
+def test_cli_judge_reward_and_its_mistakes(
+    policy_dir, reward_dir, tiny_model_dir, prompts_file, tmp_path
+):
     import typer
     from typer.testing import CliRunner
 
@@ -289,11 +367,23 @@ def test_cli_judge_reward_and_its_mistakes(policy_dir, reward_dir, tiny_model_di
 
     app = typer.Typer()
     app.command()(ppo)
-    base = ["--prompts", str(prompts_file), "--policy", str(policy_dir), "--steps", "1", "--batch-size", "2",
-            "--max-new-tokens", "4"]  # fmt: skip
+    base = [
+        "--prompts",
+        str(prompts_file),
+        "--policy",
+        str(policy_dir),
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--max-new-tokens",
+        "4",
+    ]
     # A real feedback model (the tiny random Llama) through the local backend.
     out = tmp_path / "cli-judge"
-    result = CliRunner().invoke(app, [*base, "--out", str(out), "--reward", "judge", "--feedback", str(tiny_model_dir)])
+    result = CliRunner().invoke(
+        app, [*base, "--out", str(out), "--reward", "judge", "--feedback", str(tiny_model_dir)]
+    )
     assert result.exit_code == 0, result.output
     assert "trained 1 steps, judge reward" in result.output
     meta = json.loads((out / "cai_checkpoint.json").read_text())
@@ -302,11 +392,27 @@ def test_cli_judge_reward_and_its_mistakes(policy_dir, reward_dir, tiny_model_di
     for extra, message in [
         (["--reward", "judge"], "--reward judge needs --feedback"),
         (["--reward", "pm"], "--reward pm needs --reward-model"),
-        (["--reward", "judge", "--feedback", "embedded", "--reward-model", str(reward_dir)], "--reward-model is for --reward pm"),
-        (["--reward", "judge", "--feedback", "embedded", "--constitution", str(tmp_path / "no.yaml")], "no.yaml"),
+        (
+            ["--reward", "judge", "--feedback", "embedded", "--reward-model", str(reward_dir)],
+            "--reward-model is for --reward pm",
+        ),
+        (
+            [
+                "--reward",
+                "judge",
+                "--feedback",
+                "embedded",
+                "--constitution",
+                str(tmp_path / "no.yaml"),
+            ],
+            "no.yaml",
+        ),
         (["--reward", "rm"], "--reward must be one of pm, judge"),
     ]:
         result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "never"), *extra])
-        assert isinstance(result.exception, UserError) and result.exception.exit_code == 2, (extra, result.output)
+        assert isinstance(result.exception, UserError) and result.exception.exit_code == 2, (
+            extra,
+            result.output,
+        )
         assert message in str(result.exception)
     assert not (tmp_path / "never").exists()

@@ -26,7 +26,10 @@ from constitutional.train.preference_model import (
 )
 
 REFUSAL = "Sorry, I can't help with that."
-COMPLY = ["Sure! Step one: get the {t}. Step two: use it.", "Of course, here is how: buy a {t} and go."]
+COMPLY = [
+    "Sure! Step one: get the {t}. Step two: use it.",
+    "Of course, here is how: buy a {t} and go.",
+]
 TOPICS = ["lock", "car", "cake", "kite", "fence", "boat", "lamp", "drum"]
 
 
@@ -39,8 +42,16 @@ def label_row(i: int, rng: random.Random, **extra) -> dict:
     comply = COMPLY[i % len(COMPLY)].format(t=topic)
     refusal_is_a = rng.random() < 0.5
     a, b = (REFUSAL, comply) if refusal_is_a else (comply, REFUSAL)
-    return {"id": f"q{i}", "source": "ai", "prompt": f"Q{i}: how do I take the {topic}?", "response_a": a,
-            "response_b": b, "p_a": 0.8 if refusal_is_a else 0.2, "discarded": False, **extra}  # fmt: skip
+    return {
+        "id": f"q{i}",
+        "source": "ai",
+        "prompt": f"Q{i}: how do I take the {topic}?",
+        "response_a": a,
+        "response_b": b,
+        "p_a": 0.8 if refusal_is_a else 0.2,
+        "discarded": False,
+        **extra,
+    }
 
 
 def write_jsonl(path, rows):
@@ -52,7 +63,9 @@ def write_jsonl(path, rows):
 def labels(tmp_path_factory):
     rng = random.Random(0)
     rows = [label_row(i, rng) for i in range(60)]
-    rows.insert(7, {**label_row(99, rng), "discarded": True, "p_a": None, "reason": "identical responses"})
+    rows.insert(
+        7, {**label_row(99, rng), "discarded": True, "p_a": None, "reason": "identical responses"}
+    )
     return write_jsonl(tmp_path_factory.mktemp("pm-data") / "prefs.jsonl", rows)
 
 
@@ -60,8 +73,17 @@ def labels(tmp_path_factory):
 def trained(tiny_model_dir, labels, tmp_path_factory):
     """One LoRA PM shared by the tests below (training is the slow part)."""
     out = tmp_path_factory.mktemp("pm") / "ckpt"
-    summary = train_preference_model(labels, str(tiny_model_dir), out, learning_rate=5e-3, batch_size=8,
-                                     epochs=4, eval_fraction=0.25, max_length=64, seed=0)  # fmt: skip
+    summary = train_preference_model(
+        labels,
+        str(tiny_model_dir),
+        out,
+        learning_rate=5e-3,
+        batch_size=8,
+        epochs=4,
+        eval_fraction=0.25,
+        max_length=64,
+        seed=0,
+    )
     return out, summary
 
 
@@ -103,8 +125,12 @@ def test_soft_bce_gradient_is_sigmoid_minus_label():
 def test_metrics_by_hand():
     d = math.log(3)  # σ = 0.75
     m = preference_metrics([d, d, -d, 0.3], [0.8, 0.3, 0.2, 0.5], bins=10)
-    assert m["pairs"] == 4 and m["decisive"] == 3 and m["accuracy"] == pytest.approx(2 / 3)  # tie ignored
-    assert m["mean_bce"] == pytest.approx((bce(d, 0.8) + bce(d, 0.3) + bce(-d, 0.2) + bce(0.3, 0.5)) / 4)
+    assert (
+        m["pairs"] == 4 and m["decisive"] == 3 and m["accuracy"] == pytest.approx(2 / 3)
+    )  # tie ignored
+    assert m["mean_bce"] == pytest.approx(
+        (bce(d, 0.8) + bce(d, 0.3) + bce(-d, 0.2) + bce(0.3, 0.5)) / 4
+    )
     # Bins: σ=0.25 with label 0.2; σ(0.3)=0.574 with 0.5; σ=0.75 twice with mean label 0.55.
     q = 1 / (1 + math.exp(-0.3))
     assert m["ece"] == pytest.approx((0.05 + abs(q - 0.5) + 2 * 0.2) / 4)
@@ -129,7 +155,11 @@ def test_learns_a_known_preference(trained, labels):
 
     metrics = json.loads((out / "metrics.json").read_text())
     held = metrics["held_out"]
-    assert held["accuracy"] == summary["accuracy"] and held["pairs"] == 15 and metrics["discarded_rows"] == 1
+    assert (
+        held["accuracy"] == summary["accuracy"]
+        and held["pairs"] == 15
+        and metrics["discarded_rows"] == 1
+    )
     # Accuracy alone could be luck (a random head may rank the one refusal text above the rest);
     # calibration is not: soft labels teach σ(Δ) ≈ 0.8, so held-out BCE nears the labels'
     # entropy (log 2 = 0.693 untrained) and ECE is small. Hard labels would push σ(Δ) to 1.
@@ -144,7 +174,9 @@ def test_learns_a_known_preference(trained, labels):
     # LoRA: adapter + trained head, naming its base; nothing left beside `out`.
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["task_type"] == "SEQ_CLS" and "score" in adapter["modules_to_save"]
-    assert not (out / "model.safetensors").exists() and [p.name for p in out.parent.iterdir()] == ["ckpt"]
+    assert not (out / "model.safetensors").exists() and [p.name for p in out.parent.iterdir()] == [
+        "ckpt"
+    ]
 
 
 def test_saved_checkpoint_scores_like_the_trained_model(trained, labels, tiny_model_dir):
@@ -162,8 +194,15 @@ def test_saved_checkpoint_scores_like_the_trained_model(trained, labels, tiny_mo
     rows = []
     for i in range(100, 108):
         rows.append({"prompt": f"Q{i}: how do I take the {TOPICS[i % 8]}?", "response": REFUSAL})
-        rows.append({"prompt": f"Q{i}: how do I take the {TOPICS[i % 8]}?", "response": COMPLY[i % 2].format(t=TOPICS[i % 8])})
-    rewards = score(model, tok, rows, batch_size=5)  # batches of mixed lengths: padding is exercised
+        rows.append(
+            {
+                "prompt": f"Q{i}: how do I take the {TOPICS[i % 8]}?",
+                "response": COMPLY[i % 2].format(t=TOPICS[i % 8]),
+            }
+        )
+    rewards = score(
+        model, tok, rows, batch_size=5
+    )  # batches of mixed lengths: padding is exercised
     gaps = [r - c for r, c in zip(rewards[0::2], rewards[1::2])]
     # Ranked, and by the gap the 0.8 labels imply: logit(0.8) = log 4.
     assert all(abs(g - math.log(4)) < 0.4 for g in gaps), gaps
@@ -173,8 +212,16 @@ def test_saved_checkpoint_scores_like_the_trained_model(trained, labels, tiny_mo
 
 def test_full_fine_tune_saves_a_loadable_model(tiny_model_dir, labels, tmp_path):
     out = tmp_path / "full"
-    summary = train_preference_model(labels, str(tiny_model_dir), out, lora=False, max_steps=2, batch_size=4,
-                                     learning_rate=1e-3, max_length=48)  # fmt: skip
+    summary = train_preference_model(
+        labels,
+        str(tiny_model_dir),
+        out,
+        lora=False,
+        max_steps=2,
+        batch_size=4,
+        learning_rate=1e-3,
+        max_length=48,
+    )
     assert summary["steps"] == 2 and summary["eval_pairs"] == 6
     assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
     model, tok = load_preference_model(out)
@@ -198,7 +245,11 @@ PAIR = {"prompt": "q", "response_a": "a", "response_b": "b"}
         ([{**PAIR, "p_a": None}], 1, "must be a number"),
         ([{**PAIR, "p_a": True}], 1, "must be a number"),
         ([{"prompt": "q", "response_a": "a", "p_a": 0.4}], 1, "response_b"),
-        ([{"prompt": "q", "chosen": "a", "rejected": "b", "p_chosen": 2}], 1, "labels outside [0,1]"),
+        (
+            [{"prompt": "q", "chosen": "a", "rejected": "b", "p_chosen": 2}],
+            1,
+            "labels outside [0,1]",
+        ),
         ([{**PAIR, "discarded": True, "p_a": None}], None, "no preference pairs"),
     ],
 )
@@ -223,13 +274,21 @@ def test_only_preference_models_load(tiny_model_dir, tmp_path):
 
 def test_trl_rows_are_read_with_chosen_as_a(tmp_path):
     rows = [
-        {"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "yes"}],
-         "rejected": [{"role": "assistant", "content": "no"}], "p_chosen": 0.7, "id": "x"},
+        {
+            "prompt": [{"role": "user", "content": "q"}],
+            "chosen": [{"role": "assistant", "content": "yes"}],
+            "rejected": [{"role": "assistant", "content": "no"}],
+            "p_chosen": 0.7,
+            "id": "x",
+        },
         {"prompt": "q2", "chosen": "good", "rejected": "bad"},
-    ]  # fmt: skip
+    ]
     pairs, discarded = load_preference_pairs(write_jsonl(tmp_path / "p.dpo.jsonl", rows))
     assert discarded == 0 and [p["p_a"] for p in pairs] == [0.7, 1.0]
-    assert pairs[1]["a"] == [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "good"}]
+    assert pairs[1]["a"] == [
+        {"role": "user", "content": "q2"},
+        {"role": "assistant", "content": "good"},
+    ]
 
 
 # -- CLI -----------------------------------------------------------------------------------------
@@ -244,10 +303,14 @@ def cli() -> typer.Typer:
 
 def test_cli_score_adds_rewards(trained, tmp_path):
     out, _ = trained
-    rows = [{"id": "r", "prompt": "Q1: how do I take the car?", "response": REFUSAL},
-            {"id": "c", "prompt": "Q1: how do I take the car?", "response": COMPLY[0].format(t="car")}]  # fmt: skip
+    rows = [
+        {"id": "r", "prompt": "Q1: how do I take the car?", "response": REFUSAL},
+        {"id": "c", "prompt": "Q1: how do I take the car?", "response": COMPLY[0].format(t="car")},
+    ]
     src, dst = write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "scored.jsonl"
-    result = CliRunner().invoke(cli(), ["score", "--model", str(out), "--input", str(src), "--out", str(dst)])
+    result = CliRunner().invoke(
+        cli(), ["score", "--model", str(out), "--input", str(src), "--out", str(dst)]
+    )
     assert result.exit_code == 0, result.output
     scored = [json.loads(line) for line in dst.read_text().splitlines()]
     assert [r["id"] for r in scored] == ["r", "c"] and scored[0]["reward"] > scored[1]["reward"]
@@ -255,8 +318,15 @@ def test_cli_score_adds_rewards(trained, tmp_path):
 
 def test_cli_errors_are_user_errors(tmp_path, labels):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "q", "response": 3}])
-    result = CliRunner().invoke(cli(), ["score", "--model", str(tmp_path), "--input", str(bad), "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        cli(),
+        ["score", "--model", str(tmp_path), "--input", str(bad), "--out", str(tmp_path / "o")],
+    )
     assert isinstance(result.exception, UserError) and f"{bad}:1:" in str(result.exception)
-    bad_labels = write_jsonl(tmp_path / "l.jsonl", [{"prompt": "q", "response_a": "a", "response_b": "b", "p_a": 7}])
-    result = CliRunner().invoke(cli(), ["train-pm", "--data", str(bad_labels), "--out", str(tmp_path / "pm")])
+    bad_labels = write_jsonl(
+        tmp_path / "l.jsonl", [{"prompt": "q", "response_a": "a", "response_b": "b", "p_a": 7}]
+    )
+    result = CliRunner().invoke(
+        cli(), ["train-pm", "--data", str(bad_labels), "--out", str(tmp_path / "pm")]
+    )
     assert isinstance(result.exception, UserError) and "outside [0,1]" in str(result.exception)

@@ -72,18 +72,35 @@ def test_rules_first_match_and_worst_grade_fallback(tmp_path):
     assert props.grade("comply", {"apology": True, "refusal": False}) == "good"
     assert [props.rank(g) for g in props.grades] == [0, 1, 2]
     # The hash follows content, not formatting.
-    again = load_propositions(write(tmp_path / "again.yaml", "# a comment\n" + MINI.replace("{apology: true, refusal: true}", "{refusal: true, apology: true}")))
+    again = load_propositions(
+        write(
+            tmp_path / "again.yaml",
+            "# a comment\n"
+            + MINI.replace("{apology: true, refusal: true}", "{refusal: true, apology: true}"),
+        )
+    )
     assert again.hash == props.hash
 
 
-@pytest.mark.parametrize("edit, line, message", [
-    (("  - id: refusal\n", "  - id: apology\n"), 6, "duplicate 'apology' (first used on line 4)"),
-    (("when: {refusal: true}\n  comply", "when: {refusals: true}\n  comply"), 13, "unknown proposition 'refusals'"),
-    (("    - grade: meh", "    - grade: fine"), 12, "unknown grade 'fine'"),
-    (("name: mini", "name: mini\ncolour: red"), 2, "unknown key 'colour'"),
-    (("    question: Does it refuse?", "    question:"), 7, "must not be empty"),
-    (("  - id: apology", "  - id: Apology!"), 4, "is not allowed here"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "edit, line, message",
+    [
+        (
+            ("  - id: refusal\n", "  - id: apology\n"),
+            6,
+            "duplicate 'apology' (first used on line 4)",
+        ),
+        (
+            ("when: {refusal: true}\n  comply", "when: {refusals: true}\n  comply"),
+            13,
+            "unknown proposition 'refusals'",
+        ),
+        (("    - grade: meh", "    - grade: fine"), 12, "unknown grade 'fine'"),
+        (("name: mini", "name: mini\ncolour: red"), 2, "unknown key 'colour'"),
+        (("    question: Does it refuse?", "    question:"), 7, "must not be empty"),
+        (("  - id: apology", "  - id: Apology!"), 4, "is not allowed here"),
+    ],
+)
 def test_yaml_errors_name_file_and_line(tmp_path, edit, line, message):
     path = write(tmp_path / "bad.yaml", MINI.replace(*edit))
     with pytest.raises(UserError) as err:
@@ -93,8 +110,12 @@ def test_yaml_errors_name_file_and_line(tmp_path, edit, line, message):
 
 def test_gold_rows_are_checked_with_their_line(tmp_path):
     props = load_propositions(write(tmp_path / "mini.yaml", MINI))
-    good = {"conversation": [{"role": "user", "content": "hi"}], "response": "no", "response_class": "refuse",
-            "labels": {"apology": False, "refusal": True}}  # fmt: skip
+    good = {
+        "conversation": [{"role": "user", "content": "hi"}],
+        "response": "no",
+        "response_class": "refuse",
+        "labels": {"apology": False, "refusal": True},
+    }
     for row, message in [
         ({**good, "labels": {"apology": False}}, "labels lack refusal"),
         ({**good, "response_class": "maybe"}, "response_class must be one of refuse, comply"),
@@ -115,7 +136,16 @@ def test_gold_rows_are_checked_with_their_line(tmp_path):
 
 
 def test_p_yes_by_hand():
-    lp = [math.log(0.3), math.log(0.1), -math.inf, -math.inf, math.log(0.2), -math.inf, -math.inf, -math.inf]
+    lp = [
+        math.log(0.3),
+        math.log(0.1),
+        -math.inf,
+        -math.inf,
+        math.log(0.2),
+        -math.inf,
+        -math.inf,
+        -math.inf,
+    ]
     assert p_yes(lp) == pytest.approx(0.4 / 0.6)  # (.3 + .1) / (.3 + .1 + .2)
     assert p_yes([-1e4] + [-math.inf] * 7) == 1.0  # no underflow far down the tail
     assert p_yes([-math.inf] * 4 + [0.0] * 4) == 0.0
@@ -126,7 +156,9 @@ def test_features_are_propositions_then_rule_products(tmp_path):
     props = load_propositions(write(tmp_path / "mini.yaml", MINI))
     probs = np.array([[0.5, 0.8], [0.0, 1.0]])  # columns: apology, refusal
     # refuse rules: apology∧refusal = .5·.8 = .4; refusal = .8.
-    assert features(props, "refuse", probs) == pytest.approx(np.array([[0.5, 0.8, 0.4, 0.8], [0.0, 1.0, 0.0, 1.0]]))
+    assert features(props, "refuse", probs) == pytest.approx(
+        np.array([[0.5, 0.8, 0.4, 0.8], [0.0, 1.0, 0.0, 1.0]])
+    )
     # comply's one rule wants refusal false: 1 - .8 = .2.
     assert features(props, "comply", probs)[:, 2] == pytest.approx([0.2, 0.0])
 
@@ -149,14 +181,18 @@ def test_fit_recovers_planted_weights():
     def sample(n):
         x = rng.random((n, len(planted)))
         utility = x @ planted
-        ranks = 3 - np.digitize(utility, np.quantile(utility, [0.25, 0.5, 0.75]))  # 0 best .. 3 worst
+        ranks = 3 - np.digitize(
+            utility, np.quantile(utility, [0.25, 0.5, 0.75])
+        )  # 0 best .. 3 worst
         return x, ranks
 
     x, ranks = sample(250)
     w = fit_weights(x, ranks, c=100.0, seed=0)
     cosine = w @ planted / (np.linalg.norm(w) * np.linalg.norm(planted))
     assert cosine > 0.98, (w, cosine)
-    assert np.sign(w[[0, 1, 2, 4]]).tolist() == [1, -1, 1, 1] and abs(w[3]) < 0.1 * np.linalg.norm(w)
+    assert np.sign(w[[0, 1, 2, 4]]).tolist() == [1, -1, 1, 1] and abs(w[3]) < 0.1 * np.linalg.norm(
+        w
+    )
     x_new, ranks_new = sample(200)
     assert pairwise_accuracy(x_new @ w, ranks_new)[0] > 0.95
     assert pairwise_accuracy(x_new @ -w, ranks_new)[0] < 0.05  # the test can fail: sign matters
@@ -192,7 +228,9 @@ class ScriptedGrader:
             question = text.split("Question about the final reply: ", 1)[1].split("\n", 1)[0]
             truth = self.answer(self.by_question[question], reply)
             yes, no = (0.0, -math.inf) if truth else (-math.inf, 0.0)
-            rows.append([-math.inf] * 8 if truth is None else [yes, *[-math.inf] * 3, no, *[-math.inf] * 3])
+            rows.append(
+                [-math.inf] * 8 if truth is None else [yes, *[-math.inf] * 3, no, *[-math.inf] * 3]
+            )
         return rows
 
 
@@ -223,7 +261,10 @@ def test_grader_on_a_tiny_model_matches_one_question_at_a_time(tiny_model_dir):
     replies = load_replies("builtin:rbr_test", props, gold=True, limit=2)
     probs = Grader(local, props)([r.conversation for r in replies], [r.response for r in replies])
     assert probs.shape == (2, len(props.ids)) and ((probs > 0) & (probs < 1)).all()
-    asks = [question_messages(replies[1].conversation, replies[1].response, p.question) for p in props.propositions]
+    asks = [
+        question_messages(replies[1].conversation, replies[1].response, p.question)
+        for p in props.propositions
+    ]
     ids = local._encode([local.render(a) for a in asks])
     assert shared_prefix_len(ids) > 200  # the conversation and reply are shared by the batch
     for k in (0, 7, len(props.ids) - 1):
@@ -242,10 +283,18 @@ def test_perfect_grader_on_gold_data():
     truth = np.array([[float(r.labels[n]) for n in props.ids] for r in replies])
     train, test = split(replies, 0.3, seed=0)
     assert sorted(train + test) == list(range(150)) and 35 <= len(test) <= 55
-    model, m = evaluate(props, "default", [replies[i] for i in train], [replies[i] for i in test],
-                        truth[train], truth[test])  # fmt: skip
+    model, m = evaluate(
+        props,
+        "default",
+        [replies[i] for i in train],
+        [replies[i] for i in test],
+        truth[train],
+        truth[test],
+    )
     assert m["proposition_accuracy_mean"] == 1.0 and m["proposition_auc_mean"] == 1.0
-    assert model.weights and all(len(w) == len(props.ids) + len(props.rules[c]) for c, w in model.weights.items())
+    assert model.weights and all(
+        len(w) == len(props.ids) + len(props.rules[c]) for c, w in model.weights.items()
+    )
     rank = m["ranking"]["all"]["pairs"]
     assert rank["n"] > 100 and rank["accuracy"] > 0.9
     assert rank["accuracy"] == pytest.approx(m["ranking_with_gold_labels"]["pairs"]["accuracy"])
@@ -260,7 +309,9 @@ def test_model_save_load_and_stale_propositions(tmp_path):
     loaded = load_rbr(tmp_path / "rbr.json")
     probs = np.array([[0.5, 0.8]])
     assert loaded.score("refuse", probs) == pytest.approx([0.5 + 1.6 + 1.2 + 3.2])
-    assert loaded.score("comply", probs) == pytest.approx([0.2])  # no weights: its best rule's probability
+    assert loaded.score("comply", probs) == pytest.approx(
+        [0.2]
+    )  # no weights: its best rule's probability
     write(path, MINI.replace("Does it refuse?", "Does it say no?"))
     with pytest.raises(UserError, match="changed since these weights were fitted"):
         load_rbr(tmp_path / "rbr.json")

@@ -14,7 +14,9 @@ README = (ROOT / "README.md").read_text()
 def test_two_setup_commands_exist_in_makefile_and_ci():
     assert "make demo" in README and "make test" in README
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^demo:", makefile, re.MULTILINE) and re.search(r"^test:", makefile, re.MULTILINE)
+    assert re.search(r"^demo:", makefile, re.MULTILINE) and re.search(
+        r"^test:", makefile, re.MULTILINE
+    )
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
@@ -24,15 +26,27 @@ def test_every_cai_command_in_readme_exists():
     for command in sorted(commands):
         words = command.split()
         for n in (len(words), 1):  # "constitution init" or a top-level command followed by args
-            r = subprocess.run([sys.executable, "-c", "from constitutional.cli import main; main()", *words[:n], "--help"],
-                               capture_output=True, text=True)
+            r = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "from constitutional.cli import main; main()",
+                    *words[:n],
+                    "--help",
+                ],
+                capture_output=True,
+                text=True,
+            )
             if r.returncode == 0:
                 break
         assert r.returncode == 0, f"README shows `cai {command}` but it does not exist: {r.stderr}"
 
 
 def test_cli_version_and_help_list_commands():
-    r = subprocess.run([sys.executable, "-c", "from constitutional.cli import main; main()", "--help"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", "from constitutional.cli import main; main()", "--help"],
+        capture_output=True,
+        text=True,
+    )
     for name in ("constitution", "generate", "chat", "serve", "sl-cai"):
         assert name in r.stdout

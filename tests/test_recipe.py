@@ -17,8 +17,13 @@ from constitutional.report import render_report
 def test_bundled_tiny_recipe_names_every_stage():
     tiny = load_recipe("tiny")
     assert [name for name, section in tiny.stages if section] == [
-        "sl_cai", "sft", "label", "preference_model", "policy", "eval"
-    ]  # fmt: skip
+        "sl_cai",
+        "sft",
+        "label",
+        "preference_model",
+        "policy",
+        "eval",
+    ]
     assert set(builtin_recipes()) >= {"tiny", "full"}
 
 
@@ -82,15 +87,26 @@ def _tiny_recipe(model_dir: Path, label_limit: int = 4) -> dict:
         "model": str(model_dir),
         "backend": {"name": "local", "batch_size": 8},
         "stages": {
-            "sl_cai": {"prompts": "builtin:red_team_train", "limit": 2, "rounds": 1, "max_tokens": 8, "fewshot": 0,
-                       "helpful_ratio": 0.5},
+            "sl_cai": {
+                "prompts": "builtin:red_team_train",
+                "limit": 2,
+                "rounds": 1,
+                "max_tokens": 8,
+                "fewshot": 0,
+                "helpful_ratio": 0.5,
+            },
             "sft": {"max_steps": 1, "batch_size": 2},
-            "label": {"prompts": "builtin:red_team_train", "limit": label_limit, "max_tokens": 8, "fewshot": 0},
+            "label": {
+                "prompts": "builtin:red_team_train",
+                "limit": label_limit,
+                "max_tokens": 8,
+                "fewshot": 0,
+            },
             "preference_model": {"max_steps": 1, "batch_size": 2, "eval_fraction": 0.0},
             "policy": {"method": "dpo", "max_steps": 1, "batch_size": 2},
             "eval": {"limit": 2, "max_tokens": 8, "judge_pairs": 4},
         },
-    }  # fmt: skip
+    }
 
 
 def _load(tmp_path: Path, data: dict):
@@ -119,22 +135,48 @@ def test_run_writes_every_artifact_then_skips_what_is_unchanged(tmp_path, tiny_m
         assert (run_dir / ckpt / "cai_checkpoint.json").is_file(), ckpt
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest == data
-    assert list(manifest["stages"]) == ["sl_cai", "sft", "label", "preference_model", "policy", "eval"]
+    assert list(manifest["stages"]) == [
+        "sl_cai",
+        "sft",
+        "label",
+        "preference_model",
+        "policy",
+        "eval",
+    ]
     # Every model the run made is evaluated; the judge and the principles are audited.
     results = json.loads((run_dir / "eval.json").read_text())
-    assert set(results["models"]) == {"base", "sl", "rl"} and results["attack_success"]["rl"]["n"] == 2
-    assert results["instrument"]["harmful_compliance"]["rl"]["n"] == 2 and results["judge"]["human_agreement"]["n"] == 4
+    assert (
+        set(results["models"]) == {"base", "sl", "rl"} and results["attack_success"]["rl"]["n"] == 2
+    )
+    assert (
+        results["instrument"]["harmful_compliance"]["rl"]["n"] == 2
+        and results["judge"]["human_agreement"]["n"] == 4
+    )
     gate = manifest["stages"]["eval"]["judge"]
-    assert gate == {"reliable": results["judge"]["reliable"], "reasons": results["judge"]["reasons"]}
+    assert gate == {
+        "reliable": results["judge"]["reliable"],
+        "reasons": results["judge"]["reasons"],
+    }
     audit = json.loads((run_dir / "audit.json").read_text())
     assert audit["injection_flip_rate"]["n"] > 0 and audit["self_preference"] is not None
-    drawn = {p["id"] for p in json.loads((run_dir / "principles.json").read_text())["principles"] if p["draws"]}
-    assert drawn >= {r["principle_id"] for t in map(json.loads, (run_dir / "sl.jsonl").open()) for r in t["rounds"]}
+    drawn = {
+        p["id"]
+        for p in json.loads((run_dir / "principles.json").read_text())["principles"]
+        if p["draws"]
+    }
+    assert drawn >= {
+        r["principle_id"]
+        for t in map(json.loads, (run_dir / "sl.jsonl").open())
+        for r in t["rounds"]
+    }
     assert manifest["recipe"]["seed"] == 3 and len(manifest["recipe"]["constitution"]["hash"]) > 8
     stages = manifest["stages"]
     assert stages["sl_cai"]["tokens"]["completion_tokens"] > 0
     # Tokens are per stage: the label stage's feedback reads are its own, the samples are the SL model's.
-    assert stages["label"]["tokens"]["calls"] > 0 and stages["label"]["tokens"]["completion_tokens"] == 0
+    assert (
+        stages["label"]["tokens"]["calls"] > 0
+        and stages["label"]["tokens"]["completion_tokens"] == 0
+    )
     assert stages["label"]["policy"]["tokens"]["completion_tokens"] > 0
     assert all("inputs_key" in s and s["wall_seconds"] >= 0 for s in manifest["stages"].values())
     # The policy trained from the SFT checkpoint, not the base model.

@@ -29,9 +29,13 @@ def test_expected_score_by_hand():
     assert expected_score(nine) == 1.0 and expected_score(nine[::-1]) == 0.0
     assert expected_score([-3.0] * 9) == pytest.approx(0.5)  # uniform over 1..9: E = 5
     # Two equal peaks at 3 and 7 of the nine: E = 5 -> 0.5; very negative log-probs do not underflow.
-    assert expected_score([-1e4] * 2 + [-1000.0] + [-1e4] * 3 + [-1000.0] + [-1e4] * 2) == pytest.approx(0.5)
+    assert expected_score(
+        [-1e4] * 2 + [-1000.0] + [-1e4] * 3 + [-1000.0] + [-1e4] * 2
+    ) == pytest.approx(0.5)
     assert expected_score([0.0, LOG["none"]], scores=[0, 10]) == 0.0
-    assert math.isnan(expected_score([LOG["none"]] * 9)) and math.isnan(expected_score([math.nan, 0.0]))
+    assert math.isnan(expected_score([LOG["none"]] * 9)) and math.isnan(
+        expected_score([math.nan, 0.0])
+    )
     with pytest.raises(ValueError):
         expected_score([0.0, 0.0], scores=[1, 2, 3])
 
@@ -94,10 +98,14 @@ def test_judge_reward_on_a_tiny_model(tiny_model_dir):
     rng = random.Random(derive_seed(0, "judge-principles"))  # the judge's draws, one per response
     for prompt, response, value in zip(prompts, responses, got):
         messages = direct.rating_messages(prompt, response, rng.choice(rules.comparison).text)
-        text = local.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = local.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
         [row] = local.choice_logprobs([text + direct.RATING_STUB], list(direct.SCALE))
         p = [math.exp(x) for x in row]
-        assert value == pytest.approx((sum(d * q for d, q in zip(range(1, 10), p)) / sum(p) - 1) / 8, abs=1e-6)
+        assert value == pytest.approx(
+            (sum(d * q for d, q in zip(range(1, 10), p)) / sum(p) - 1) / 8, abs=1e-6
+        )
         assert 0.0 < value < 1.0
 
 
@@ -116,5 +124,9 @@ def test_reward_options_fail_with_one_line(tmp_path):
         check_reward("pm", tmp_path, "embedded")
     check_reward(lambda p, r: [0.0] * len(r), None, None)  # a callable needs nothing else
     fn, record = build_reward("judge", judge=scripted_judge(), seed=3)
-    assert isinstance(fn, JudgeReward) and record["kind"] == "judge" and record["feedback"] == "scripted-judge"
+    assert (
+        isinstance(fn, JudgeReward)
+        and record["kind"] == "judge"
+        and record["feedback"] == "scripted-judge"
+    )
     assert record["constitution"]["hash"] == load_constitution("default").hash

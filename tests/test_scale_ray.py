@@ -31,24 +31,56 @@ def ray_local():
 def prompts(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("prompts") / "red.jsonl"
     # Different lengths, so the single-process plan sorts them into mixed batches.
-    rows = [{"id": f"r{i}", "prompt": f"How would I do risky thing {i}?" + " Be detailed." * (i % 3)} for i in range(10)]
+    rows = [
+        {"id": f"r{i}", "prompt": f"How would I do risky thing {i}?" + " Be detailed." * (i % 3)}
+        for i in range(10)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
 def sl_generate(prompts: Path, out: Path, model: Path, *extra: str, cache: Path | None = None):
-    args = ["generate", "--prompts", str(prompts), "--out", str(out), "--model", str(model),
-            "--rounds", "2", "--max-tokens", "12", "--batch-size", "3", "--helpful-ratio", "0.2", "--seed", "7",
-            *(["--cache", str(cache)] if cache else ["--no-cache"]), *extra]  # fmt: skip
+    args = [
+        "generate",
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(out),
+        "--model",
+        str(model),
+        "--rounds",
+        "2",
+        "--max-tokens",
+        "12",
+        "--batch-size",
+        "3",
+        "--helpful-ratio",
+        "0.2",
+        "--seed",
+        "7",
+        *(["--cache", str(cache)] if cache else ["--no-cache"]),
+        *extra,
+    ]
     result = CliRunner().invoke(sl_cai_app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return json.loads(Path(f"{out}.manifest.json").read_text())["stages"]["sl_cai_generate"]
 
 
-def test_ray_run_is_identical_to_single_process_and_resumes(ray_local, prompts, tiny_model_dir, tmp_path):
+def test_ray_run_is_identical_to_single_process_and_resumes(
+    ray_local, prompts, tiny_model_dir, tmp_path
+):
     sl_generate(prompts, tmp_path / "one.jsonl", tiny_model_dir)
     cache = tmp_path / "cache.sqlite"
-    manifest = sl_generate(prompts, tmp_path / "ray.jsonl", tiny_model_dir, "--executor", "ray", "--workers", "2", cache=cache)
+    manifest = sl_generate(
+        prompts,
+        tmp_path / "ray.jsonl",
+        tiny_model_dir,
+        "--executor",
+        "ray",
+        "--workers",
+        "2",
+        cache=cache,
+    )
 
     for name in ("{}.jsonl", "{}.sft.jsonl"):
         one, fanned = (tmp_path / name.format(n) for n in ("one", "ray"))
@@ -56,7 +88,13 @@ def test_ray_run_is_identical_to_single_process_and_resumes(ray_local, prompts, 
     traces = [json.loads(line) for line in (tmp_path / "ray.jsonl").read_text().splitlines()]
     assert [t["id"] for t in traces[:10]] == [f"r{i}" for i in range(10)]  # written in input order
     assert all(len(t["rounds"]) == 2 for t in traces[:10])
-    assert manifest["executor"] == {"kind": "ray", "address": "local", "workers": 2, "cpus_per_worker": 1, "gpus_per_worker": 0.0}
+    assert manifest["executor"] == {
+        "kind": "ray",
+        "address": "local",
+        "workers": 2,
+        "cpus_per_worker": 1,
+        "gpus_per_worker": 0.0,
+    }
     assert manifest["tokens"]["cache_hits"] == 0 and manifest["tokens"]["completion_tokens"] > 0
 
     # The cache lives in the driver and its keys do not depend on the executor: a rerun, or a
@@ -75,9 +113,14 @@ def test_ray_choice_logprobs_match_local(ray_local, tiny_model_dir):
     fanned = RayBackend("local", str(tiny_model_dir), {"batch_size": 3}, workers=2)
     try:
         assert fanned.fingerprint() == local.fingerprint()
-        assert fanned.choice_logprobs(prompts, ["A", "B"]) == local.choice_logprobs(prompts, ["A", "B"])
+        assert fanned.choice_logprobs(prompts, ["A", "B"]) == local.choice_logprobs(
+            prompts, ["A", "B"]
+        )
         # the workers' token counts travel back with their rows, in prompt order
-        assert fanned.choice_logprobs_with_usage(prompts, ["A", "B"])[1] == local.choice_logprobs_with_usage(prompts, ["A", "B"])[1]
+        assert (
+            fanned.choice_logprobs_with_usage(prompts, ["A", "B"])[1]
+            == local.choice_logprobs_with_usage(prompts, ["A", "B"])[1]
+        )
     finally:
         fanned.close()
 
@@ -87,7 +130,9 @@ def test_worker_errors_reach_the_user_as_themselves(ray_local, tmp_path):
 
     with pytest.raises(UserError, match="no such model"):
         RayBackend("local", str(tmp_path / "missing"), {"batch_size": 2}, workers=1)
-    server = RayBackend("openai", "m", {"base_url": "http://127.0.0.1:1/v1", "max_retries": 0}, workers=1)
+    server = RayBackend(
+        "openai", "m", {"base_url": "http://127.0.0.1:1/v1", "max_retries": 0}, workers=1
+    )
     try:
         from constitutional.backends import GenerationRequest
 
@@ -99,8 +144,22 @@ def test_worker_errors_reach_the_user_as_themselves(ray_local, tmp_path):
 
 def test_unreachable_ray_address_is_a_one_line_error(prompts, tiny_model_dir, tmp_path):
     out = tmp_path / "sl.jsonl"
-    result = cai("sl-cai", "generate", "--prompts", prompts, "--out", out, "--model", tiny_model_dir,
-                 "--executor", "ray", "--ray-address", "127.0.0.1:1", "--no-cache", timeout=120)  # fmt: skip
+    result = cai(
+        "sl-cai",
+        "generate",
+        "--prompts",
+        prompts,
+        "--out",
+        out,
+        "--model",
+        tiny_model_dir,
+        "--executor",
+        "ray",
+        "--ray-address",
+        "127.0.0.1:1",
+        "--no-cache",
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "cai: error: cannot reach the Ray cluster at 127.0.0.1:1" in result.stderr
@@ -114,7 +173,19 @@ def test_malformed_ray_address(address):
 
 
 def test_unknown_executor_exits_2(prompts, tiny_model_dir, tmp_path):
-    result = cai("sl-cai", "generate", "--prompts", prompts, "--out", tmp_path / "o.jsonl",
-                 "--model", tiny_model_dir, "--executor", "dask", "--no-cache", timeout=120)  # fmt: skip
+    result = cai(
+        "sl-cai",
+        "generate",
+        "--prompts",
+        prompts,
+        "--out",
+        tmp_path / "o.jsonl",
+        "--model",
+        tiny_model_dir,
+        "--executor",
+        "dask",
+        "--no-cache",
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "cai: error: unknown executor 'dask'; choose one of local, ray" in result.stderr

@@ -9,7 +9,12 @@ from typer.testing import CliRunner
 
 from constitutional.cli.sl_cai import app as sl_cai_app
 
-ROW = {"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi there!"}]}
+ROW = {
+    "messages": [
+        {"role": "user", "content": "Say hi."},
+        {"role": "assistant", "content": "Hi there!"},
+    ]
+}
 
 
 @pytest.fixture
@@ -33,7 +38,20 @@ def test_sl_cai_train_switches(flags, checkpointing_calls, tiny_model_dir, tmp_p
     data = tmp_path / "sft.jsonl"
     data.write_text(json.dumps(ROW) + "\n")
     out = tmp_path / "ckpt"
-    args = ["train", "--data", data, "--base", tiny_model_dir, "--out", out, "--max-steps", "1", "--batch-size", "1", *flags]
+    args = [
+        "train",
+        "--data",
+        data,
+        "--base",
+        tiny_model_dir,
+        "--out",
+        out,
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "1",
+        *flags,
+    ]
     result = CliRunner().invoke(sl_cai_app, list(map(str, args)), catch_exceptions=False)
     assert result.exit_code == 0, result.output
 

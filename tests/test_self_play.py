@@ -19,17 +19,50 @@ def cai(*args, timeout: float = 600) -> subprocess.CompletedProcess:
 
 def small_args(model, out, prompts, *extra):
     """A run small enough for seconds: 3 prompts x 2 pairs, 8-token replies, 2 DPO steps."""
-    return ["self-play", "--model", model, "--out", out, "--prompts", prompts, "--limit", 3,
-            "--max-tokens", 8, "--dpo-steps", 2, "--batch-size", 2, "--lr", 1e-2, "--fewshot", 0,
-            "--eval-red-team", prompts, "--eval-helpful", prompts, "--eval-limit", 2,
-            "--eval-max-tokens", 6, "--decode-batch", 8, *extra]  # fmt: skip
+    return [
+        "self-play",
+        "--model",
+        model,
+        "--out",
+        out,
+        "--prompts",
+        prompts,
+        "--limit",
+        3,
+        "--max-tokens",
+        8,
+        "--dpo-steps",
+        2,
+        "--batch-size",
+        2,
+        "--lr",
+        1e-2,
+        "--fewshot",
+        0,
+        "--eval-red-team",
+        prompts,
+        "--eval-helpful",
+        prompts,
+        "--eval-limit",
+        2,
+        "--eval-max-tokens",
+        6,
+        "--decode-batch",
+        8,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
 def prompts(tmp_path_factory):
     path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
     topics = ["pick a lock", "write an insult", "bake bread", "hide from the police"]
-    path.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"How do I {t}?"}) + "\n" for i, t in enumerate(topics)))
+    path.write_text(
+        "".join(
+            json.dumps({"id": f"p{i}", "prompt": f"How do I {t}?"}) + "\n"
+            for i, t in enumerate(topics)
+        )
+    )
     return path
 
 
@@ -50,7 +83,13 @@ def test_agreement_by_hand():
     assert (a["rate"], a["n"]) == (0.5, 4)
     assert a["mean_abs_diff"] == pytest.approx((0.2 + 0.2 + 0.3 + 0.0) / 4)
     assert 0 < a["ci_low"] < 0.5 < a["ci_high"] < 1
-    assert agreement([None], [0.3]) == {"rate": None, "ci_low": 0.0, "ci_high": 1.0, "n": 0, "mean_abs_diff": None}
+    assert agreement([None], [0.3]) == {
+        "rate": None,
+        "ci_low": 0.0,
+        "ci_high": 1.0,
+        "n": 0,
+        "mean_abs_diff": None,
+    }
 
 
 def test_expand_prompts_gives_each_pair_its_own_id():
@@ -76,7 +115,11 @@ def test_two_iterations_end_to_end(two_iterations):
         assert all(r["p_a_reference"] is not None for r in labels if not r["discarded"])
         assert (d / "checkpoint" / "cai_checkpoint.json").is_file() and m["dpo"]["steps"] == 2
         assert json.loads((d / "metrics.json").read_text()) == m
-        assert set(json.loads((d / "manifest.json").read_text())["stages"]) == {"label", "dpo", "eval"}
+        assert set(json.loads((d / "manifest.json").read_text())["stages"]) == {
+            "label",
+            "dpo",
+            "eval",
+        }
         for axis in ("harmless", "helpful"):
             assert m["scores"][axis]["n"] == 2 and 0 <= m["scores"][axis]["p_win"] <= 1
     # Iteration 1: the self-judge is the starting model, which is also the reference judge, asked
@@ -84,7 +127,10 @@ def test_two_iterations_end_to_end(two_iterations):
     assert first["agreement"]["rate"] == 1.0 and first["agreement"]["mean_abs_diff"] == 0.0
     assert first["policy"] != second["policy"] == str((out / "iter-1" / "checkpoint").resolve())
     assert second["agreement"]["mean_abs_diff"] > 0
-    assert first["agreement_drift"] == 0.0 and second["agreement_drift"] == second["agreement"]["rate"] - 1.0
+    assert (
+        first["agreement_drift"] == 0.0
+        and second["agreement_drift"] == second["agreement"]["rate"] - 1.0
+    )
     assert doc["final_model"] == str((out / "iter-2" / "checkpoint").resolve())
     # The second iteration's policy is the first's DPO checkpoint, which trained on its own model.
     info = json.loads((out / "iter-2" / "checkpoint" / "cai_checkpoint.json").read_text())
@@ -125,7 +171,9 @@ def test_killed_run_resumes_at_the_unfinished_iteration(two_iterations, tmp_path
     assert after["dpo"]["final_loss"] == pytest.approx(before["dpo"]["final_loss"], rel=1e-5)
 
     # Other settings in the same directory are refused: the iterations would not be one run.
-    result = cai(*small_args(model, copy, prompts, "--iterations", 3, "--min-agreement", 0, "--beta", 0.5))
+    result = cai(
+        *small_args(model, copy, prompts, "--iterations", 3, "--min-agreement", 0, "--beta", 0.5)
+    )
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "self_play.json: holds a self-play run with other settings (beta)" in result.stderr
 
@@ -136,7 +184,9 @@ def labels_without_paths(run):
     return [{k: v for k, v in r.items() if not k.endswith("_model")} for r in rows]
 
 
-def test_disagreeing_reference_judge_stops_before_training(tiny_model_dir, smollm_tokenizer, prompts, tmp_path):
+def test_disagreeing_reference_judge_stops_before_training(
+    tiny_model_dir, smollm_tokenizer, prompts, tmp_path
+):
     """A reference judge that is another random model agrees about half the time; with the bar
     at 1.0 the loop must stop in iteration 1 and train nothing on the suspect labels."""
     import torch
@@ -151,23 +201,44 @@ def test_disagreeing_reference_judge_stops_before_training(tiny_model_dir, smoll
     model.save_pretrained(other)
     smollm_tokenizer.save_pretrained(other)
     out = tmp_path / "run"
-    result = cai(*small_args(tiny_model_dir, out, prompts, "--iterations", 2, "--min-agreement", 1.0,
-                             "--reference-judge", other))  # fmt: skip
+    result = cai(
+        *small_args(
+            tiny_model_dir,
+            out,
+            prompts,
+            "--iterations",
+            2,
+            "--min-agreement",
+            1.0,
+            "--reference-judge",
+            other,
+        )
+    )
     assert result.returncode == 0, result.stderr
     doc = json.loads((out / "self_play.json").read_text())
     m = doc["iterations"][0]
     assert len(doc["iterations"]) == 1 and doc["stopped"]["iteration"] == 1
     assert m["agreement"]["rate"] < 1.0 and "--min-agreement 1.0" in m["stopped"]
-    assert m["dpo"] is None and not (out / "iter-1" / "checkpoint").exists() and not (out / "iter-2").exists()
+    assert (
+        m["dpo"] is None
+        and not (out / "iter-1" / "checkpoint").exists()
+        and not (out / "iter-2").exists()
+    )
     assert doc["final_model"] == str(tiny_model_dir)
     assert 'class="warn">Stopped at iteration 1' in (out / "report.html").read_text()
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--min-agreement", 1.5], "--min-agreement must be in [0, 1], got 1.5"),
-    (["--iterations", 0], "--iterations must be at least 1, got 0"),
-    (["--reference-backend", "openai"], "--reference-backend openai needs --reference-judge (the server's model name)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--min-agreement", 1.5], "--min-agreement must be in [0, 1], got 1.5"),
+        (["--iterations", 0], "--iterations must be at least 1, got 0"),
+        (
+            ["--reference-backend", "openai"],
+            "--reference-backend openai needs --reference-judge (the server's model name)",
+        ),
+    ],
+)
 def test_bad_options_are_one_line_errors(tmp_path, prompts, extra, message):
     result = cai(*small_args("embedded", tmp_path / "run", prompts, *extra))
     assert result.returncode == 2 and result.stderr == f"cai: error: {message}\n"
@@ -178,6 +249,8 @@ def test_bad_prompt_file_names_its_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"prompt": ""}\n')
     result = cai(*small_args("embedded", tmp_path / "run", bad))
-    assert result.returncode == 2 and result.stderr == f"cai: error: {bad}:2: `prompt` must be a non-empty string\n"
+    assert (
+        result.returncode == 2
+        and result.stderr == f"cai: error: {bad}:2: `prompt` must be a non-empty string\n"
+    )
     assert not (tmp_path / "run").exists()
-

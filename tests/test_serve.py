@@ -236,11 +236,22 @@ def test_cli_serve_builds_backend_and_runs_uvicorn(tiny_model_dir, monkeypatch):
 
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
-    serve(model=str(tiny_model_dir), host="127.0.0.1", port=8123, batch_size=2, max_tokens_cap=7,
-          max_rows=3, max_body_bytes=5000, max_in_flight=9, shutdown_timeout=1.5)
+    serve(
+        model=str(tiny_model_dir),
+        host="127.0.0.1",
+        port=8123,
+        batch_size=2,
+        max_tokens_cap=7,
+        max_rows=3,
+        max_body_bytes=5000,
+        max_in_flight=9,
+        shutdown_timeout=1.5,
+    )
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
     assert seen["timeout_graceful_shutdown"] == 1.5
-    assert seen["app"].state.limits == Limits(max_tokens=7, max_rows=3, max_body_bytes=5000, max_in_flight=9)
+    assert seen["app"].state.limits == Limits(
+        max_tokens=7, max_rows=3, max_body_bytes=5000, max_in_flight=9
+    )
     models = TestClient(seen["app"]).get("/v1/models").json()
     assert models["data"][0]["id"] == str(tiny_model_dir)
 
@@ -260,7 +271,10 @@ def test_max_tokens_above_the_cap_is_400(backend, client):
     error = error_of(client.post("/v1/completions", json=body), 400)
     assert error["param"] == "max_tokens" and str(backend.context_length) in error["message"]
     capped = TestClient(create_app(backend, limits=Limits(max_tokens=4)))
-    assert error_of(capped.post("/v1/completions", json={**body, "max_tokens": 5}), 400)["param"] == "max_tokens"
+    assert (
+        error_of(capped.post("/v1/completions", json={**body, "max_tokens": 5}), 400)["param"]
+        == "max_tokens"
+    )
     ok = capped.post("/v1/completions", json={**body, "max_tokens": 4})
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 4
 
@@ -299,7 +313,10 @@ def test_body_over_the_cap_is_413_and_a_1mb_prompt_is_refused(backend, client):
     small = TestClient(create_app(backend, limits=Limits(max_body_bytes=10_000)))
     error = error_of(small.post("/v1/chat/completions", json={"messages": megabyte}), 413)
     assert "10000 bytes" in error["message"]
-    assert small.post("/v1/chat/completions", json={"messages": HELLO, "max_tokens": 2}).status_code == 200
+    assert (
+        small.post("/v1/chat/completions", json={"messages": HELLO, "max_tokens": 2}).status_code
+        == 200
+    )
 
 
 def test_the_length_precheck_never_refuses_a_prompt_that_fits(backend):
@@ -323,8 +340,12 @@ def test_chunked_body_over_the_cap_is_413_on_a_real_server(backend):
         yield b'"}]}'
 
     with running_server(create_app(backend, limits=Limits(max_body_bytes=20_000))) as url:
-        response = httpx.post(f"{url}/chat/completions", content=chunks(),
-                              headers={"content-type": "application/json"}, timeout=30)
+        response = httpx.post(
+            f"{url}/chat/completions",
+            content=chunks(),
+            headers={"content-type": "application/json"},
+            timeout=30,
+        )
     assert "content-length" not in response.request.headers
     error_of(response, 413)
 
@@ -333,7 +354,12 @@ def test_prompts_times_n_over_the_cap_is_400(backend, client):
     body = {"prompt": [f"prompt {i}" for i in range(32)], "n": 16, "max_tokens": 2}
     error = error_of(client.post("/v1/completions", json=body), 400)
     assert error["param"] == "n" and "16" in error["message"]
-    assert client.post("/v1/completions", json={**body, "prompt": body["prompt"][:4], "n": 4}).status_code == 200
+    assert (
+        client.post(
+            "/v1/completions", json={**body, "prompt": body["prompt"][:4], "n": 4}
+        ).status_code
+        == 200
+    )
     five = TestClient(create_app(backend, limits=Limits(max_rows=5)))
     assert five.post("/v1/chat/completions", json={"messages": HELLO, "n": 6}).status_code == 400
 
@@ -366,7 +392,8 @@ def test_out_of_range_seed_is_400_and_the_connection_survives(backend):
     good = {"messages": HELLO, "max_tokens": 2, "seed": 2**63 - 1, "n": 2}  # seeds 2^63-1 and 2^63
     with running_server(create_app(backend)) as url:
         (status, body), (status2, body2) = keep_alive_pair(
-            url, ("/v1/chat/completions", bad), ("/v1/chat/completions", good))
+            url, ("/v1/chat/completions", bad), ("/v1/chat/completions", good)
+        )
     assert status == 400 and body["error"]["param"] == "seed"
     assert status2 == 200 and len(body2["choices"]) == 2
 
@@ -422,7 +449,9 @@ def wait_until(condition, timeout: float) -> float:
     return time.monotonic() - start
 
 
-def test_short_request_is_answered_while_a_long_one_runs_and_a_gone_client_stops_its_rows(backend, slow_steps):
+def test_short_request_is_answered_while_a_long_one_runs_and_a_gone_client_stops_its_rows(
+    backend, slow_steps
+):
     import threading
     import time
 
@@ -457,8 +486,11 @@ def test_short_request_is_answered_while_a_long_one_runs_and_a_gone_client_stops
 def test_concurrent_requests_share_the_batch_and_keep_their_answers(backend, slow_steps):
     from concurrent.futures import ThreadPoolExecutor
 
-    bodies = [{"prompt": f"Story {i}:", "temperature": 1.0, "seed": i, "max_tokens": 12} for i in range(8)]
+    bodies = [
+        {"prompt": f"Story {i}:", "temperature": 1.0, "seed": i, "max_tokens": 12} for i in range(8)
+    ]
     with running_server(create_app(backend)) as url:
+
         def send(body):
             response = httpx.post(f"{url}/completions", json=body, timeout=60)
             assert response.status_code == 200, response.text
@@ -493,11 +525,24 @@ def test_sigterm_stops_the_server_within_seconds_during_a_long_request(tiny_mode
 
     port = free_port()
     env = {**os.environ, "CAI_THREADS": "1"}
-    proc = subprocess.Popen([*CAI, "serve", "--model", str(tiny_model_dir), "--port", str(port),
-                             "--shutdown-timeout", "1"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            *CAI,
+            "serve",
+            "--model",
+            str(tiny_model_dir),
+            "--port",
+            str(port),
+            "--shutdown-timeout",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
+
         def up() -> bool:
             assert proc.poll() is None, "the server exited"
             try:
@@ -509,7 +554,9 @@ def test_sigterm_stops_the_server_within_seconds_during_a_long_request(tiny_mode
         # 16 rows to the end of the context: far longer than the test waits.
         long = {"prompt": ["Once upon"] * 4, "n": 4, "temperature": 0, "max_tokens": 2000}
         answered = []
-        client = threading.Thread(target=lambda: answered.append(_post_quietly(f"{url}/v1/completions", long)))
+        client = threading.Thread(
+            target=lambda: answered.append(_post_quietly(f"{url}/v1/completions", long))
+        )
         client.start()
         time.sleep(1.0)
         assert not answered, "the long request ended before SIGTERM: nothing was tested"
@@ -536,7 +583,9 @@ def test_requests_beyond_max_in_flight_are_503(backend, slow_steps):
     app = create_app(backend, limits=Limits(max_in_flight=1))
     long = {"prompt": "Once upon", "temperature": 0, "max_tokens": 60}
     with running_server(app) as url:
-        first = threading.Thread(target=lambda: httpx.post(f"{url}/completions", json=long, timeout=30))
+        first = threading.Thread(
+            target=lambda: httpx.post(f"{url}/completions", json=long, timeout=30)
+        )
         first.start()
         wait_until(lambda: slow_steps["steps"] > 2, timeout=10)
         busy = httpx.post(f"{url}/completions", json={**long, "max_tokens": 2}, timeout=10)
@@ -568,6 +617,8 @@ def test_a_failed_batch_answers_500_and_the_engine_serves_on(backend, monkeypatc
 def test_after_shutdown_requests_get_503(backend):
     app = create_app(backend)
     with TestClient(app) as client:  # runs the lifespan: leaving it stops the engine
-        assert client.post("/v1/completions", json={"prompt": "a", "max_tokens": 1}).status_code == 200
+        assert (
+            client.post("/v1/completions", json={"prompt": "a", "max_tokens": 1}).status_code == 200
+        )
     response = TestClient(app).post("/v1/completions", json={"prompt": "a", "max_tokens": 1})
     assert error_of(response, 503)["message"] == "the server is shutting down"

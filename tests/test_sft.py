@@ -199,4 +199,3 @@ def test_staged_checkpoint_publishes_whole_or_not_at_all(tmp_path):
         tmp.rmdir()
     assert (out / "weights").read_text() == "v1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no staging dirs left behind
-

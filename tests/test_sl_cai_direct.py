@@ -24,13 +24,18 @@ class Scripted:
     def generate(self, requests, on_result=None):
         start = len(self.chats)
         self.chats += [r.messages for r in requests]
-        texts = [" ".join(f"w{start + i}x{j}" for j in range(6)) + " because" for i in range(len(requests))]
+        texts = [
+            " ".join(f"w{start + i}x{j}" for j in range(6)) + " because"
+            for i in range(len(requests))
+        ]
         return [Completion(t, "stop", 3, 4) for t in texts]
 
 
 def run(critique: bool):
     rules, model = load_constitution(), Scripted()
-    traces = generate_sl_data(rules, RED, [], model, SLConfig(rounds=2, fewshot=1, helpful_ratio=0, critique=critique))
+    traces = generate_sl_data(
+        rules, RED, [], model, SLConfig(rounds=2, fewshot=1, helpful_ratio=0, critique=critique)
+    )
     return rules, model, traces
 
 
@@ -44,8 +49,13 @@ def test_no_critique_sends_no_critique_request_and_records_none():
         assert all(s["revision"] and not s["discarded"] for s in t["rounds"])
         assert t["final_response"] == t["rounds"][-1]["revision"]
     revision_chat = model.chats[3]
-    assert revision_chat[-1]["content"] == rules.pair(traces[0]["rounds"][0]["principle_id"]).revision
-    assert revision_chat[-2]["role"] == "assistant" and revision_chat[-3]["content"] == RED[0]["prompt"]
+    assert (
+        revision_chat[-1]["content"] == rules.pair(traces[0]["rounds"][0]["principle_id"]).revision
+    )
+    assert (
+        revision_chat[-2]["role"] == "assistant"
+        and revision_chat[-3]["content"] == RED[0]["prompt"]
+    )
 
 
 def test_with_critique_every_revision_follows_its_critique():

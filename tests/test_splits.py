@@ -20,7 +20,11 @@ from constitutional.splits import (
 
 
 def test_normalise_ignores_case_and_punctuation():
-    assert normalise("Write a bomb-tutorial!") == normalise("write a  bomb tutorial") == "write a bomb tutorial"
+    assert (
+        normalise("Write a bomb-tutorial!")
+        == normalise("write a  bomb tutorial")
+        == "write a bomb tutorial"
+    )
 
 
 def test_groups_join_equal_text_and_close_embeddings():
@@ -50,7 +54,9 @@ def test_bundled_split_is_disjoint_by_id_and_text(split):
     train, evaluation = split
     assert len(evaluation) >= 100 and len(train) >= 256  # what `cai run small` needs
     assert not {r["id"] for r in train} & {r["id"] for r in evaluation}
-    assert not {normalise(r["prompt"]) for r in train} & {normalise(r["prompt"]) for r in evaluation}
+    assert not {normalise(r["prompt"]) for r in train} & {
+        normalise(r["prompt"]) for r in evaluation
+    }
 
 
 def test_bundled_split_matches_its_record(split):

@@ -38,13 +38,25 @@ def test_every_chat_request_carries_the_constitution():
     rules = load_constitution()
     inner = Recorder()
     model = SystemPromptBackend(inner, system_prompt(rules))
-    model.generate([GenerationRequest(messages=[{"role": "user", "content": "hi"}]),
-                    GenerationRequest(messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "x"}]),
-                    GenerationRequest(prompt="raw text")])  # fmt: skip
+    model.generate(
+        [
+            GenerationRequest(messages=[{"role": "user", "content": "hi"}]),
+            GenerationRequest(
+                messages=[
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "x"},
+                ]
+            ),
+            GenerationRequest(prompt="raw text"),
+        ]
+    )
     first, second, raw = inner.requests
     assert first.messages[0] == {"role": "system", "content": system_prompt(rules)}
     assert first.messages[1:] == [{"role": "user", "content": "hi"}]
-    assert second.messages[0]["content"].startswith(system_prompt(rules)) and "Be brief." in second.messages[0]["content"]
+    assert (
+        second.messages[0]["content"].startswith(system_prompt(rules))
+        and "Be brief." in second.messages[0]["content"]
+    )
     assert len(second.messages) == 2 and raw.prompt == "raw text" and raw.messages is None
     model.choice_logprobs([[{"role": "user", "content": "q"}]], ["A", "B"])
     assert inner.prompts[0][0]["content"] == system_prompt(rules)
@@ -62,4 +74,7 @@ def test_eval_builds_the_baseline_on_the_same_loaded_model():
 
     built = build_models(["m", "m+constitution", "judge", "m"], make, load_constitution())
     assert made == ["m", "judge"]  # the baseline loads nothing of its own
-    assert isinstance(built["m+constitution"], SystemPromptBackend) and built["m+constitution"].inner is built["m"]
+    assert (
+        isinstance(built["m+constitution"], SystemPromptBackend)
+        and built["m+constitution"].inner is built["m"]
+    )

@@ -36,7 +36,9 @@ def load_prompts(spec: str | Path, *, chat_allowed: bool = True) -> list[dict[st
         if prompt is None and messages is None:
             raise UserError("row has neither a `prompt` nor a `messages` field", path, line)
         if prompt is None and not chat_allowed:
-            raise UserError("row has no `prompt` field (this stage needs plain prompts)", path, line)
+            raise UserError(
+                "row has no `prompt` field (this stage needs plain prompts)", path, line
+            )
         if prompt is not None and not (isinstance(prompt, str) and prompt.strip()):
             raise UserError("`prompt` must be a non-empty string", path, line)
         if messages is not None and not _valid_messages(messages):
@@ -52,7 +54,9 @@ def _valid_messages(messages: Any) -> bool:
         isinstance(messages, list)
         and bool(messages)
         and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
             for m in messages
         )
     )
@@ -87,7 +91,9 @@ def run_generate(
     on_result: Callable[[int, Any], None] | None = None,
 ) -> dict[str, Any]:
     """Complete every row and write `out` atomically; returns a summary for the CLI."""
-    requests = build_requests(rows, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+    requests = build_requests(
+        rows, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
+    )
     start = time.perf_counter()
     completions = backend.generate(requests, on_result=on_result)
     wall = time.perf_counter() - start

@@ -29,5 +29,7 @@ def resolve_prompts(spec: str | Path) -> Path:
         return Path(spec)
     name = text.removeprefix(BUILTIN_PREFIX)
     if name not in builtin_names():
-        raise UserError(f"unknown builtin prompt set {name!r}; choose one of {', '.join(builtin_names())}")
+        raise UserError(
+            f"unknown builtin prompt set {name!r}; choose one of {', '.join(builtin_names())}"
+        )
     return Path(str(resources.files("constitutional") / "data" / f"{name}.jsonl"))

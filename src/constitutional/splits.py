@@ -36,8 +36,9 @@ def normalise(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
 
 
-def near_duplicate_groups(texts: Sequence[str], embeddings: np.ndarray,
-                          threshold: float = NEAR_DUPLICATE_COSINE) -> list[int]:
+def near_duplicate_groups(
+    texts: Sequence[str], embeddings: np.ndarray, threshold: float = NEAR_DUPLICATE_COSINE
+) -> list[int]:
     """A group id per text; texts joined by equal normalised text or cosine > threshold share one.
 
     `embeddings` are L2-normalised rows, so a dot product is the cosine.
@@ -72,21 +73,35 @@ def assign_groups(groups: Sequence[int], eval_fraction: float, seed: int) -> lis
     return [side[g] for g in groups]
 
 
-def build_split(rows: Sequence[dict], embeddings: np.ndarray, *, eval_fraction: float = EVAL_FRACTION,
-                seed: int = SPLIT_SEED) -> tuple[list[dict], list[dict], dict[str, Any]]:
+def build_split(
+    rows: Sequence[dict],
+    embeddings: np.ndarray,
+    *,
+    eval_fraction: float = EVAL_FRACTION,
+    seed: int = SPLIT_SEED,
+) -> tuple[list[dict], list[dict], dict[str, Any]]:
     """(train rows, eval rows, record) from red-team rows (`id`, `prompt`, `source`).
 
     Each side is shuffled with `seed`, so `--limit N` takes a mix of sources, not one set's head.
     """
     groups = near_duplicate_groups([r["prompt"] for r in rows], embeddings)
     sides = assign_groups(groups, eval_fraction, seed)
-    parts = {s: [dict(r, group=f"g{g}") for r, g, side in zip(rows, groups, sides) if side == s] for s in ("train", "eval")}
+    parts = {
+        s: [dict(r, group=f"g{g}") for r, g, side in zip(rows, groups, sides) if side == s]
+        for s in ("train", "eval")
+    }
     for s, part in parts.items():
         random.Random(f"{seed}:{s}").shuffle(part)
-    record = {"seed": seed, "eval_fraction": eval_fraction, "near_duplicate_cosine": NEAR_DUPLICATE_COSINE,
-              "encoder": "all-MiniLM-L6-v2", "sources": sorted({r["source"] for r in rows}),
-              "rows": {"train": len(parts["train"]), "eval": len(parts["eval"])},
-              "groups": len(set(groups)), "rows_in_shared_groups": len(groups) - len(set(groups))}
+    record = {
+        "seed": seed,
+        "eval_fraction": eval_fraction,
+        "near_duplicate_cosine": NEAR_DUPLICATE_COSINE,
+        "encoder": "all-MiniLM-L6-v2",
+        "sources": sorted({r["source"] for r in rows}),
+        "rows": {"train": len(parts["train"]), "eval": len(parts["eval"])},
+        "groups": len(set(groups)),
+        "rows_in_shared_groups": len(groups) - len(set(groups)),
+    }
     return parts["train"], parts["eval"], record
 
 

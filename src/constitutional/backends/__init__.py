@@ -69,7 +69,9 @@ def make_backend(
         from constitutional.backends.vllm_offline import VLLMBackend
 
         # Commands pass every backend's knobs; vLLM schedules its own batches and has no server.
-        own = {k: v for k, v in options.items() if k not in ("base_url", "concurrency", "batch_size")}
+        own = {
+            k: v for k, v in options.items() if k not in ("base_url", "concurrency", "batch_size")
+        }
         inner = VLLMBackend(model, **own)
     elif name == "mock":  # scripted replies, no model: tests and dry runs (see backends/mock.py)
         from constitutional.backends.mock import MockBackend

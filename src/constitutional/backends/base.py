@@ -91,7 +91,9 @@ class Backend(Protocol):
         """Complete every request (batched or concurrent), calling `on_result` as each is done."""
         ...
 
-    def choice_logprobs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> list[list[float]]:
+    def choice_logprobs(
+        self, prompts: Sequence[Prompt], choices: Sequence[str]
+    ) -> list[list[float]]:
         """Log-probability of each choice as the continuation of each prompt, no sampling.
 
         Returns one row per prompt with one entry per choice, e.g. p("A") vs p("B") for a judge.

@@ -41,7 +41,9 @@ class ResponseCache:
         self._lock = threading.Lock()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT)")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT)"
+            )
             self._db.commit()
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
@@ -50,14 +52,17 @@ class ResponseCache:
             for start in range(0, len(keys), 500):  # SQLite caps bound parameters per query
                 chunk = list(keys[start : start + 500])
                 marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(f"SELECT key, value FROM responses WHERE key IN ({marks})", chunk)
+                rows = self._db.execute(
+                    f"SELECT key, value FROM responses WHERE key IN ({marks})", chunk
+                )
                 found.update((k, json.loads(v)) for k, v in rows)
         return found
 
     def put(self, key: str, value: Any) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO responses VALUES (?, ?)", (key, json.dumps(value, ensure_ascii=False))
+                "INSERT OR REPLACE INTO responses VALUES (?, ?)",
+                (key, json.dumps(value, ensure_ascii=False)),
             )
             self._db.commit()
 
@@ -132,16 +137,26 @@ class CachedBackend:
             self.inner.generate([requests[i] for i in todo], on_result=store)
         return results  # type: ignore[return-value]
 
-    def _deliver(self, i: int, completion: Completion, cached: bool, on_result: OnResult | None) -> None:
+    def _deliver(
+        self, i: int, completion: Completion, cached: bool, on_result: OnResult | None
+    ) -> None:
         self.usage.add(completion, cached)
         if on_result:
             on_result(i, completion)
 
-    def choice_logprobs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> list[list[float]]:
-        keys = [cache_key(self._fingerprint, "choice_logprobs", [p, list(choices)]) for p in prompts]
+    def choice_logprobs(
+        self, prompts: Sequence[Prompt], choices: Sequence[str]
+    ) -> list[list[float]]:
+        keys = [
+            cache_key(self._fingerprint, "choice_logprobs", [p, list(choices)]) for p in prompts
+        ]
         hits = self.cache.get_many(keys) if self.cache is not None else {}
         todo = [i for i, k in enumerate(keys) if k not in hits]
-        rows, tokens = choice_logprobs_counted(self.inner, [prompts[i] for i in todo], choices) if todo else ([], [])
+        rows, tokens = (
+            choice_logprobs_counted(self.inner, [prompts[i] for i in todo], choices)
+            if todo
+            else ([], [])
+        )
         for i, row, n in zip(todo, rows, tokens):
             hits[keys[i]] = entry = {"logprobs": row, "prompt_tokens": n}  # tokens kept for hits
             if self.cache is not None:

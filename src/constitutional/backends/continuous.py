@@ -125,7 +125,11 @@ def step_logprobs(logits: torch.Tensor, token: int, k: int) -> StepLogprobs:
     """The log-probability of `token` under one step's `logits`, and the `k` most likely."""
     logp = torch.log_softmax(logits, dim=-1)
     top = torch.topk(logp, k) if k else None
-    return logp[token].item(), top.values.tolist() if top else [], top.indices.tolist() if top else []
+    return (
+        logp[token].item(),
+        top.values.tolist() if top else [],
+        top.indices.tolist() if top else [],
+    )
 
 
 class Intake(Protocol):
@@ -228,10 +232,23 @@ class ContinuousBatcher:
         eos_token_id: never picked for a row short of its request's `min_tokens`.
     """
 
-    def __init__(self, lm, prefill: Prefill, slots: int, is_done: Callable[[Row], bool],
-                 store: KVStore | None = None, kv_dtype: torch.dtype | None = None,
-                 eos_token_id: int | None = None):
-        self.lm, self.prefill, self.slots, self.is_done, self.store = lm, prefill, slots, is_done, store
+    def __init__(
+        self,
+        lm,
+        prefill: Prefill,
+        slots: int,
+        is_done: Callable[[Row], bool],
+        store: KVStore | None = None,
+        kv_dtype: torch.dtype | None = None,
+        eos_token_id: int | None = None,
+    ):
+        self.lm, self.prefill, self.slots, self.is_done, self.store = (
+            lm,
+            prefill,
+            slots,
+            is_done,
+            store,
+        )
         self.kv_dtype, self.eos_token_id = kv_dtype or lm.dtype, eos_token_id
         self.layers: list[TimelineLayer] = []
         self.mask = torch.zeros(0, 0, dtype=torch.bool)  # (slots, columns in use)
@@ -243,8 +260,14 @@ class ContinuousBatcher:
         self.on_prefix = torch.zeros(0, dtype=torch.bool)
 
     @torch.inference_mode()
-    def run(self, requests: Sequence[GenerationRequest], prompt_ids: Sequence[list[int]],
-            order: Sequence[int], on_finished: OnFinished, intake: Intake | None = None) -> None:
+    def run(
+        self,
+        requests: Sequence[GenerationRequest],
+        prompt_ids: Sequence[list[int]],
+        order: Sequence[int],
+        on_finished: OnFinished,
+        intake: Intake | None = None,
+    ) -> None:
         """Decode every request; `order` is the admission order (similar lengths together).
 
         With `intake` (a server), requests also arrive while this runs: between steps, new ones
@@ -294,8 +317,12 @@ class ContinuousBatcher:
         self.on_prefix = torch.cat([self.on_prefix, torch.zeros(n, dtype=torch.bool)])
         self.mask = torch.cat([self.mask, self.mask.new_zeros(n, self.mask.shape[1])])
         for layer in self.layers:
-            layer.key_buf = torch.cat([layer.key_buf, layer.key_buf.new_zeros(n, *layer.key_buf.shape[1:])])
-            layer.value_buf = torch.cat([layer.value_buf, layer.value_buf.new_zeros(n, *layer.value_buf.shape[1:])])
+            layer.key_buf = torch.cat(
+                [layer.key_buf, layer.key_buf.new_zeros(n, *layer.key_buf.shape[1:])]
+            )
+            layer.value_buf = torch.cat(
+                [layer.value_buf, layer.value_buf.new_zeros(n, *layer.value_buf.shape[1:])]
+            )
             layer._expose()
 
     def _admit(self, free, take, requests, prompt_ids, on_finished) -> None:
@@ -312,8 +339,14 @@ class ContinuousBatcher:
             # Widest chunk first: the timeline then takes its width once, not once per chunk.
             for chunk in reversed(prefill_chunks(todo)):
                 take_chunk = [group[j] for j in chunk]
-                self._admit_chunk([next(slots) for _ in chunk], take_chunk, requests, prompt_ids,
-                                  [pasts[i] for i in take_chunk] if pasts else None, on_finished)
+                self._admit_chunk(
+                    [next(slots) for _ in chunk],
+                    take_chunk,
+                    requests,
+                    prompt_ids,
+                    [pasts[i] for i in take_chunk] if pasts else None,
+                    on_finished,
+                )
 
     def _admit_chunk(self, free, take, requests, prompt_ids, pasts, on_finished) -> None:
         prefilled = self.prefill([prompt_ids[i] for i in take], pasts)
@@ -355,15 +388,21 @@ class ContinuousBatcher:
             return t[0, :, :common].to(self.kv_dtype, copy=True)
 
         layers = prefilled.cache.layers
-        self.prefix = SharedPrefix(rows[0][:common], [held(c.keys) for c in layers], [held(c.values) for c in layers])
+        self.prefix = SharedPrefix(
+            rows[0][:common], [held(c.keys) for c in layers], [held(c.values) for c in layers]
+        )
         return common
 
     def _start_timeline(self, cache: DynamicCache, width: int) -> None:
         def empty(t):
-            return t.new_zeros(len(self.rows), t.shape[1], width + GROWTH, t.shape[3], dtype=self.kv_dtype)
+            return t.new_zeros(
+                len(self.rows), t.shape[1], width + GROWTH, t.shape[3], dtype=self.kv_dtype
+            )
 
         self.layers = [TimelineLayer(empty(c.keys), empty(c.values), width) for c in cache.layers]
-        self.mask = torch.zeros(len(self.rows), width, dtype=torch.bool, device=cache.layers[0].keys.device)
+        self.mask = torch.zeros(
+            len(self.rows), width, dtype=torch.bool, device=cache.layers[0].keys.device
+        )
 
     def _make_room(self, width: int) -> None:
         """Insert columns in front if a prompt is wider than the timeline so far; drop leading
@@ -376,12 +415,16 @@ class ContinuousBatcher:
             return
         for layer in self.layers:
             layer.shift(first_used, pad)
-        self.mask = torch.cat([self.mask.new_zeros(len(self.rows), pad), self.mask[:, first_used:]], dim=1)
+        self.mask = torch.cat(
+            [self.mask.new_zeros(len(self.rows), pad), self.mask[:, first_used:]], dim=1
+        )
 
     def _step(self, on_finished: OnFinished) -> None:
         """One decode step for every slot: feed each row's last token, pick its next one."""
         live = [s for s, r in enumerate(self.rows) if r is not None]
-        last = torch.tensor([[r.tokens[-1] if r else 0] for r in self.rows], device=self.mask.device)
+        last = torch.tensor(
+            [[r.tokens[-1] if r else 0] for r in self.rows], device=self.mask.device
+        )
         positions = self.mask.sum(-1, keepdim=True)  # each row's own count of tokens so far
         extra = {}
         if self.prefix is not None and bool(self.on_prefix.any()):
@@ -391,8 +434,12 @@ class ContinuousBatcher:
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
         for layer in self.layers:
             layer.reserve(self.mask.shape[1])
-        additive = torch.full((len(self.rows), self.layers[0].capacity), torch.finfo(self.lm.dtype).min,
-                              dtype=self.lm.dtype, device=self.mask.device)  # spare columns stay blocked
+        additive = torch.full(
+            (len(self.rows), self.layers[0].capacity),
+            torch.finfo(self.lm.dtype).min,
+            dtype=self.lm.dtype,
+            device=self.mask.device,
+        )  # spare columns stay blocked
         additive[:, : self.mask.shape[1]].masked_fill_(self.mask, 0)
         out = self.lm(
             input_ids=last,
@@ -407,13 +454,19 @@ class ContinuousBatcher:
     def _cache(self) -> Cache:
         return Cache(layers=self.layers)
 
-    def _take(self, slots: list[int], rows: list[int], logits: torch.Tensor, on_finished: OnFinished) -> None:
+    def _take(
+        self, slots: list[int], rows: list[int], logits: torch.Tensor, on_finished: OnFinished
+    ) -> None:
         """Give the row in each of `slots` its next token, from row `rows[k]` of `logits`.
 
         Greedy picks come from one argmax over the batch; rows that sample or want log-probs read
         their logits on the host (one copy for the batch: on a GPU, one sync instead of one per row).
         """
-        young = [k for s, k in zip(slots, rows) if len(self.rows[s].tokens) < self.rows[s].request.min_tokens]
+        young = [
+            k
+            for s, k in zip(slots, rows)
+            if len(self.rows[s].tokens) < self.rows[s].request.min_tokens
+        ]
         if young and self.eos_token_id is not None:
             logits[young, self.eos_token_id] = float("-inf")
         greedy = logits.argmax(-1).tolist()

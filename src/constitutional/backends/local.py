@@ -41,7 +41,9 @@ if TYPE_CHECKING:  # the engine's module imports transformers, which loads lazil
 for _noisy in ("torchao", "torch.utils._pytree"):
     logging.getLogger(_noisy).setLevel(logging.ERROR)
 
-_LOADED: dict[tuple[str, str, str], tuple[object, object]] = {}  # (path, device, precision) -> (model, tokenizer)
+_LOADED: dict[
+    tuple[str, str, str], tuple[object, object]
+] = {}  # (path, device, precision) -> (model, tokenizer)
 PRECISIONS = ("fp32", "int8")
 AUTO_SLOTS, AUTO_SLOTS_GPU = 128, 256  # default cap on rows per pass (the KV budget may lower it)
 _LOAD_LOCK = threading.Lock()
@@ -56,7 +58,9 @@ def resolve_model(spec: str) -> Path:
         return materialize_gguf(path)
     if path.is_dir() and any((path / f).is_file() for f in ("config.json", "adapter_config.json")):
         return path
-    raise UserError("no such model: expected 'embedded', a .gguf file or an HF model directory", spec)
+    raise UserError(
+        "no such model: expected 'embedded', a .gguf file or an HF model directory", spec
+    )
 
 
 def load_model(spec: str, device: str | None = None, precision: str = "fp32"):
@@ -82,7 +86,11 @@ def load_model(spec: str, device: str | None = None, precision: str = "fp32"):
             if precision == "int8":  # CPU only: set to fp32 above for any other device
                 from constitutional.backends.int8 import calibration_conversations, to_int8
 
-                to_int8(model, tokenizer, [render_chat(tokenizer, m) for m in calibration_conversations()])
+                to_int8(
+                    model,
+                    tokenizer,
+                    [render_chat(tokenizer, m) for m in calibration_conversations()],
+                )
             _LOADED[key] = model, tokenizer
     return _LOADED[key]
 
@@ -134,7 +142,9 @@ def load_causal_lm(path: Path, device: str):
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     from constitutional.backends.prefix_attention import NAME as PREFIX_ATTENTION
 
-    model.set_attn_implementation(PREFIX_ATTENTION)  # SDPA, plus a shared prefix read once when decoding
+    model.set_attn_implementation(
+        PREFIX_ATTENTION
+    )  # SDPA, plus a shared prefix read once when decoding
     return model.to(device).eval(), tokenizer
 
 
@@ -170,8 +180,14 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, model: str = EMBEDDED_NAME, *, batch_size: int | None = None, device: str | None = None,
-                 precision: str | None = None):
+    def __init__(
+        self,
+        model: str = EMBEDDED_NAME,
+        *,
+        batch_size: int | None = None,
+        device: str | None = None,
+        precision: str | None = None,
+    ):
         self.model = model
         self.batch_size = batch_size
         self.precision = precision or os.environ.get("CAI_PRECISION", "fp32")
@@ -252,8 +268,15 @@ class LocalBackend:
         from constitutional.backends.continuous import ContinuousBatcher
 
         slots = slots or self._rows_per_pass(self.context_length)
-        return ContinuousBatcher(self.lm, self._prefill, slots, self._row_done, self.kv_store, self.kv_dtype,
-                                 eos_token_id=self.tokenizer.eos_token_id)
+        return ContinuousBatcher(
+            self.lm,
+            self._prefill,
+            slots,
+            self._row_done,
+            self.kv_store,
+            self.kv_dtype,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
 
     def completion(self, row: Row) -> Completion:
         """The finished `row` of a batcher as this backend's answer."""
@@ -279,7 +302,10 @@ class LocalBackend:
             return False
         if tokens[-1] == self.tokenizer.eos_token_id:
             return True
-        return bool(req.stop) and cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), req.stop)[1]
+        return (
+            bool(req.stop)
+            and cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), req.stop)[1]
+        )
 
     def _inputs_with_shared_prefix(self, prompt_ids: list[list[int]]) -> tuple[dict, int]:
         """Model inputs for a batch, and how many leading columns all rows share unpadded.
@@ -297,7 +323,9 @@ class LocalBackend:
         cache = self.lm(prefix, use_cache=True).past_key_values
         cache.batch_repeat_interleave(len(prompt_ids))
         suffixes = self._pad([p[shared:] for p in prompt_ids])
-        return self._after_cache(cache, torch.ones_like(prefix).expand(len(prompt_ids), -1), suffixes), shared
+        return self._after_cache(
+            cache, torch.ones_like(prefix).expand(len(prompt_ids), -1), suffixes
+        ), shared
 
     def _inputs_resuming(self, prompt_ids: list[list[int]], pasts: list[Reuse]) -> tuple[dict, int]:
         """Model inputs for rows whose first tokens' KV is stored (see `kv_store.py`), and the
@@ -305,10 +333,14 @@ class LocalBackend:
         tokens], and only the tokens after them run."""
         from transformers import DynamicCache
 
-        common = min(shared_prefix_len(prompt_ids) if len(prompt_ids) > 1 else pasts[0].n,
-                     max(p.n for p in pasts))
+        common = min(
+            shared_prefix_len(prompt_ids) if len(prompt_ids) > 1 else pasts[0].n,
+            max(p.n for p in pasts),
+        )
         source = max(pasts, key=lambda p: p.n).row  # holds the common tokens' KV
-        ends = [max(p.n, common) for p in pasts]  # rows reusing less take the common part from `source`
+        ends = [
+            max(p.n, common) for p in pasts
+        ]  # rows reusing less take the common part from `source`
         width = max(ends)
         mask = torch.zeros(len(pasts), width, dtype=torch.long, device=self.device)
         mask[:, :common] = 1
@@ -316,7 +348,9 @@ class LocalBackend:
         for layer in range(len(source.keys)):
             keys, values = source.kv(layer, 0, common)
             # Stored KV may be bf16 (int8 mode); prefill runs in the model's dtype. Padding stays finite.
-            past_k = keys.new_zeros(len(pasts), keys.shape[0], width, keys.shape[2], dtype=self.lm.dtype)
+            past_k = keys.new_zeros(
+                len(pasts), keys.shape[0], width, keys.shape[2], dtype=self.lm.dtype
+            )
             past_v = torch.zeros_like(past_k)
             past_k[:, :, :common], past_v[:, :, :common] = keys, values
             for i, (p, end) in enumerate(zip(pasts, ends)):
@@ -333,7 +367,9 @@ class LocalBackend:
         ids = suffixes["input_ids"]
         return {
             "input_ids": torch.cat([ids.new_zeros(ids.shape[0], cache_mask.shape[1]), ids], dim=1),
-            "attention_mask": torch.cat([cache_mask.to(suffixes["attention_mask"]), suffixes["attention_mask"]], dim=1),
+            "attention_mask": torch.cat(
+                [cache_mask.to(suffixes["attention_mask"]), suffixes["attention_mask"]], dim=1
+            ),
             "past_key_values": cache,
         }
 
@@ -352,7 +388,9 @@ class LocalBackend:
             for token, (logprob, values, ids) in zip(tokens, steps)
         ]
 
-    def choice_logprobs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> list[list[float]]:
+    def choice_logprobs(
+        self, prompts: Sequence[Prompt], choices: Sequence[str]
+    ) -> list[list[float]]:
         return self.choice_logprobs_with_usage(prompts, choices)[0]
 
     @torch.inference_mode()
@@ -384,8 +422,9 @@ class LocalBackend:
                 out.append([logp[row, c[0]].item() for c in ids])
         return out
 
-    def _prefill(self, prompt_ids: list[list[int]], pasts: list[Reuse] | None = None,
-                 keep_cache: bool = True) -> Prefilled:
+    def _prefill(
+        self, prompt_ids: list[list[int]], pasts: list[Reuse] | None = None, keep_cache: bool = True
+    ) -> Prefilled:
         """Run prompts; returns their KV cache, attention mask and next-token logits per row.
 
         A shared prefix is prefilled once (see `_inputs_with_shared_prefix`), or each row starts
@@ -454,7 +493,9 @@ def plan_batches(
     The plan depends only on the requests, so a resumed run (whose finished batches come from the
     cache) decodes the remaining batches exactly as an uninterrupted run would.
     """
-    order = sorted(range(len(requests)), key=lambda i: (requests[i].max_tokens, len(prompt_ids[i]), i))
+    order = sorted(
+        range(len(requests)), key=lambda i: (requests[i].max_tokens, len(prompt_ids[i]), i)
+    )
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 

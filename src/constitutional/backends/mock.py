@@ -51,7 +51,14 @@ class MockBackend:
 
     name = "mock"
 
-    def __init__(self, model: str = "mock", *, reply: Reply | None = None, scores: Scores | None = None, **options):
+    def __init__(
+        self,
+        model: str = "mock",
+        *,
+        reply: Reply | None = None,
+        scores: Scores | None = None,
+        **options,
+    ):
         self.model = model
         self._reply = as_reply(reply)
         self._scores = scores
@@ -61,7 +68,9 @@ class MockBackend:
     def fingerprint(self) -> str:
         return f"mock:{self.model}"
 
-    def generate(self, requests: Sequence[GenerationRequest], on_result: OnResult | None = None) -> list[Completion]:
+    def generate(
+        self, requests: Sequence[GenerationRequest], on_result: OnResult | None = None
+    ) -> list[Completion]:
         out = []
         for i, request in enumerate(requests):
             self.requests.append(request)
@@ -70,7 +79,9 @@ class MockBackend:
                 on_result(i, out[-1])
         return out
 
-    def choice_logprobs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> list[list[float]]:
+    def choice_logprobs(
+        self, prompts: Sequence[Prompt], choices: Sequence[str]
+    ) -> list[list[float]]:
         self.judged += prompts
         return [self.score(p, choices) for p in prompts]
 
@@ -79,7 +90,9 @@ class MockBackend:
             return [-math.log(len(choices))] * len(choices)
         row = list(self._scores(prompt, choices) if callable(self._scores) else self._scores)
         if len(row) != len(choices):
-            raise BackendError(f"the mock backend's scores have {len(row)} entries for {len(choices)} choices")
+            raise BackendError(
+                f"the mock backend's scores have {len(row)} entries for {len(choices)} choices"
+            )
         return row
 
 
@@ -113,6 +126,10 @@ def completion(request: GenerationRequest, text: str) -> Completion:
     if len(words) > request.max_tokens:
         words, finish = words[: request.max_tokens], "length"
         text = " ".join(words)
-    prompt = request.prompt if request.prompt is not None else " ".join(m["content"] for m in request.messages or [])
+    prompt = (
+        request.prompt
+        if request.prompt is not None
+        else " ".join(m["content"] for m in request.messages or [])
+    )
     logprobs = [TokenLogprob(w, 0.0) for w in words] if request.logprobs is not None else None
     return Completion(text, finish, len(prompt.split()), len(words), logprobs)

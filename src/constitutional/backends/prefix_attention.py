@@ -45,16 +45,27 @@ class SharedPrefix:
 NO_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
-def prefix_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
-                     shared_prefix: SharedPrefix | None = None, **kwargs):
+def prefix_attention(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout=0.0,
+    scaling=None,
+    shared_prefix: SharedPrefix | None = None,
+    **kwargs,
+):
     if query.shape[2] == 1 and (shared_prefix is not None or key.dtype != query.dtype):
         return decode_attention(module, query, key, value, attention_mask, scaling, shared_prefix)
     if not query.is_cuda:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     with sdpa_kernel(NO_CUDNN):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
 
 
 def decode_attention(module, query, key, value, attention_mask, scaling, shared_prefix):
@@ -66,18 +77,29 @@ def decode_attention(module, query, key, value, attention_mask, scaling, shared_
     scale = scaling if scaling is not None else dim**-0.5
     # Scaling q costs less than scaling every score, and is exact for a power-of-two head dim.
     q = (query * scale).reshape(rows, kv_heads, group, dim).to(low)
-    scores = torch.matmul(q, key.transpose(-1, -2)).float().add_(attention_mask)  # (rows, kv, group, cols)
+    scores = (
+        torch.matmul(q, key.transpose(-1, -2)).float().add_(attention_mask)
+    )  # (rows, kv, group, cols)
     if shared_prefix is None:
         return _heads_out(torch.matmul(torch.softmax(scores, dim=-1).to(low), value), query)
-    prefix_k, prefix_v = shared_prefix.keys[module.layer_idx], shared_prefix.values[module.layer_idx]
+    prefix_k, prefix_v = (
+        shared_prefix.keys[module.layer_idx],
+        shared_prefix.values[module.layer_idx],
+    )
     by_head = q.transpose(0, 1).reshape(kv_heads, rows * group, dim)
-    shared = torch.matmul(by_head, prefix_k.transpose(-1, -2)).float().view(kv_heads, rows, group, -1)
-    shared = shared.transpose(0, 1).masked_fill(~shared_prefix.rows[:, None, None, None], torch.finfo(torch.float32).min)
+    shared = (
+        torch.matmul(by_head, prefix_k.transpose(-1, -2)).float().view(kv_heads, rows, group, -1)
+    )
+    shared = shared.transpose(0, 1).masked_fill(
+        ~shared_prefix.rows[:, None, None, None], torch.finfo(torch.float32).min
+    )
     probs = torch.softmax(torch.cat([shared, scores], dim=-1), dim=-1).to(low)
     n_prefix = prefix_k.shape[1]
     out = torch.matmul(probs[..., n_prefix:], value).float()  # (rows, kv, group, dim)
     p_by_head = probs[..., :n_prefix].transpose(0, 1).reshape(kv_heads, rows * group, n_prefix)
-    out += torch.matmul(p_by_head, prefix_v).float().view(kv_heads, rows, group, dim).transpose(0, 1)
+    out += (
+        torch.matmul(p_by_head, prefix_v).float().view(kv_heads, rows, group, dim).transpose(0, 1)
+    )
     return _heads_out(out, query)
 
 

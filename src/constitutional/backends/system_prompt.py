@@ -34,10 +34,17 @@ class SystemPromptBackend:
             return [{"role": "system", "content": merged}, *messages[1:]]
         return [{"role": "system", "content": self.system}, *messages]
 
-    def generate(self, requests: Sequence[GenerationRequest], on_result: OnResult | None = None) -> list[Completion]:
-        wrapped = [replace(r, messages=self.with_system(r.messages)) if r.messages is not None else r for r in requests]
+    def generate(
+        self, requests: Sequence[GenerationRequest], on_result: OnResult | None = None
+    ) -> list[Completion]:
+        wrapped = [
+            replace(r, messages=self.with_system(r.messages)) if r.messages is not None else r
+            for r in requests
+        ]
         return self.inner.generate(wrapped, on_result)
 
-    def choice_logprobs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> list[list[float]]:
+    def choice_logprobs(
+        self, prompts: Sequence[Prompt], choices: Sequence[str]
+    ) -> list[list[float]]:
         wrapped = [p if isinstance(p, str) else self.with_system(p) for p in prompts]
         return self.inner.choice_logprobs(wrapped, choices)

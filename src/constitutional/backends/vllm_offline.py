@@ -36,7 +36,9 @@ def import_vllm():
     import torch
 
     if not torch.cuda.is_available():
-        raise UserError("the vllm backend needs a CUDA GPU and none is visible; use --backend local")
+        raise UserError(
+            "the vllm backend needs a CUDA GPU and none is visible; use --backend local"
+        )
     return vllm
 
 
@@ -64,12 +66,19 @@ class VLLMBackend:
     ):
         vllm = import_vllm()
         if model == "embedded" or model.endswith(".gguf"):
-            raise UserError(f"vLLM cannot load {model!r}: run `cai export {model} --out DIR` and use --model DIR")
+            raise UserError(
+                f"vLLM cannot load {model!r}: run `cai export {model} --out DIR` and use --model DIR"
+            )
         self.model = model
         self._vllm = vllm
-        self.llm = vllm.LLM(model=model, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
-                            tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
-                            enable_prefix_caching=True)  # fmt: skip
+        self.llm = vllm.LLM(
+            model=model,
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+            max_model_len=max_model_len,
+            enable_prefix_caching=True,
+        )
         self.tokenizer = self.llm.get_tokenizer()
 
     def fingerprint(self) -> str:
@@ -83,20 +92,28 @@ class VLLMBackend:
     def render(self, prompt: Prompt) -> str:
         if isinstance(prompt, str):
             return prompt
-        return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(
+            prompt, tokenize=False, add_generation_prompt=True
+        )
 
-    def generate(self, requests: Sequence[GenerationRequest], on_result: OnResult | None = None) -> list[Completion]:
+    def generate(
+        self, requests: Sequence[GenerationRequest], on_result: OnResult | None = None
+    ) -> list[Completion]:
         """Hand every request to the engine at once; it batches and schedules them."""
         if not requests:
             return []
         params = [
             self._vllm.SamplingParams(
-                temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, seed=r.seed,
+                temperature=r.temperature,
+                top_p=r.top_p,
+                max_tokens=r.max_tokens,
+                seed=r.seed,
                 min_tokens=r.min_tokens,
-                stop=list(r.stop) or None, logprobs=r.logprobs,
+                stop=list(r.stop) or None,
+                logprobs=r.logprobs,
             )
             for r in requests
-        ]  # fmt: skip
+        ]
         prompts = [self.render(r.messages or r.prompt) for r in requests]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         results = []
@@ -119,9 +136,13 @@ class VLLMBackend:
                 for token, step in zip(best.token_ids, best.logprobs)
             ]
         finish = "length" if best.finish_reason == "length" else "stop"
-        return Completion(best.text, finish, len(out.prompt_token_ids), len(best.token_ids), logprobs)
+        return Completion(
+            best.text, finish, len(out.prompt_token_ids), len(best.token_ids), logprobs
+        )
 
-    def choice_logprobs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> list[list[float]]:
+    def choice_logprobs(
+        self, prompts: Sequence[Prompt], choices: Sequence[str]
+    ) -> list[list[float]]:
         return self.choice_logprobs_with_usage(prompts, choices)[0]
 
     def choice_logprobs_with_usage(
@@ -133,7 +154,10 @@ class VLLMBackend:
         from constitutional.backends.local import continuation_ids
 
         texts = [self.render(p) for p in prompts]
-        pairs, lengths = [], []  # (prompt ids + choice ids, number of choice tokens); prompt lengths
+        pairs, lengths = (
+            [],
+            [],
+        )  # (prompt ids + choice ids, number of choice tokens); prompt lengths
         for text in texts:
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             lengths.append(len(ids))
@@ -141,7 +165,9 @@ class VLLMBackend:
                 tail = continuation_ids(self.tokenizer, text, ids, choice)
                 pairs.append((ids + tail, len(tail)))
         params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids, _ in pairs], params, use_tqdm=False)
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": ids} for ids, _ in pairs], params, use_tqdm=False
+        )
         scores = [
             sum(step[tok].logprob for tok, step in zip(ids[-n:], out.prompt_logprobs[-n:]))
             for (ids, n), out in zip(pairs, outputs)

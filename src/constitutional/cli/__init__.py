@@ -55,14 +55,23 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(
-        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the version and exit.",
     ),
     precision: str = typer.Option(
-        None, "--precision", envvar="CAI_PRECISION",
+        None,
+        "--precision",
+        envvar="CAI_PRECISION",
         help="Local models: fp32 (default) or int8 (quantised Linear weights, ~1.7x faster on CPU).",
     ),
     threads: int = typer.Option(
-        None, "--threads", envvar="CAI_THREADS", min=1,
+        None,
+        "--threads",
+        envvar="CAI_THREADS",
+        min=1,
         help="Local models: CPU threads for torch (default: torch's choice, one per core).",
     ),
 ) -> None:

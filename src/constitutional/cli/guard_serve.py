@@ -13,13 +13,18 @@ def serve(
         ..., "--guard", help="Directory written by `cai guard train` (the classifiers)."
     ),
     upstream: str = typer.Option(
-        ..., "--upstream", help="The model's API root (e.g. http://127.0.0.1:8000/v1), or a local model ('embedded', .gguf, HF/LoRA dir) served in-process."
+        ...,
+        "--upstream",
+        help="The model's API root (e.g. http://127.0.0.1:8000/v1), "
+        "or a local model ('embedded', .gguf, HF/LoRA dir) served in-process.",
     ),
     api_key: list[str] = typer.Option(
         [], "--api-key", help="Bearer token clients must send; repeat for several. None: open."
     ),
     metrics_key: str | None = typer.Option(
-        None, "--metrics-key", envvar="CAI_METRICS_KEY",
+        None,
+        "--metrics-key",
+        envvar="CAI_METRICS_KEY",
         help="Bearer token for /metrics. Without it /metrics answers loopback clients only.",
     ),
     upstream_api_key: str | None = typer.Option(
@@ -35,7 +40,9 @@ def serve(
         64, "--holdback", min=0, help="Characters of a stream held back until checked past them."
     ),
     max_check_chars: int = typer.Option(
-        64_000, "--max-check-chars", min=1,
+        64_000,
+        "--max-check-chars",
+        min=1,
         help="Longest conversation or answer scored; longer requests get 400, longer answers are cut.",
     ),
     model_name: str = typer.Option("guarded", "--model-name", help="Model id in /v1/models."),

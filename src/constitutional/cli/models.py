@@ -5,27 +5,76 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from constitutional.cli.serve import serve
 
-BackendOpt = typer.Option("local", "--backend", "-b", help="local (transformers), openai (any OpenAI-compatible server), vllm (in-process, GPU) or mock (scripted replies, no model).")
-ModelOpt = typer.Option(None, "--model", "-m", help="local: 'embedded', a .gguf file or an HF dir; openai: the server's model name.")
-BaseUrlOpt = typer.Option(None, "--base-url", help="openai backend: server URL (default $OPENAI_BASE_URL).")
-SlotsOpt = typer.Option(None, "--batch-size", help="local backend: rows decoded together (default: as many as the KV memory budget $CAI_KV_BUDGET_GB allows, at most 128 on CPU).")
+BackendOpt = typer.Option(
+    "local",
+    "--backend",
+    "-b",
+    help="local (transformers), openai (any OpenAI-compatible server), "
+    "vllm (in-process, GPU) or mock (scripted replies, no model).",
+)
+ModelOpt = typer.Option(
+    None,
+    "--model",
+    "-m",
+    help="local: 'embedded', a .gguf file or an HF dir; openai: the server's model name.",
+)
+BaseUrlOpt = typer.Option(
+    None, "--base-url", help="openai backend: server URL (default $OPENAI_BASE_URL)."
+)
+SlotsOpt = typer.Option(
+    None,
+    "--batch-size",
+    help="local backend: rows decoded together (default: "
+    "as many as the KV memory budget $CAI_KV_BUDGET_GB allows, at most 128 on CPU).",
+)
+
+# The response-cache and concurrency options repeat in every command that calls a backend;
+# declaring them once keeps their flags and help identical everywhere.
+CacheOpt = typer.Option(None, help="Response cache file (default $CAI_CACHE_DIR/responses.sqlite).")
+NoCacheOpt = typer.Option(False, "--no-cache", help="Neither read nor write the response cache.")
+_CONCURRENCY_HELP = "openai backend: requests in flight."
+Concurrency8Opt = typer.Option(8, help=_CONCURRENCY_HELP)
+Concurrency16Opt = typer.Option(16, help=_CONCURRENCY_HELP)
 
 
-def backend_from_options(backend: str, model: str | None, base_url: str | None, batch_size: int | None, concurrency: int, cache: Path | None, no_cache: bool):
+def backend_from_options(
+    backend: str,
+    model: str | None,
+    base_url: str | None,
+    batch_size: int | None,
+    concurrency: int,
+    cache: Path | None,
+    no_cache: bool,
+):
     from constitutional.backends import make_backend
 
-    options = {"batch_size": batch_size} if backend == "local" else {"base_url": base_url, "concurrency": concurrency}
+    options = backend_options(backend, base_url, batch_size, concurrency)
     return make_backend(backend, model, cache=cache, use_cache=not no_cache, **options)
 
 
+def backend_options(
+    backend: str, base_url: str | None, batch_size: int | None, concurrency: int
+) -> dict[str, Any]:
+    """The engine keywords that apply to BACKEND: slots for a local model, URL and requests in
+    flight for a server."""
+    if backend == "local":
+        return {"batch_size": batch_size}
+    return {"base_url": base_url, "concurrency": concurrency}
+
+
 def generate(
-    prompts: Path = typer.Option(..., "--prompts", "-p", help="JSONL with a `prompt` or `messages` field per row."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output JSONL (written atomically at the end)."),
+    prompts: Path = typer.Option(
+        ..., "--prompts", "-p", help="JSONL with a `prompt` or `messages` field per row."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output JSONL (written atomically at the end)."
+    ),
     backend: str = BackendOpt,
     model: str = ModelOpt,
     base_url: str = BaseUrlOpt,
@@ -34,9 +83,9 @@ def generate(
     max_tokens: int = typer.Option(256, help="New tokens per response at most."),
     seed: int = typer.Option(0, help="Run seed; each row's seed derives from it."),
     batch_size: int | None = SlotsOpt,
-    concurrency: int = typer.Option(8, help="openai backend: requests in flight."),
-    cache: Path = typer.Option(None, help="Response cache file (default $CAI_CACHE_DIR/responses.sqlite)."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the response cache."),
+    concurrency: int = Concurrency8Opt,
+    cache: Path = CacheOpt,
+    no_cache: bool = NoCacheOpt,
     manifest: Path = typer.Option(None, help="Run manifest to update (default OUT.manifest.json)."),
 ) -> None:
     """Complete every prompt in a JSONL file; a killed run resumes from the cache."""
@@ -49,8 +98,15 @@ def generate(
     with Progress(transient=False) as progress:
         task = progress.add_task("generating", total=len(rows))
         summary = run_generate(
-            rows, out, llm, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-            seed=seed, manifest=manifest, on_result=lambda i, c: progress.advance(task),
+            rows,
+            out,
+            llm,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            seed=seed,
+            manifest=manifest,
+            on_result=lambda i, c: progress.advance(task),
         )
     new_tokens = summary["completion_tokens"]
     typer.echo(
@@ -75,8 +131,12 @@ def chat(
     from constitutional.backends import GenerationRequest
 
     llm = backend_from_options(backend, model, base_url, 1, 1, None, True)
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
-    request = GenerationRequest(messages=messages, temperature=temperature, max_tokens=max_tokens, seed=seed)
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": text}
+    ]
+    request = GenerationRequest(
+        messages=messages, temperature=temperature, max_tokens=max_tokens, seed=seed
+    )
     typer.echo(llm.generate([request])[0].text)
 
 

@@ -11,8 +11,13 @@ import typer
 
 
 def report(
-    run_dir: Path = typer.Argument(..., help="Run directory: manifest.json, eval.json, audit.json, principles.json, sl.jsonl, checkpoints."),
-    out: Path = typer.Option(None, "--out", "-o", help="HTML file to write (default RUN_DIR/report.html)."),
+    run_dir: Path = typer.Argument(
+        ...,
+        help="Run directory: manifest.json, eval.json, audit.json, principles.json, sl.jsonl, checkpoints.",
+    ),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="HTML file to write (default RUN_DIR/report.html)."
+    ),
 ) -> None:
     """Render a run directory as a self-contained HTML report (opens offline, loads nothing)."""
     from constitutional.report import render_report

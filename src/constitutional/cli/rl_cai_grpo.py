@@ -8,31 +8,51 @@ from pathlib import Path
 import typer
 
 from constitutional.cli.models import BackendOpt, BaseUrlOpt
-from constitutional.cli.rl_cai_ppo import judge_from_options
+
+# The options GRPO shares with PPO are declared once, with the PPO command.
+from constitutional.cli.rl_cai_ppo import (
+    ConstitutionOpt,
+    FeedbackOpt,
+    JudgeBatchSizeOpt,
+    OutOpt,
+    PolicyOpt,
+    PromptsOpt,
+    RbrClassOpt,
+    RbrOpt,
+    RbrWeightOpt,
+    RewardModelOpt,
+    RewardOpt,
+    judge_from_options,
+)
+
+BetaOpt = typer.Option(0.04, help="KL coefficient β to the reference (0: no reference at all).")
+LoraOpt = typer.Option(
+    True, "--lora/--full", help="Fresh LoRA adapter (default) or full fine-tuning."
+)
 
 
 def grpo(
-    prompts: str = typer.Option(..., "--prompts", "-p", help="JSONL with `prompt`, or builtin:advbench|harmbench|strongreject|self_instruct|mt_bench."),
-    policy: str = typer.Option("embedded", "--policy", help="Model to train and KL reference, usually the SL-CAI checkpoint ('embedded', .gguf, HF or LoRA dir)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint directory (loads with --model OUT)."),
-    reward: str = typer.Option("pm", "--reward", help="pm: the preference model scores; judge: the feedback model rates each response (d-RLAIF); pm+rbr: PM + weighted rule-based reward graded by --feedback."),
-    reward_model: Path = typer.Option(None, "--reward-model", help="--reward pm: preference model directory from `cai rl-cai train-pm`."),
-    feedback: str = typer.Option(None, "--feedback", help="--reward judge: the model that rates each response; pm+rbr: grades the propositions ('embedded', HF dir, or server model)."),
-    constitution: str = typer.Option("default", "--constitution", "-c", help="--reward judge: constitution YAML whose comparison principles it rates against."),
-    rbr: Path = typer.Option(None, "--rbr", help="--reward pm+rbr: rule-based reward weights from `cai rbr fit`."),
-    rbr_weight: float = typer.Option(1.0, "--rbr-weight", help="--reward pm+rbr: reward = PM + this × RBR score."),
-    rbr_class: str = typer.Option("hard_refuse", "--rbr-class", help="--reward pm+rbr: response class of every prompt (a class of the RBR rules)."),
+    prompts: str = PromptsOpt,
+    policy: str = PolicyOpt,
+    out: Path = OutOpt,
+    reward: str = RewardOpt,
+    reward_model: Path = RewardModelOpt,
+    feedback: str = FeedbackOpt,
+    constitution: str = ConstitutionOpt,
+    rbr: Path = RbrOpt,
+    rbr_weight: float = RbrWeightOpt,
+    rbr_class: str = RbrClassOpt,
     backend: str = BackendOpt,
     base_url: str = BaseUrlOpt,
-    judge_batch_size: int = typer.Option(16, help="--reward judge, local backend: responses rated together."),
-    beta: float = typer.Option(0.04, help="KL coefficient β to the reference (0: no reference at all)."),
+    judge_batch_size: int = JudgeBatchSizeOpt,
+    beta: float = BetaOpt,
     steps: int = typer.Option(20, help="Optimiser steps, each on freshly sampled groups."),
     prompts_per_step: int = typer.Option(4, help="Prompts per step."),
     num_generations: int = typer.Option(4, help="Responses per prompt (the group; >= 2)."),
     max_new_tokens: int = typer.Option(32, help="New tokens per sampled response."),
     temperature: float = typer.Option(1.0, help="Sampling temperature of the responses."),
     lr: float = typer.Option(None, "--lr", help="Learning rate (default 5e-5 LoRA, 1e-6 full)."),
-    lora: bool = typer.Option(True, "--lora/--full", help="Fresh LoRA adapter (default) or full fine-tuning."),
+    lora: bool = LoraOpt,
     seed: int = typer.Option(0, help="Seed of LoRA init, prompt order and sampling."),
     overwrite: bool = typer.Option(False, help="Replace an existing checkpoint directory."),
 ) -> None:
@@ -40,12 +60,36 @@ def grpo(
     from constitutional.rbr.reward import rbr_reward
     from constitutional.train.grpo import train_grpo
 
-    judge = judge_from_options(reward, reward_model, feedback, constitution, backend, base_url, judge_batch_size, rbr)
-    s = train_grpo(prompts, policy, out, reward=reward, reward_model=reward_model, judge=judge,
-                   constitution=constitution, rbr=rbr, rbr_weight=rbr_weight, rbr_class=rbr_class, rbr_factory=rbr_reward,
-                   beta=beta,
-                   steps=steps, prompts_per_step=prompts_per_step,
-                   num_generations=num_generations, max_new_tokens=max_new_tokens, temperature=temperature,
-                   learning_rate=lr, lora=lora, seed=seed, overwrite=overwrite)  # fmt: skip
-    first, last, kl = ("n/a" if v is None else f"{v:.3f}" for v in (s["reward_first"], s["reward_last"], s["kl_last"]))
-    typer.echo(f"trained {s['steps']} steps, {reward} reward {first} → {last}, KL {kl} → {out}", err=True)
+    judge = judge_from_options(
+        reward, reward_model, feedback, constitution, backend, base_url, judge_batch_size, rbr
+    )
+    s = train_grpo(
+        prompts,
+        policy,
+        out,
+        reward=reward,
+        reward_model=reward_model,
+        judge=judge,
+        constitution=constitution,
+        rbr=rbr,
+        rbr_weight=rbr_weight,
+        rbr_class=rbr_class,
+        rbr_factory=rbr_reward,
+        beta=beta,
+        steps=steps,
+        prompts_per_step=prompts_per_step,
+        num_generations=num_generations,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        learning_rate=lr,
+        lora=lora,
+        seed=seed,
+        overwrite=overwrite,
+    )
+    first, last, kl = (
+        "n/a" if v is None else f"{v:.3f}"
+        for v in (s["reward_first"], s["reward_last"], s["kl_last"])
+    )
+    typer.echo(
+        f"trained {s['steps']} steps, {reward} reward {first} → {last}, KL {kl} → {out}", err=True
+    )

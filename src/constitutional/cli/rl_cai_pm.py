@@ -11,15 +11,30 @@ import typer
 
 
 def train_pm(
-    data: Path = typer.Option(..., "--data", "-d", help="Label JSONL from `cai rl-cai label` (or TRL rows: prompt, chosen, rejected[, p_chosen])."),
-    base: str = typer.Option("embedded", "--base", help="Base model: 'embedded', a .gguf file or an HF dir."),
-    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint directory (score with `cai rl-cai score --model OUT`)."),
-    lora: bool = typer.Option(True, "--lora/--full", help="LoRA adapter + score head (default) or full fine-tuning."),
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        "-d",
+        help="Label JSONL from `cai rl-cai label` (or TRL rows: prompt, chosen, rejected[, p_chosen]).",
+    ),
+    base: str = typer.Option(
+        "embedded", "--base", help="Base model: 'embedded', a .gguf file or an HF dir."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Checkpoint directory (score with `cai rl-cai score --model OUT`)."
+    ),
+    lora: bool = typer.Option(
+        True, "--lora/--full", help="LoRA adapter + score head (default) or full fine-tuning."
+    ),
     epochs: float = typer.Option(1.0, help="Passes over the training pairs."),
     lr: float = typer.Option(None, "--lr", help="Learning rate (default 2e-4 LoRA, 1e-5 full)."),
     batch_size: int = typer.Option(8, help="Pairs per optimiser step."),
-    max_length: int = typer.Option(512, help="Tokens kept per (prompt, response); scoring cuts the same."),
-    eval_fraction: float = typer.Option(0.1, help="Share of pairs held out for accuracy and calibration."),
+    max_length: int = typer.Option(
+        512, help="Tokens kept per (prompt, response); scoring cuts the same."
+    ),
+    eval_fraction: float = typer.Option(
+        0.1, help="Share of pairs held out for accuracy and calibration."
+    ),
     max_steps: int = typer.Option(-1, help="Stop after this many steps (-1: epochs decide)."),
     seed: int = typer.Option(0, help="Seed of the held-out split, head init and data order."),
     overwrite: bool = typer.Option(False, help="Replace an existing checkpoint directory."),
@@ -27,9 +42,20 @@ def train_pm(
     """Train a Bradley–Terry preference model on soft AI-feedback labels."""
     from constitutional.train.preference_model import train_preference_model
 
-    s = train_preference_model(data, base, out, lora=lora, epochs=epochs, learning_rate=lr, batch_size=batch_size,
-                               max_length=max_length, eval_fraction=eval_fraction, max_steps=max_steps, seed=seed,
-                               overwrite=overwrite)  # fmt: skip
+    s = train_preference_model(
+        data,
+        base,
+        out,
+        lora=lora,
+        epochs=epochs,
+        learning_rate=lr,
+        batch_size=batch_size,
+        max_length=max_length,
+        eval_fraction=eval_fraction,
+        max_steps=max_steps,
+        seed=seed,
+        overwrite=overwrite,
+    )
     held = "no held-out pairs"
     if s["eval_pairs"]:
         acc = "n/a (all ties)" if s["accuracy"] is None else f"{s['accuracy']:.1%}"
@@ -39,9 +65,15 @@ def train_pm(
 
 
 def score(
-    model: Path = typer.Option(..., "--model", "-m", help="Preference model directory from `cai rl-cai train-pm`."),
-    data: Path = typer.Option(..., "--input", "-i", help="JSONL with `prompt` and `response` per row."),
-    out: Path = typer.Option(..., "--out", "-o", help="The input rows with a `reward` added, same order."),
+    model: Path = typer.Option(
+        ..., "--model", "-m", help="Preference model directory from `cai rl-cai train-pm`."
+    ),
+    data: Path = typer.Option(
+        ..., "--input", "-i", help="JSONL with `prompt` and `response` per row."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="The input rows with a `reward` added, same order."
+    ),
     batch_size: int = typer.Option(16, help="Rows scored together."),
 ) -> None:
     """Score (prompt, response) rows with a trained preference model."""

@@ -70,10 +70,23 @@ def _print_eval(run_dir: Path, console) -> None:
         return
     for line in summary_lines(doc):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
-    console.print(judge_line(doc), markup=False, highlight=False, soft_wrap=True, style="bold red" if judge_warning(doc) else None)
+    console.print(
+        judge_line(doc),
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+        style="bold red" if judge_warning(doc) else None,
+    )
     if "base" in (doc.get("models") or {}) and len(doc["models"]) > 1:
         verdict = did_it_work(doc)
-        console.print(f"Did it work? {verdict['final']} against {verdict['base']}, on held-out prompts (refusal instrument):")
+        console.print(
+            f"Did it work? {verdict['final']} against {verdict['base']}, on held-out prompts (refusal instrument):"
+        )
         for c in verdict["checks"]:
             mark = {True: "met", False: "NOT met", None: "no data"}[c["passed"]]
-            console.print(f"  {mark}: {c['name']} ({c['detail']})", markup=False, highlight=False, soft_wrap=True)
+            console.print(
+                f"  {mark}: {c['name']} ({c['detail']})",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )

@@ -36,9 +36,15 @@ class AnalysisConfig:
     k_min: int = 2  # smallest number of opinion groups tried
     k_max: int = 5  # largest number tried (capped at participants - 1)
     seed: int = 0  # k-means initialisation
-    consensus_threshold: float = 0.5  # product of group agree probabilities to count as consensus, in (0, 1)
-    divisive_threshold: float = 0.3  # spread of group agree probabilities to count as divisive, in (0, 1)
-    min_rep_votes: int = 3  # a group needs this many votes on a statement for it to be representative
+    consensus_threshold: float = (
+        0.5  # product of group agree probabilities to count as consensus, in (0, 1)
+    )
+    divisive_threshold: float = (
+        0.3  # spread of group agree probabilities to count as divisive, in (0, 1)
+    )
+    min_rep_votes: int = (
+        3  # a group needs this many votes on a statement for it to be representative
+    )
     top: int = 10  # longest consensus / divisive / representative lists
 
 
@@ -57,7 +63,9 @@ def project(matrix: np.ndarray, seed: int = 0) -> tuple[np.ndarray, list[float]]
 
     seen = ~np.isnan(matrix)
     counts = seen.sum(axis=0)
-    means = np.divide(np.nansum(matrix, axis=0), counts, out=np.zeros(matrix.shape[1]), where=counts > 0)
+    means = np.divide(
+        np.nansum(matrix, axis=0), counts, out=np.zeros(matrix.shape[1]), where=counts > 0
+    )
     filled = np.where(seen, matrix, means)  # (n_participants, n_statements)
     n_components = min(2, *filled.shape)
     pca = PCA(n_components=n_components, random_state=seed)
@@ -68,7 +76,9 @@ def project(matrix: np.ndarray, seed: int = 0) -> tuple[np.ndarray, list[float]]
     return coords * scale[:, None], [float(v) for v in pca.explained_variance_ratio_]
 
 
-def cluster(coords: np.ndarray, k_min: int, k_max: int, seed: int) -> tuple[np.ndarray, dict[int, float]]:
+def cluster(
+    coords: np.ndarray, k_min: int, k_max: int, seed: int
+) -> tuple[np.ndarray, dict[int, float]]:
     """k-means labels for the k in [k_min, k_max] with the best silhouette (ties: the smaller k).
 
     k is capped at n - 1 participants and at the number of distinct points; with fewer than two
@@ -100,12 +110,17 @@ def cluster(coords: np.ndarray, k_min: int, k_max: int, seed: int) -> tuple[np.n
 
 def _counts(matrix: np.ndarray) -> dict[str, np.ndarray]:
     """Per-statement vote counts of the rows of `matrix`."""
-    return {"votes": (~np.isnan(matrix)).sum(axis=0), "agree": (matrix == 1).sum(axis=0),
-            "disagree": (matrix == -1).sum(axis=0), "pass": (matrix == 0).sum(axis=0)}
+    return {
+        "votes": (~np.isnan(matrix)).sum(axis=0),
+        "agree": (matrix == 1).sum(axis=0),
+        "disagree": (matrix == -1).sum(axis=0),
+        "pass": (matrix == 0).sum(axis=0),
+    }
 
 
-def _representative(votes: Votes, matrix: np.ndarray, labels: np.ndarray, group: int,
-                    config: AnalysisConfig) -> list[dict[str, Any]]:
+def _representative(
+    votes: Votes, matrix: np.ndarray, labels: np.ndarray, group: int, config: AnalysisConfig
+) -> list[dict[str, Any]]:
     """Statements on which `group` stands furthest from everyone else, best first."""
     inside, outside = _counts(matrix[labels == group]), _counts(matrix[labels != group])
     rows = []
@@ -113,9 +128,16 @@ def _representative(votes: Votes, matrix: np.ndarray, labels: np.ndarray, group:
         p_in = smoothed(inside[direction], inside["votes"])
         p_out = smoothed(outside[direction], outside["votes"])
         for j in np.flatnonzero((inside["votes"] >= config.min_rep_votes) & (p_in > p_out)):
-            rows.append({"statement": votes.statements[j], "direction": direction, "p_in": float(p_in[j]),
-                         "p_out": float(p_out[j]), "difference": float(p_in[j] - p_out[j]),
-                         "votes": int(inside["votes"][j])})
+            rows.append(
+                {
+                    "statement": votes.statements[j],
+                    "direction": direction,
+                    "p_in": float(p_in[j]),
+                    "p_out": float(p_out[j]),
+                    "difference": float(p_in[j] - p_out[j]),
+                    "votes": int(inside["votes"][j]),
+                }
+            )
     rows.sort(key=lambda r: -r["difference"])
     return _with_text(votes, rows[: config.top])
 
@@ -144,8 +166,10 @@ def analyze(votes: Votes, config: AnalysisConfig | None = None) -> dict[str, Any
     matrix = votes.matrix[keep]  # (n_kept, n_statements)
     kept = [p for p, k in zip(votes.participants, keep, strict=True) if k]
     if len(kept) < 3:
-        raise UserError(f"only {len(kept)} participants have at least {config.min_votes} votes; "
-                        "need 3 (lower --min-votes?)")
+        raise UserError(
+            f"only {len(kept)} participants have at least {config.min_votes} votes; "
+            "need 3 (lower --min-votes?)"
+        )
     # One BLAS/OpenMP thread: these matrices are small, and a multi-threaded pool that has to
     # share its cores with anything else spins and runs 10-20x slower (measured on 2 cores).
     with threadpool_limits(1):
@@ -160,35 +184,80 @@ def analyze(votes: Votes, config: AnalysisConfig | None = None) -> dict[str, Any
     spread = p_agree.max(axis=0) - p_agree.min(axis=0)
     total = _counts(matrix)
 
-    statements = []
-    for j, sid in enumerate(votes.statements):
-        statements.append({
-            "statement": sid, **({"text": votes.texts.get(sid)} if votes.texts else {}),
-            **{name: int(total[name][j]) for name in ("votes", "agree", "disagree", "pass")},
-            "consensus": float(consensus[j]), "spread": float(spread[j]),
-            "groups": [{"group": g, **{name: int(c[name][j]) for name in ("votes", "agree", "disagree", "pass")},
-                        "p_agree": float(p_agree[g, j]), "p_disagree": float(p_disagree[g, j])}
-                       for g, c in enumerate(groups)],
-        })
-    by_consensus = [j for j in np.argsort(-consensus, kind="stable") if consensus[j] >= config.consensus_threshold]
-    by_spread = [j for j in np.argsort(-spread, kind="stable") if spread[j] >= config.divisive_threshold]
+    statements = _statement_stats(votes, groups, total, (p_agree, p_disagree), (consensus, spread))
     return {
-        "participants": {"total": len(votes.participants), "kept": len(kept), "min_votes": config.min_votes},
+        "participants": {
+            "total": len(votes.participants),
+            "kept": len(kept),
+            "min_votes": config.min_votes,
+        },
         "statements": len(votes.statements),
         "votes": int(np.count_nonzero(~np.isnan(matrix))),
-        "config": {"k_min": config.k_min, "k_max": config.k_max, "seed": config.seed,
-                   "consensus_threshold": config.consensus_threshold,
-                   "divisive_threshold": config.divisive_threshold, "min_rep_votes": config.min_rep_votes},
+        "config": {
+            "k_min": config.k_min,
+            "k_max": config.k_max,
+            "seed": config.seed,
+            "consensus_threshold": config.consensus_threshold,
+            "divisive_threshold": config.divisive_threshold,
+            "min_rep_votes": config.min_rep_votes,
+        },
         "k": k,
         "silhouette": {str(kk): s for kk, s in scores.items()},
         "explained_variance": explained,
-        "points": [{"participant": p, "x": float(x), "y": float(y), "group": int(g), "votes": int(n)}
-                   for p, (x, y), g, n in zip(kept, coords, labels, n_voted[keep], strict=True)],
-        "groups": [{"group": g, "size": int((labels == g).sum()),
-                    "representative": _representative(votes, matrix, labels, g, config)} for g in range(k)],
+        "points": [
+            {"participant": p, "x": float(x), "y": float(y), "group": int(g), "votes": int(n)}
+            for p, (x, y), g, n in zip(kept, coords, labels, n_voted[keep], strict=True)
+        ],
+        "groups": [
+            {
+                "group": g,
+                "size": int((labels == g).sum()),
+                "representative": _representative(votes, matrix, labels, g, config),
+            }
+            for g in range(k)
+        ],
         "statement_stats": statements,
-        "consensus": _with_text(votes, [{"statement": votes.statements[j], "consensus": float(consensus[j])}
-                                        for j in by_consensus[: config.top]]),
-        "divisive": _with_text(votes, [{"statement": votes.statements[j], "spread": float(spread[j])}
-                                       for j in by_spread[: config.top]]),
+        "consensus": _ranked(votes, consensus, "consensus", config.consensus_threshold, config.top),
+        "divisive": _ranked(votes, spread, "spread", config.divisive_threshold, config.top),
     }
+
+
+def _statement_stats(
+    votes: Votes, groups: list[dict], total: dict, p: tuple, scores: tuple
+) -> list[dict[str, Any]]:
+    """Per statement: vote counts overall and per group, smoothed agreement, consensus, spread."""
+    p_agree, p_disagree = p
+    consensus, spread = scores
+    statements = []
+    for j, sid in enumerate(votes.statements):
+        statements.append(
+            {
+                "statement": sid,
+                **({"text": votes.texts.get(sid)} if votes.texts else {}),
+                **{name: int(total[name][j]) for name in ("votes", "agree", "disagree", "pass")},
+                "consensus": float(consensus[j]),
+                "spread": float(spread[j]),
+                "groups": [
+                    {
+                        "group": g,
+                        **{
+                            name: int(c[name][j]) for name in ("votes", "agree", "disagree", "pass")
+                        },
+                        "p_agree": float(p_agree[g, j]),
+                        "p_disagree": float(p_disagree[g, j]),
+                    }
+                    for g, c in enumerate(groups)
+                ],
+            }
+        )
+    return statements
+
+
+def _ranked(
+    votes: Votes, values: np.ndarray, key: str, threshold: float, top: int
+) -> list[dict[str, Any]]:
+    """The TOP statements whose VALUES reach THRESHOLD, highest first (ties in statement order)."""
+    order = [j for j in np.argsort(-values, kind="stable") if values[j] >= threshold]
+    return _with_text(
+        votes, [{"statement": votes.statements[j], key: float(values[j])} for j in order[:top]]
+    )

@@ -22,7 +22,9 @@ CRITIQUE_TEMPLATE = (
     "Identify specific ways in which the assistant's last response goes against this principle, "
     'which people across opinion groups agreed on: "{statement}"'
 )
-REVISION_TEMPLATE = 'Rewrite the assistant\'s response so that it follows this principle: "{statement}"'
+REVISION_TEMPLATE = (
+    'Rewrite the assistant\'s response so that it follows this principle: "{statement}"'
+)
 COMPARISON_TEMPLATE = 'Which of these responses better follows this principle: "{statement}"?'
 
 DRAFT_PROMPT = (
@@ -48,12 +50,44 @@ EXAMPLE_DRAFT = (
 FIELDS = ("critique", "revision", "comparison")
 MIN_CHARS, MAX_CHARS = 16, 400
 RESTATE_OVERLAP = 0.5  # share of a critique's (revision's) word 4-grams found in the statement
-_LINE = re.compile(r"^[\s*#>-]*(critique|revision|comparison)\**\s*:\**\s*(.*)$", re.IGNORECASE | re.MULTILINE)
+_LINE = re.compile(
+    r"^[\s*#>-]*(critique|revision|comparison)\**\s*:\**\s*(.*)$", re.IGNORECASE | re.MULTILINE
+)
 _ABOUT_RESPONSE = re.compile(r"\b(responses?|repl(y|ies)|answers?)\b", re.IGNORECASE)
 # Words every statement and principle share; matching on them would prove nothing.
-_COMMON = {"should", "would", "could", "that", "this", "these", "those", "with", "which", "what", "when",
-           "where", "from", "about", "always", "never", "every", "their", "them", "they", "have", "assistant",
-           "response", "responses", "reply", "replies", "answer", "more", "less", "most", "other"}
+_COMMON = {
+    "should",
+    "would",
+    "could",
+    "that",
+    "this",
+    "these",
+    "those",
+    "with",
+    "which",
+    "what",
+    "when",
+    "where",
+    "from",
+    "about",
+    "always",
+    "never",
+    "every",
+    "their",
+    "them",
+    "they",
+    "have",
+    "assistant",
+    "response",
+    "responses",
+    "reply",
+    "replies",
+    "answer",
+    "more",
+    "less",
+    "most",
+    "other",
+}
 
 
 @dataclass(frozen=True)
@@ -72,8 +106,11 @@ class DraftError(ValueError):
 def template_draft(statement: str) -> Draft:
     """The three texts filled in from the templates, quoting the statement verbatim."""
     text = statement.strip()
-    return Draft(CRITIQUE_TEMPLATE.format(statement=text), REVISION_TEMPLATE.format(statement=text),
-                 COMPARISON_TEMPLATE.format(statement=text))
+    return Draft(
+        CRITIQUE_TEMPLATE.format(statement=text),
+        REVISION_TEMPLATE.format(statement=text),
+        COMPARISON_TEMPLATE.format(statement=text),
+    )
 
 
 def parse_draft(text: str, statement: str) -> Draft:
@@ -140,21 +177,32 @@ def parse_draft_fields(text: str) -> dict[str, str]:
     return found
 
 
-def draft_requests(statements: Sequence[tuple[str, str]], seed: int, temperature: float,
-                   max_tokens: int) -> list[GenerationRequest]:
+def draft_requests(
+    statements: Sequence[tuple[str, str]], seed: int, temperature: float, max_tokens: int
+) -> list[GenerationRequest]:
     """One chat request per (statement id, text); each seed derives from the run seed and the id."""
     return [
         GenerationRequest(
-            messages=[{"role": "user", "content": DRAFT_PROMPT.format(statement=EXAMPLE_STATEMENT)},
-                      {"role": "assistant", "content": EXAMPLE_DRAFT},
-                      {"role": "user", "content": DRAFT_PROMPT.format(statement=text.strip())}],
-            temperature=temperature, max_tokens=max_tokens, seed=derive_seed(seed, "draft", sid))
+            messages=[
+                {"role": "user", "content": DRAFT_PROMPT.format(statement=EXAMPLE_STATEMENT)},
+                {"role": "assistant", "content": EXAMPLE_DRAFT},
+                {"role": "user", "content": DRAFT_PROMPT.format(statement=text.strip())},
+            ],
+            temperature=temperature,
+            max_tokens=max_tokens,
+            seed=derive_seed(seed, "draft", sid),
+        )
         for sid, text in statements
     ]
 
 
-def model_drafts(statements: Sequence[tuple[str, str]], backend: CachedBackend, seed: int = 0,
-                 temperature: float = 0.3, max_tokens: int = 200) -> list[tuple[Draft, str | None]]:
+def model_drafts(
+    statements: Sequence[tuple[str, str]],
+    backend: CachedBackend,
+    seed: int = 0,
+    temperature: float = 0.3,
+    max_tokens: int = 200,
+) -> list[tuple[Draft, str | None]]:
     """Have the model draft every statement in one batched call; fall back to the template.
 
     Args:
@@ -169,7 +217,10 @@ def model_drafts(statements: Sequence[tuple[str, str]], backend: CachedBackend, 
         reason the model's draft was rejected).
     """
     completions = backend.generate(draft_requests(statements, seed, temperature, max_tokens))
-    return [_checked(text, completion) for (_, text), completion in zip(statements, completions, strict=True)]
+    return [
+        _checked(text, completion)
+        for (_, text), completion in zip(statements, completions, strict=True)
+    ]
 
 
 def _checked(statement: str, completion: Completion) -> tuple[Draft, str | None]:

@@ -115,7 +115,11 @@ def _lines(text: str, locs: list[tuple[str | int, ...]]) -> list[int]:
         for depth, step in enumerate(loc, start=1):
             if isinstance(node, yaml.MappingNode):
                 found = next(((k, v) for k, v in node.value if k.value == str(step)), None)
-            elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
+            elif (
+                isinstance(node, yaml.SequenceNode)
+                and isinstance(step, int)
+                and step < len(node.value)
+            ):
                 found = (node.value[step], node.value[step])
             else:
                 found = None
@@ -126,16 +130,21 @@ def _lines(text: str, locs: list[tuple[str | int, ...]]) -> list[int]:
     return lines
 
 
-def analysis_from_votes(votes: str | Path, comments: str | Path | None, threshold: float | None = None,
-                        **config: Any) -> Analysis:
+def analysis_from_votes(
+    votes: str | Path, comments: str | Path | None, threshold: float | None = None, **config: Any
+) -> Analysis:
     """Run `analyze` on a votes CSV (and statement texts) with `AnalysisConfig(**config)`."""
     from constitutional.collective import AnalysisConfig, analyze, load_votes
 
-    analysis = Analysis.model_validate(analyze(load_votes(votes, comments), AnalysisConfig(**config)))
+    analysis = Analysis.model_validate(
+        analyze(load_votes(votes, comments), AnalysisConfig(**config))
+    )
     missing = _untitled(analysis, threshold)
     if missing is not None:
         where = "is missing from this file" if comments else "pass the statements' comments CSV"
-        raise UserError(f"consensus statement {missing[1].statement!r} has no text: {where}", comments or votes)
+        raise UserError(
+            f"consensus statement {missing[1].statement!r} has no text: {where}", comments or votes
+        )
     return analysis
 
 
@@ -151,20 +160,28 @@ def _untitled(analysis: Analysis, threshold: float | None) -> tuple[int, Stateme
 def _check_texts(analysis: Analysis, threshold: float | None) -> None:
     missing = _untitled(analysis, threshold)
     if missing is not None:
-        raise LocatedValueError(("statement_stats", missing[0], "statement"),
-                                f"consensus statement {missing[1].statement!r} has no text; "
-                                "analyse the votes with their comments CSV")
+        raise LocatedValueError(
+            ("statement_stats", missing[0], "statement"),
+            f"consensus statement {missing[1].statement!r} has no text; "
+            "analyse the votes with their comments CSV",
+        )
 
 
-def select(analysis: Analysis, threshold: float | None = None, limit: int = 0) -> list[StatementStats]:
+def select(
+    analysis: Analysis, threshold: float | None = None, limit: int = 0
+) -> list[StatementStats]:
     """Statements with consensus >= threshold (default: the analysis's), highest first, at most
     `limit` (0: all). Ties keep the analysis's statement order."""
     cut = consensus_cut(analysis, threshold)
-    rows = sorted((r for r in analysis.statement_stats if r.consensus >= cut), key=lambda r: -r.consensus)
+    rows = sorted(
+        (r for r in analysis.statement_stats if r.consensus >= cut), key=lambda r: -r.consensus
+    )
     if not rows:
         best = max(r.consensus for r in analysis.statement_stats)
-        raise UserError(f"no statement reaches consensus {cut} (the highest is {best:.3f}); "
-                        "lower --consensus-threshold")
+        raise UserError(
+            f"no statement reaches consensus {cut} (the highest is {best:.3f}); "
+            "lower --consensus-threshold"
+        )
     return rows[:limit] if limit > 0 else rows
 
 
@@ -191,19 +208,40 @@ def principle_ids(statement_ids: Sequence[str]) -> list[str]:
     return out
 
 
-def provenance(row: StatementStats, source: str, model: str | None, fallback: str | None) -> Provenance:
+def provenance(
+    row: StatementStats, source: str, model: str | None, fallback: str | None
+) -> Provenance:
     """Where a principle came from: the statement, its per-group votes and how it was drafted."""
-    groups = [GroupSupport(group=g.group, p_agree=g.p_agree, votes=g.votes, agree=g.agree, disagree=g.disagree)
-              for g in row.groups]
-    statement = SourceStatement(id=row.statement, text=row.text or "", consensus=row.consensus, groups=groups)
-    return Provenance(source=source, drafted_by="model" if model and not fallback else "template",
-                      model=model, fallback=fallback, statements=[statement])
+    groups = [
+        GroupSupport(
+            group=g.group, p_agree=g.p_agree, votes=g.votes, agree=g.agree, disagree=g.disagree
+        )
+        for g in row.groups
+    ]
+    statement = SourceStatement(
+        id=row.statement, text=row.text or "", consensus=row.consensus, groups=groups
+    )
+    return Provenance(
+        source=source,
+        drafted_by="model" if model and not fallback else "template",
+        model=model,
+        fallback=fallback,
+        statements=[statement],
+    )
 
 
-def build_constitution(analysis: Analysis, rows: Sequence[StatementStats],
-                       drafts: Sequence[tuple[Draft, str | None]], *, source: str, model: str | None = None,
-                       name: str = "collective", version: str = "1.0.0", description: str | None = None,
-                       extra_metadata: dict[str, Any] | None = None) -> Constitution:
+def build_constitution(
+    analysis: Analysis,
+    rows: Sequence[StatementStats],
+    drafts: Sequence[tuple[Draft, str | None]],
+    *,
+    source: str,
+    model: str | None = None,
+    name: str = "collective",
+    version: str = "1.0.0",
+    description: str | None = None,
+    extra_metadata: dict[str, Any] | None = None,
+) -> Constitution:
     """One critique/revision pair and one comparison principle per statement, same id and provenance.
 
     Args:
@@ -214,22 +252,42 @@ def build_constitution(analysis: Analysis, rows: Sequence[StatementStats],
         model: "backend:model" when a model drafted, else None.
     """
     pairs, questions = [], []
-    for pid, row, (draft, fallback) in zip(principle_ids([r.statement for r in rows]), rows, drafts, strict=True):
+    for pid, row, (draft, fallback) in zip(
+        principle_ids([r.statement for r in rows]), rows, drafts, strict=True
+    ):
         origin = provenance(row, source, model, fallback)
-        pairs.append(CritiqueRevision(id=pid, critique=draft.critique, revision=draft.revision, provenance=origin))
+        pairs.append(
+            CritiqueRevision(
+                id=pid, critique=draft.critique, revision=draft.revision, provenance=origin
+            )
+        )
         questions.append(ComparisonPrinciple(id=pid, text=draft.comparison, provenance=origin))
     drafted = sum(fallback is None for _, fallback in drafts) if model else 0
     people = analysis.participants
-    metadata = {"collective": {
-        "source": source, "participants": people.kept, "opinion_groups": analysis.k,
-        "statements": len(analysis.statement_stats), "principles": len(rows),
-        "drafted": {"model": drafted, "template": len(rows) - drafted}, **(extra_metadata or {})}}
+    metadata = {
+        "collective": {
+            "source": source,
+            "participants": people.kept,
+            "opinion_groups": analysis.k,
+            "statements": len(analysis.statement_stats),
+            "principles": len(rows),
+            "drafted": {"model": drafted, "template": len(rows) - drafted},
+            **(extra_metadata or {}),
+        }
+    }
     description = description or (
         f"Principles from the {len(rows)} statements that all {analysis.k} opinion groups of "
-        f"{people.kept} participants agreed with.")
+        f"{people.kept} participants agreed with."
+    )
     try:
-        return Constitution(name=name, version=version, description=description, critique_revision=pairs,
-                            comparison=questions, metadata=metadata)
+        return Constitution(
+            name=name,
+            version=version,
+            description=description,
+            critique_revision=pairs,
+            comparison=questions,
+            metadata=metadata,
+        )
     except ValidationError as e:  # only the user's --name/--version/--description can be at fault
         error = e.errors()[0]
         raise UserError(f"--{error['loc'][0]}: {error['msg']}, got {error['input']!r}") from None

@@ -28,7 +28,14 @@ from constitutional.errors import UserError
 SIMPLE = ("participant", "statement", "vote")
 POLIS = ("voter-id", "comment-id", "vote")
 VOTE_VALUES = {"1": 1, "-1": -1, "0": 0, "+1": 1}
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula (OWASP)
+FORMULA_START = (
+    "=",
+    "+",
+    "-",
+    "@",
+    "\t",
+    "\r",
+)  # what makes a spreadsheet read a cell as a formula (OWASP)
 
 
 def spreadsheet_safe(cell: str | int) -> str | int:
@@ -54,7 +61,9 @@ class Votes:
     participants: list[str]
     statements: list[str]
     matrix: np.ndarray  # (n_participants, n_statements), values in {1, -1, 0, NaN}
-    texts: dict[str, str] = field(default_factory=dict)  # statement id -> text, when comments are given
+    texts: dict[str, str] = field(
+        default_factory=dict
+    )  # statement id -> text, when comments are given
 
     @property
     def n_votes(self) -> int:
@@ -66,7 +75,9 @@ def _rows(path: Path) -> tuple[list[str], Any]:
     if not path.is_file():
         raise UserError("no such file", path)
     try:
-        with path.open(encoding="utf-8-sig", newline="") as f:  # newline="": a \r inside a quoted cell stays
+        with path.open(
+            encoding="utf-8-sig", newline=""
+        ) as f:  # newline="": a \r inside a quoted cell stays
             text = f.read()
     except UnicodeDecodeError:
         raise UserError("not valid UTF-8", path) from None
@@ -105,9 +116,13 @@ def load_votes(votes: str | Path, comments: str | Path | None = None) -> Votes:
     """
     path = Path(votes)
     names, reader = _rows(path)
-    person_col, statement_col, vote_col = (names.index(c) for c in _layout(names, path, (SIMPLE, POLIS)))
+    person_col, statement_col, vote_col = (
+        names.index(c) for c in _layout(names, path, (SIMPLE, POLIS))
+    )
     time_col = names.index("timestamp") if "timestamp" in names and "voter-id" in names else None
-    latest: dict[tuple[str, str], tuple[float, int]] = {}  # (participant, statement) -> (when, vote)
+    latest: dict[
+        tuple[str, str], tuple[float, int]
+    ] = {}  # (participant, statement) -> (when, vote)
     for row in reader:
         line = reader.line_num
         if not any(cell.strip() for cell in row):
@@ -125,7 +140,9 @@ def load_votes(votes: str | Path, comments: str | Path | None = None) -> Votes:
             try:
                 when = float(row[time_col])
             except ValueError:
-                raise UserError(f"timestamp must be a number, got {row[time_col]!r}", path, line) from None
+                raise UserError(
+                    f"timestamp must be a number, got {row[time_col]!r}", path, line
+                ) from None
         key = (person, statement)
         if key not in latest or when >= latest[key][0]:
             latest[key] = (when, vote)
@@ -146,7 +163,10 @@ def load_texts(comments: str | Path) -> dict[str, str]:
     """Statement id -> text from `comment-id,comment-body` (Polis) or `statement,text` CSV."""
     path = Path(comments)
     names, reader = _rows(path)
-    id_col, text_col = (names.index(c) for c in _layout(names, path, (("comment-id", "comment-body"), ("statement", "text"))))
+    id_col, text_col = (
+        names.index(c)
+        for c in _layout(names, path, (("comment-id", "comment-body"), ("statement", "text")))
+    )
     ours = names[text_col] == "text"  # only our own export is escaped; a Polis export is read as is
     texts: dict[str, str] = {}
     for row in reader:

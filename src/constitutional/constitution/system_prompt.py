@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from constitutional.constitution.schema import Constitution
 
-PREAMBLE = ("You are a helpful assistant that follows a written constitution. When a request could "
-            "lead to harm, decline that part, say briefly why, and help with any safe part of it. "
-            "Judge each of your replies by these questions:")
+PREAMBLE = (
+    "You are a helpful assistant that follows a written constitution. When a request could "
+    "lead to harm, decline that part, say briefly why, and help with any safe part of it. "
+    "Judge each of your replies by these questions:"
+)
 
 
 def system_prompt(constitution: Constitution) -> str:

@@ -22,17 +22,38 @@ _HOMES = {
     "elo": ("elo_ratings", "fit_strengths"),
     "evaluate": ("EvalConfig", "evaluate_models"),
     "harm": ("SampleConfig", "harm_eval"),
-    "judge_audit": ("audit_judge", "audit_labels", "calibration", "flip_rate", "injection_flip_rate", "length_bias"),
+    "judge_audit": (
+        "audit_judge",
+        "audit_labels",
+        "calibration",
+        "flip_rate",
+        "injection_flip_rate",
+        "length_bias",
+    ),
     "pareto": ("pareto_frontier",),
     "principles": ("judge_by_principle", "principle_audit"),
     "stats": ("rate", "wilson"),
 }
 _WHERE = {name: module for module, names in _HOMES.items() for name in names}
 __all__ = [
-    "EvalConfig", "SampleConfig", "audit_judge", "audit_labels", "calibration", "elo_ratings", "evaluate_models",
-    "fit_strengths", "flip_rate", "harm_eval", "injection_flip_rate", "judge_by_principle", "length_bias",
-    "pareto_frontier", "principle_audit", "rate", "wilson",
-]  # fmt: skip
+    "EvalConfig",
+    "SampleConfig",
+    "audit_judge",
+    "audit_labels",
+    "calibration",
+    "elo_ratings",
+    "evaluate_models",
+    "fit_strengths",
+    "flip_rate",
+    "harm_eval",
+    "injection_flip_rate",
+    "judge_by_principle",
+    "length_bias",
+    "pareto_frontier",
+    "principle_audit",
+    "rate",
+    "wilson",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -15,10 +15,22 @@ from constitutional.eval.run import local_backend
 MakeBackend = Callable[[str], Any]
 
 
-def run_judge_audit(labels: str | Path, out: str | Path, *, judge: str | None = None, mode: str = "logprob",
-                    fewshot: int = 0, human: str | Path | None = None, other: str | None = None,
-                    injection: bool = True, constitution: str = "default", limit: int | None = None, seed: int = 0,
-                    max_tokens: int = 128, make_backend: MakeBackend | None = None) -> dict[str, Any]:
+def run_judge_audit(
+    labels: str | Path,
+    out: str | Path,
+    *,
+    judge: str | None = None,
+    mode: str = "logprob",
+    fewshot: int = 0,
+    human: str | Path | None = None,
+    other: str | None = None,
+    injection: bool = True,
+    constitution: str = "default",
+    limit: int | None = None,
+    seed: int = 0,
+    max_tokens: int = 128,
+    make_backend: MakeBackend | None = None,
+) -> dict[str, Any]:
     """Audit a judge on the pairs of a label file; write audit.json (atomically) and return it.
 
     Without `judge`, only what the file already records is audited (flip rate, length bias) and
@@ -43,22 +55,43 @@ def run_judge_audit(labels: str | Path, out: str | Path, *, judge: str | None = 
     if judge is None:
         seen = judged(rows)
         body = judge_audit.audit_labels(seen)
-        who = {"model": seen[0].get("feedback_model") if seen else None, "mode": seen[0].get("mode") if seen else None}
+        who = {
+            "model": seen[0].get("feedback_model") if seen else None,
+            "mode": seen[0].get("mode") if seen else None,
+        }
     else:
         make = make_backend or local_backend
         built = {spec: make(spec) for spec in dict.fromkeys(filter(None, (judge, other)))}
-        body = judge_audit.audit_judge(built[judge], rows, rules, mode=mode, fewshot=fewshot, human=people,
-                                       other=built.get(other) if other else None, injection=injection, seed=seed,
-                                       sample=SampleConfig(max_tokens=max_tokens, seed=seed), cot_max_tokens=max_tokens)
+        body = judge_audit.audit_judge(
+            built[judge],
+            rows,
+            rules,
+            mode=mode,
+            fewshot=fewshot,
+            human=people,
+            other=built.get(other) if other else None,
+            injection=injection,
+            seed=seed,
+            sample=SampleConfig(max_tokens=max_tokens, seed=seed),
+            cot_max_tokens=max_tokens,
+        )
         who = {"model": judge, "mode": mode}
     doc = {"artifact": "judge_audit", "schema_version": 1, "judge": who, **body}
     write_json(out, doc)
     return doc
 
 
-def run_principle_audit(out: str | Path, *, sl: str | Path | None = None, labels: str | Path | None = None,
-                        judge: str | None = None, constitution: str = "default", mode: str = "logprob",
-                        seed: int = 0, make_backend: MakeBackend | None = None) -> dict[str, Any]:
+def run_principle_audit(
+    out: str | Path,
+    *,
+    sl: str | Path | None = None,
+    labels: str | Path | None = None,
+    judge: str | None = None,
+    constitution: str = "default",
+    mode: str = "logprob",
+    seed: int = 0,
+    make_backend: MakeBackend | None = None,
+) -> dict[str, Any]:
     """Per-principle attribution from SL-CAI traces and/or label rows; write principles.json.
 
     Label rows without per-principle verdicts (`p_a_by_principle`) are re-judged one principle
@@ -74,7 +107,13 @@ def run_principle_audit(out: str | Path, *, sl: str | Path | None = None, labels
     traces = load_traces(sl) if sl else []
     rows = load_labels(labels) if labels else []
     if judge and any(r.get("p_a_by_principle") is None for r in rows):
-        rows = principles.judge_by_principle((make_backend or local_backend)(judge), rows, load_constitution(constitution), mode=mode, seed=seed)
+        rows = principles.judge_by_principle(
+            (make_backend or local_backend)(judge),
+            rows,
+            load_constitution(constitution),
+            mode=mode,
+            seed=seed,
+        )
     doc = principles.principle_audit(traces, rows)
     write_json(out, doc)
     return doc

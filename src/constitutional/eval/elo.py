@@ -24,7 +24,9 @@ ANCHOR = 1000.0
 Comparison = tuple[str, str, float]  # (model A, model B, p(A beats B) in [0, 1])
 
 
-def fit_strengths(comparisons: Sequence[Comparison], names: Sequence[str], c: float = 1.0) -> np.ndarray:
+def fit_strengths(
+    comparisons: Sequence[Comparison], names: Sequence[str], c: float = 1.0
+) -> np.ndarray:
     """Bradley–Terry strengths (logits, mean zero) of `names`, one per name.
 
     Args:
@@ -53,8 +55,15 @@ def to_elo(strengths: np.ndarray) -> np.ndarray:
     return ANCHOR + ELO_PER_LOGIT * (strengths - strengths.mean())
 
 
-def elo_ratings(comparisons: Sequence[Comparison], names: Sequence[str] | None = None, *, bootstrap: int = 200,
-                seed: int = 0, c: float = 1.0, level: float = 0.95) -> dict[str, Any]:
+def elo_ratings(
+    comparisons: Sequence[Comparison],
+    names: Sequence[str] | None = None,
+    *,
+    bootstrap: int = 200,
+    seed: int = 0,
+    c: float = 1.0,
+    level: float = 0.95,
+) -> dict[str, Any]:
     """Elo ratings with percentile-bootstrap intervals, in the eval.json shape.
 
     Args:
@@ -68,18 +77,28 @@ def elo_ratings(comparisons: Sequence[Comparison], names: Sequence[str] | None =
     Returns:
         {"ratings": {name: {"elo", "ci_low", "ci_high"}}, "comparisons": n}.
     """
-    names = list(names) if names is not None else sorted({m for a, b, _ in comparisons for m in (a, b)})
+    names = (
+        list(names) if names is not None else sorted({m for a, b, _ in comparisons for m in (a, b)})
+    )
     for a, b, p in comparisons:
         if not 0.0 <= p <= 1.0 or a == b:
-            raise ValueError(f"bad comparison ({a!r}, {b!r}, {p!r}): p must be in [0, 1], models distinct")
+            raise ValueError(
+                f"bad comparison ({a!r}, {b!r}, {p!r}): p must be in [0, 1], models distinct"
+            )
     if len(names) < 2 or not comparisons:  # nothing to compare: everyone sits at the anchor
-        return {"ratings": {n: {"elo": ANCHOR, "ci_low": ANCHOR, "ci_high": ANCHOR} for n in names}, "comparisons": len(comparisons)}
+        return {
+            "ratings": {n: {"elo": ANCHOR, "ci_low": ANCHOR, "ci_high": ANCHOR} for n in names},
+            "comparisons": len(comparisons),
+        }
     elo = to_elo(fit_strengths(comparisons, names, c))
     rng, draws = np.random.default_rng(seed), []
     for _ in range(bootstrap):
         picked = rng.integers(0, len(comparisons), len(comparisons))
         draws.append(to_elo(fit_strengths([comparisons[i] for i in picked], names, c)))
     tail = (1.0 - level) / 2 * 100
-    low, high = (np.percentile(draws, [tail, 100 - tail], axis=0) if draws else (elo, elo))
-    ratings = {n: {"elo": float(elo[i]), "ci_low": float(low[i]), "ci_high": float(high[i])} for i, n in enumerate(names)}
+    low, high = np.percentile(draws, [tail, 100 - tail], axis=0) if draws else (elo, elo)
+    ratings = {
+        n: {"elo": float(elo[i]), "ci_low": float(low[i]), "ci_high": float(high[i])}
+        for i, n in enumerate(names)
+    }
     return {"ratings": ratings, "comparisons": len(comparisons)}

@@ -54,8 +54,13 @@ class EvalConfig:
 Outcome = tuple[str, str, int, float]
 
 
-def pairwise(judge, prompts: Sequence[dict], replies: Mapping[str, list[str]], question: str,
-             both_orders: list | None = None) -> list[Outcome]:
+def pairwise(
+    judge,
+    prompts: Sequence[dict],
+    replies: Mapping[str, list[str]],
+    question: str,
+    both_orders: list | None = None,
+) -> list[Outcome]:
     """(a, b, prompt index, p(a's reply is better)) for every model pair and prompt.
 
     Judgements that failed in either order are dropped rather than counted as ties. Each
@@ -70,9 +75,16 @@ def pairwise(judge, prompts: Sequence[dict], replies: Mapping[str, list[str]], q
     return [(a, b, i, p) for (a, b, i), p in zip(keys, ps) if p is not None]
 
 
-def evaluate_models(models: Mapping[str, Any], judge, *, red_team: Sequence[dict], helpful: Sequence[dict],
-                    benign: Sequence[dict], config: EvalConfig | None = None,
-                    progress: Progress | None = None) -> tuple[dict[str, Any], list[dict]]:
+def evaluate_models(
+    models: Mapping[str, Any],
+    judge,
+    *,
+    red_team: Sequence[dict],
+    helpful: Sequence[dict],
+    benign: Sequence[dict],
+    config: EvalConfig | None = None,
+    progress: Progress | None = None,
+) -> tuple[dict[str, Any], list[dict]]:
     """Compare `models` (name → Backend) with `judge`; returns (results, per-prompt samples).
 
     `results` holds the eval.json keys "elo", "pareto", "attack_success", "over_refusal",
@@ -89,9 +101,23 @@ def evaluate_models(models: Mapping[str, Any], judge, *, red_team: Sequence[dict
         for key, value in metrics.items():
             results[key][name] = value
         red[name] = [r["response"] for r in rows if r["set"] == "red_team"]
-        useful[name] = answer(model, [[{"role": "user", "content": r["prompt"]}] for r in helpful], cfg.sample, "helpful")
-        samples += rows + [{"model": name, "set": "helpful", "prompt_id": r.get("id"), "prompt": r["prompt"],
-                            "response": t, "judgements": {}} for r, t in zip(helpful, useful[name])]
+        useful[name] = answer(
+            model,
+            [[{"role": "user", "content": r["prompt"]}] for r in helpful],
+            cfg.sample,
+            "helpful",
+        )
+        samples += rows + [
+            {
+                "model": name,
+                "set": "helpful",
+                "prompt_id": r.get("id"),
+                "prompt": r["prompt"],
+                "response": t,
+                "judgements": {},
+            }
+            for r, t in zip(helpful, useful[name])
+        ]
     classify_samples(samples)
     names = list(models)
     results["instrument"] = instrument_results(samples, names)
@@ -102,16 +128,27 @@ def evaluate_models(models: Mapping[str, Any], judge, *, red_team: Sequence[dict
     helpfulness = pairwise(judge, helpful, useful, HELPFUL_QUESTION, both_orders)
     progress("", 1)
     results["flip_rate"] = flip_rate(both_orders)
-    results["elo"] = {axis: elo_ratings([(a, b, p) for a, b, _, p in data], names, bootstrap=cfg.bootstrap, seed=cfg.seed)
-                      for axis, data in (("harmless", harmless), ("helpful", helpfulness))}
+    results["elo"] = {
+        axis: elo_ratings(
+            [(a, b, p) for a, b, _, p in data], names, bootstrap=cfg.bootstrap, seed=cfg.seed
+        )
+        for axis, data in (("harmless", harmless), ("helpful", helpfulness))
+    }
     ratings = results["elo"]
-    results["pareto"] = pareto_frontier({n: (ratings["helpful"]["ratings"][n]["elo"], ratings["harmless"]["ratings"][n]["elo"]) for n in names})
+    results["pareto"] = pareto_frontier(
+        {
+            n: (ratings["helpful"]["ratings"][n]["elo"], ratings["harmless"]["ratings"][n]["elo"])
+            for n in names
+        }
+    )
     _attach_wins(samples, harmless, "red_team", "harmless")
     _attach_wins(samples, helpfulness, "helpful", "helpful")
     return results, samples
 
 
-def _attach_wins(samples: list[dict], outcomes: list[tuple[str, str, int, float]], kind: str, axis: str) -> None:
+def _attach_wins(
+    samples: list[dict], outcomes: list[tuple[str, str, int, float]], kind: str, axis: str
+) -> None:
     """Record in each sample its p(win) against each opponent on that prompt."""
     seen: defaultdict[str, count] = defaultdict(count)  # samples of a model come in prompt order
     rows = {(s["model"], next(seen[s["model"]])): s for s in samples if s["set"] == kind}

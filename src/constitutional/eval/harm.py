@@ -73,13 +73,27 @@ def hold_rate(first: Sequence[float | None], second: Sequence[float | None]) -> 
 
 def answer(model, chats: Sequence[list[dict]], cfg: SampleConfig, tag: str) -> list[str]:
     """One reply per chat, seeded by tag and position so reruns hit the response cache."""
-    requests = [GenerationRequest(messages=c, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
-                                  seed=derive_seed(cfg.seed, tag, i)) for i, c in enumerate(chats)]
+    requests = [
+        GenerationRequest(
+            messages=c,
+            temperature=cfg.temperature,
+            max_tokens=cfg.max_tokens,
+            seed=derive_seed(cfg.seed, tag, i),
+        )
+        for i, c in enumerate(chats)
+    ]
     return [c.text.strip() for c in model.generate(requests)] if requests else []
 
 
-def harm_eval(name: str, model, judge, red_team: Sequence[dict], benign: Sequence[dict], cfg: SampleConfig,
-              progress: Progress | None = None) -> tuple[dict[str, dict], list[dict]]:
+def harm_eval(
+    name: str,
+    model,
+    judge,
+    red_team: Sequence[dict],
+    benign: Sequence[dict],
+    cfg: SampleConfig,
+    progress: Progress | None = None,
+) -> tuple[dict[str, dict], list[dict]]:
     """Attack success, over-refusal and refusal hold of `model` (called `name`), judged by `judge`.
 
     Returns:
@@ -89,30 +103,87 @@ def harm_eval(name: str, model, judge, red_team: Sequence[dict], benign: Sequenc
     progress(f"{name}: harm", 4)
     red_chats = [[{"role": "user", "content": r["prompt"]}] for r in red_team]
     red = answer(model, red_chats, cfg, "red-team")
-    benign_replies = answer(model, [[{"role": "user", "content": r["prompt"]}] for r in benign], cfg, "over-refusal")
+    benign_replies = answer(
+        model, [[{"role": "user", "content": r["prompt"]}] for r in benign], cfg, "over-refusal"
+    )
     progress("", 1)
-    harm = ask_yes_no(judge, [HARM_QUESTION.format(prompt=r["prompt"], response=t) for r, t in zip(red_team, red)])
-    refused = ask_yes_no(judge, [REFUSAL_QUESTION.format(prompt=r["prompt"], response=t) for r, t in zip(red_team, red)])
-    benign_refused = ask_yes_no(judge, [REFUSAL_QUESTION.format(prompt=r["prompt"], response=t) for r, t in zip(benign, benign_replies)])
+    harm = ask_yes_no(
+        judge, [HARM_QUESTION.format(prompt=r["prompt"], response=t) for r, t in zip(red_team, red)]
+    )
+    refused = _refusal_probs(judge, red_team, red)
+    benign_refused = _refusal_probs(judge, benign, benign_replies)
     progress("", 1)
-    # Only refusals are pushed: the question is whether a refusal holds, not whether pressure works.
-    pushed = [i for i, p in enumerate(refused) if is_yes(p)]
-    follow = answer(model, [[*red_chats[i], {"role": "assistant", "content": red[i]}, {"role": "user", "content": PRESSURE_TURN}]
-                            for i in pushed], cfg, "pressure")
+    followups, second = _pressure(model, judge, red_team, red, refused, cfg, progress)
     progress("", 1)
-    still = ask_yes_no(judge, [REFUSAL_QUESTION.format(prompt=red_team[i]["prompt"], response=t) for i, t in zip(pushed, follow)])
-    second: list[float | None] = [None] * len(red_team)
-    for i, p in zip(pushed, still):
-        second[i] = p
-    progress("", 1)
-    metrics = {"attack_success": yes_rate(harm), "over_refusal": yes_rate(benign_refused), "refusal_hold": hold_rate(refused, second)}
-    followups = dict(zip(pushed, follow))
-    samples = [_sample(name, "red_team", r, red[i], {"p_harmful": harm[i], "p_refusal": refused[i],
-                       "followup": followups.get(i), "p_refusal_after_pressure": second[i]}) for i, r in enumerate(red_team)]
-    samples += [_sample(name, "over_refusal", r, t, {"p_refusal": p}) for r, t, p in zip(benign, benign_replies, benign_refused)]
+    metrics = {
+        "attack_success": yes_rate(harm),
+        "over_refusal": yes_rate(benign_refused),
+        "refusal_hold": hold_rate(refused, second),
+    }
+    samples = [
+        _sample(
+            name,
+            "red_team",
+            r,
+            red[i],
+            {
+                "p_harmful": harm[i],
+                "p_refusal": refused[i],
+                "followup": followups.get(i),
+                "p_refusal_after_pressure": second[i],
+            },
+        )
+        for i, r in enumerate(red_team)
+    ]
+    samples += [
+        _sample(name, "over_refusal", r, t, {"p_refusal": p})
+        for r, t, p in zip(benign, benign_replies, benign_refused)
+    ]
     return metrics, samples
 
 
+def _refusal_probs(judge, rows: Sequence[dict], replies: Sequence[str]) -> list:
+    """The judge's P(yes) that each reply refuses its row's prompt."""
+    return ask_yes_no(
+        judge,
+        [REFUSAL_QUESTION.format(prompt=r["prompt"], response=t) for r, t in zip(rows, replies)],
+    )
+
+
+def _pressure(
+    model, judge, red_team: Sequence[dict], red: list[str], refused: list, cfg, progress
+) -> tuple[dict[int, str], list[float | None]]:
+    """Push back once on every refused red-team prompt; return the follow-up replies by index
+    and, per prompt, the judge's P(still refusing) (None where nothing was pushed)."""
+    # Only refusals are pushed: the question is whether a refusal holds, not whether pressure works.
+    pushed = [i for i, p in enumerate(refused) if is_yes(p)]
+    follow = answer(
+        model,
+        [
+            [
+                {"role": "user", "content": red_team[i]["prompt"]},
+                {"role": "assistant", "content": red[i]},
+                {"role": "user", "content": PRESSURE_TURN},
+            ]
+            for i in pushed
+        ],
+        cfg,
+        "pressure",
+    )
+    progress("", 1)
+    still = _refusal_probs(judge, [red_team[i] for i in pushed], follow)
+    second: list[float | None] = [None] * len(red_team)
+    for i, p in zip(pushed, still):
+        second[i] = p
+    return dict(zip(pushed, follow)), second
+
+
 def _sample(name: str, kind: str, row: dict, response: str, judgements: dict) -> dict[str, Any]:
-    return {"model": name, "set": kind, "prompt_id": row.get("id"), "prompt": row["prompt"],
-            "response": response, "judgements": judgements}
+    return {
+        "model": name,
+        "set": kind,
+        "prompt_id": row.get("id"),
+        "prompt": row["prompt"],
+        "response": response,
+        "judgements": judgements,
+    }

@@ -35,8 +35,14 @@ def classify_samples(samples: Sequence[dict]) -> None:
 
 def instrument_results(samples: Sequence[dict], models: Sequence[str]) -> dict[str, Any]:
     """The eval.json "instrument" block from samples that `classify_samples` annotated."""
-    out: dict[str, Any] = {"card": instrument_card(), "harmful_compliance": {}, "refusal": {}, "evasive": {},
-                           "over_refusal": {}, "helpful_compliance": {}}
+    out: dict[str, Any] = {
+        "card": instrument_card(),
+        "harmful_compliance": {},
+        "refusal": {},
+        "evasive": {},
+        "over_refusal": {},
+        "helpful_compliance": {},
+    }
     for name in models:
         red, benign, helpful = (_verdicts(samples, name, kind) for kind in SETS)
         out["harmful_compliance"][name] = rate(not v["refused"] for v in red)
@@ -48,4 +54,8 @@ def instrument_results(samples: Sequence[dict], models: Sequence[str]) -> dict[s
 
 
 def _verdicts(samples: Sequence[dict], model: str, kind: str) -> list[dict]:
-    return [s["instrument"] for s in samples if s["model"] == model and s["set"] == kind and "instrument" in s]
+    return [
+        s["instrument"]
+        for s in samples
+        if s["model"] == model and s["set"] == kind and "instrument" in s
+    ]

@@ -34,7 +34,11 @@ def flip_rate(rows: Sequence[dict]) -> dict[str, Any]:
 
 def debiased_p(row: dict) -> float:
     """The unclamped label: swap-averaged when both orders were asked, else the raw p(A)."""
-    return swap_averaged(row["p_a_raw"], row["p_a_swapped"]) if row.get("p_a_swapped") is not None else row["p_a_raw"]
+    return (
+        swap_averaged(row["p_a_raw"], row["p_a_swapped"])
+        if row.get("p_a_swapped") is not None
+        else row["p_a_raw"]
+    )
 
 
 def length_bias(rows: Sequence[dict]) -> dict[str, Any]:
@@ -44,7 +48,11 @@ def length_bias(rows: Sequence[dict]) -> dict[str, Any]:
     judge; 0.0005 means +0.05 for a reply 100 characters longer). correlation: Pearson r.
     Both are None with fewer than two points or no spread in length or p.
     """
-    points = [[len(r["response_a"]) - len(r["response_b"]), debiased_p(r)] for r in rows if r.get("p_a_raw") is not None]
+    points = [
+        [len(r["response_a"]) - len(r["response_b"]), debiased_p(r)]
+        for r in rows
+        if r.get("p_a_raw") is not None
+    ]
     x, y = np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)
     if len(points) < 2 or x.std() == 0 or y.std() == 0:
         return {"slope": None, "correlation": None, "points": points}
@@ -52,7 +60,9 @@ def length_bias(rows: Sequence[dict]) -> dict[str, Any]:
     return {"slope": slope, "correlation": float(np.corrcoef(x, y)[0, 1]), "points": points}
 
 
-def calibration(p_pred: Sequence[float], outcomes: Sequence[float], bins: int = 10) -> dict[str, Any] | None:
+def calibration(
+    p_pred: Sequence[float], outcomes: Sequence[float], bins: int = 10
+) -> dict[str, Any] | None:
     """ECE and reliability bins of predicted p(A) against what happened (1 if A was right).
 
     Reuses the preference model's metric: p is passed as the logit log(p / (1 - p)), so its
@@ -63,7 +73,10 @@ def calibration(p_pred: Sequence[float], outcomes: Sequence[float], bins: int = 
     eps = 1e-9  # a judge can be certain; keep the logit finite
     logits = [math.log(min(max(p, eps), 1 - eps) / (1 - min(max(p, eps), 1 - eps))) for p in p_pred]
     metrics = preference_metrics(logits, list(map(float, outcomes)), bins)
-    table = [{"p_mean": b["mean_pred"], "frac_positive": b["mean_label"], "count": b["n"]} for b in metrics["calibration"]]
+    table = [
+        {"p_mean": b["mean_pred"], "frac_positive": b["mean_label"], "count": b["n"]}
+        for b in metrics["calibration"]
+    ]
     return {"ece": metrics["ece"], "bins": table}
 
 
@@ -87,9 +100,13 @@ def injected_pairs(pairs: Sequence[Pair], before: Sequence[float]) -> list[Pair]
     out = []
     for pair, p in zip(pairs, before):
         if p > 0.5:
-            out.append(Pair(pair.prompt, pair.response_a, inject(pair.response_b, "B"), pair.question))
+            out.append(
+                Pair(pair.prompt, pair.response_a, inject(pair.response_b, "B"), pair.question)
+            )
         else:
-            out.append(Pair(pair.prompt, inject(pair.response_a, "A"), pair.response_b, pair.question))
+            out.append(
+                Pair(pair.prompt, inject(pair.response_a, "A"), pair.response_b, pair.question)
+            )
     return out
 
 
@@ -104,13 +121,30 @@ def question_for(row: dict, constitution, seed: int) -> str:
 
 def audit_labels(rows: Sequence[dict]) -> dict[str, Any]:
     """The audit an existing label file supports without asking the judge again."""
-    return {"flip_rate": flip_rate(rows), "length_bias": length_bias(rows), "self_preference": None,
-            "calibration": None, "human_agreement": None, "injection_flip_rate": None}
+    return {
+        "flip_rate": flip_rate(rows),
+        "length_bias": length_bias(rows),
+        "self_preference": None,
+        "calibration": None,
+        "human_agreement": None,
+        "injection_flip_rate": None,
+    }
 
 
-def audit_judge(judge, rows: Sequence[dict], constitution, *, mode: str = "logprob", fewshot: int = 0,
-                human: Sequence[dict] | None = None, other=None, injection: bool = True, seed: int = 0,
-                sample: SampleConfig | None = None, cot_max_tokens: int = 128) -> dict[str, Any]:
+def audit_judge(
+    judge,
+    rows: Sequence[dict],
+    constitution,
+    *,
+    mode: str = "logprob",
+    fewshot: int = 0,
+    human: Sequence[dict] | None = None,
+    other=None,
+    injection: bool = True,
+    seed: int = 0,
+    sample: SampleConfig | None = None,
+    cot_max_tokens: int = 128,
+) -> dict[str, Any]:
     """Audit `judge` (a Backend) on the pairs of label `rows`, asking it afresh in both orders.
 
     Args:
@@ -131,21 +165,44 @@ def audit_judge(judge, rows: Sequence[dict], constitution, *, mode: str = "logpr
     """
     from constitutional.judge import layout
 
-    ask = {"mode": mode, "fewshot": layout.fewshot_messages(constitution, fewshot, mode == "cot"), "seed": seed,
-           "cot_max_tokens": cot_max_tokens}
+    ask = {
+        "mode": mode,
+        "fewshot": layout.fewshot_messages(constitution, fewshot, mode == "cot"),
+        "seed": seed,
+        "cot_max_tokens": cot_max_tokens,
+    }
     items = [r for r in rows if not r.get("discarded") and r.get("source", "ai") == "ai"]
-    pairs = [Pair(r["prompt"], r["response_a"], r["response_b"], question_for(r, constitution, seed)) for r in items]
+    pairs = [
+        Pair(r["prompt"], r["response_a"], r["response_b"], question_for(r, constitution, seed))
+        for r in items
+    ]
     both = compare_both_orders(judge, pairs, **ask)
-    result = audit_labels([{**r, "p_a_raw": raw, "p_a_swapped": sw} for r, (raw, sw) in zip(items, both) if raw is not None and sw is not None])
+    result = audit_labels(
+        [
+            {**r, "p_a_raw": raw, "p_a_swapped": sw}
+            for r, (raw, sw) in zip(items, both)
+            if raw is not None and sw is not None
+        ]
+    )
     if injection:
-        decisive = [(pair, raw) for pair, (raw, _) in zip(pairs, both) if raw is not None and raw != 0.5]
-        after = compare(judge, injected_pairs([d[0] for d in decisive], [d[1] for d in decisive]), **ask)
+        decisive = [
+            (pair, raw) for pair, (raw, _) in zip(pairs, both) if raw is not None and raw != 0.5
+        ]
+        after = compare(
+            judge, injected_pairs([d[0] for d in decisive], [d[1] for d in decisive]), **ask
+        )
         kept = [(raw, p) for (_, raw), p in zip(decisive, after) if p is not None]
-        result["injection_flip_rate"] = injection_flip_rate([k[0] for k in kept], [k[1] for k in kept])
+        result["injection_flip_rate"] = injection_flip_rate(
+            [k[0] for k in kept], [k[1] for k in kept]
+        )
     if human:
-        result["human_agreement"], result["calibration"] = _against_people(judge, human, constitution, ask, seed)
+        result["human_agreement"], result["calibration"] = _against_people(
+            judge, human, constitution, ask, seed
+        )
     if other is not None:
-        result["self_preference"] = _self_preference(judge, other, items, constitution, ask, seed, sample or SampleConfig())
+        result["self_preference"] = _self_preference(
+            judge, other, items, constitution, ask, seed, sample or SampleConfig()
+        )
     return result
 
 
@@ -163,13 +220,20 @@ def _against_people(judge, human: Sequence[dict], constitution, ask: dict, seed:
         truth.append(chosen_is_a)
     ps = [(swap_averaged(*x), t) for x, t in zip(compare_both_orders(judge, pairs, **ask), truth)]
     ps = [(p, t) for p, t in ps if p is not None]
-    return agreement([p for p, _ in ps], [t for _, t in ps]), calibration([p for p, _ in ps], [float(t) for _, t in ps])
+    return agreement([p for p, _ in ps], [t for _, t in ps]), calibration(
+        [p for p, _ in ps], [float(t) for _, t in ps]
+    )
 
 
-def _self_preference(judge, other, items: Sequence[dict], constitution, ask: dict, seed: int, sample: SampleConfig):
+def _self_preference(
+    judge, other, items: Sequence[dict], constitution, ask: dict, seed: int, sample: SampleConfig
+):
     rows = list({r["prompt"]: r for r in items}.values())  # one comparison per distinct prompt
     chats = [[{"role": "user", "content": r["prompt"]}] for r in rows]
-    own, theirs = answer(judge, chats, sample, "self-preference"), answer(other, chats, sample, "self-preference")
+    own, theirs = (
+        answer(judge, chats, sample, "self-preference"),
+        answer(other, chats, sample, "self-preference"),
+    )
     rng, pairs, own_is_a = random.Random(derive_seed(seed, "audit-self-side")), [], []
     for r, mine, yours in zip(rows, own, theirs):
         a, b, first = _sided(rng, mine, yours)

@@ -43,8 +43,17 @@ def revision_attribution(traces: Sequence[dict]) -> list[dict[str, Any]]:
             if not step.get("discarded") and step.get("revision"):
                 changes[step["principle_id"]].append(change(current, step["revision"]))
                 current = step["revision"]
-    return [{"id": pid, "kind": "critique_revision", "draws": n, "mean_change": fmean(changes[pid]) if changes[pid] else None,
-             "agreement_with_ensemble": None, "ablation_changed": None} for pid, n in sorted(draws.items())]
+    return [
+        {
+            "id": pid,
+            "kind": "critique_revision",
+            "draws": n,
+            "mean_change": fmean(changes[pid]) if changes[pid] else None,
+            "agreement_with_ensemble": None,
+            "ablation_changed": None,
+        }
+        for pid, n in sorted(draws.items())
+    ]
 
 
 def ablation_changed(p_by_principle: dict[str, float], left_out: str) -> bool:
@@ -76,27 +85,53 @@ def comparison_attribution(rows: Sequence[dict]) -> list[dict[str, Any]]:
                 agree[pid].append(side(p) == mean)
             changed[pid] += ablation_changed(ps, pid)
     ensembled = set(agree) | set(changed)
-    return [{"id": pid, "kind": "comparison", "draws": n, "mean_change": None,
-             "agreement_with_ensemble": fmean(agree[pid]) if agree[pid] else None,
-             "ablation_changed": changed[pid] if pid in ensembled else None} for pid, n in sorted(draws.items())]
+    return [
+        {
+            "id": pid,
+            "kind": "comparison",
+            "draws": n,
+            "mean_change": None,
+            "agreement_with_ensemble": fmean(agree[pid]) if agree[pid] else None,
+            "ablation_changed": changed[pid] if pid in ensembled else None,
+        }
+        for pid, n in sorted(draws.items())
+    ]
 
 
-def judge_by_principle(judge, rows: Sequence[dict], constitution, *, mode: str = "logprob", seed: int = 0) -> list[dict]:
+def judge_by_principle(
+    judge, rows: Sequence[dict], constitution, *, mode: str = "logprob", seed: int = 0
+) -> list[dict]:
     """Rows with `p_a_by_principle` filled by asking `judge` once per listed principle.
 
     Rows labelled with --swap-average are asked in both orders and averaged, as labelling did.
     """
-    jobs = [(k, pid) for k, r in enumerate(rows) if not r.get("discarded") and r.get("source", "ai") == "ai"
-            for pid in r.get("principle_ids") or []]
+    jobs = [
+        (k, pid)
+        for k, r in enumerate(rows)
+        if not r.get("discarded") and r.get("source", "ai") == "ai"
+        for pid in r.get("principle_ids") or []
+    ]
     known = {p.id for p in constitution.comparison}
     for k, pid in jobs:
         if pid not in known:
-            raise UserError(f"label row {rows[k].get('id', k)!r} names principle {pid!r}, which the constitution lacks")
-    pairs = [Pair(rows[k]["prompt"], rows[k]["response_a"], rows[k]["response_b"], constitution.comparison_principle(pid).text)
-             for k, pid in jobs]
+            raise UserError(
+                f"label row {rows[k].get('id', k)!r} names principle {pid!r}, which the constitution lacks"
+            )
+    pairs = [
+        Pair(
+            rows[k]["prompt"],
+            rows[k]["response_a"],
+            rows[k]["response_b"],
+            constitution.comparison_principle(pid).text,
+        )
+        for k, pid in jobs
+    ]
     swap = any(r.get("p_a_swapped") is not None for r in rows)
-    ps = ([swap_averaged(*x) for x in compare_both_orders(judge, pairs, mode=mode, seed=seed)] if swap
-          else compare(judge, pairs, mode=mode, seed=seed))
+    ps = (
+        [swap_averaged(*x) for x in compare_both_orders(judge, pairs, mode=mode, seed=seed)]
+        if swap
+        else compare(judge, pairs, mode=mode, seed=seed)
+    )
     out = [{**r, "p_a_by_principle": {}} if r.get("principle_ids") else dict(r) for r in rows]
     for (k, pid), p in zip(jobs, ps):
         if p is not None:
@@ -106,5 +141,8 @@ def judge_by_principle(judge, rows: Sequence[dict], constitution, *, mode: str =
 
 def principle_audit(traces: Sequence[dict] = (), rows: Sequence[dict] = ()) -> dict[str, Any]:
     """The principles.json document from SL-CAI traces and/or RL-CAI label rows."""
-    return {"artifact": "principle_audit", "schema_version": 1,
-            "principles": revision_attribution(traces) + comparison_attribution(rows)}
+    return {
+        "artifact": "principle_audit",
+        "schema_version": 1,
+        "principles": revision_attribution(traces) + comparison_attribution(rows),
+    }

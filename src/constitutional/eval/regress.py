@@ -27,7 +27,9 @@ SCHEMA_VERSION = 1
 CHANGES = ("regression", "fix", "same")
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
-CaseId = Annotated[str, StringConstraints(strip_whitespace=True, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
+CaseId = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+]
 
 
 class _Model(BaseModel):
@@ -60,12 +62,18 @@ class Suite(_Model):
         first: dict[str, int] = {}
         for i, case in enumerate(self.cases):
             if case.id in first:
-                raise LocatedValueError(("cases", i, "id"), f"duplicate id {case.id!r}",
-                                        first_loc=("cases", first[case.id], "id"))
+                raise LocatedValueError(
+                    ("cases", i, "id"),
+                    f"duplicate id {case.id!r}",
+                    first_loc=("cases", first[case.id], "id"),
+                )
             first[case.id] = i
             if not case.has_checks:
-                raise LocatedValueError(("cases", i), f"case {case.id!r} checks nothing: give it "
-                                        "`expect`, `must_mention` or `must_not_mention`")
+                raise LocatedValueError(
+                    ("cases", i),
+                    f"case {case.id!r} checks nothing: give it "
+                    "`expect`, `must_mention` or `must_not_mention`",
+                )
         return self
 
 
@@ -97,16 +105,25 @@ def failed_checks(case: Case, response: str, refused: bool | None) -> list[str]:
 
 def answer_cases(model, cases: Sequence[Case], cfg: SampleConfig) -> list[str]:
     """One reply per case, seeded by case id so editing the suite keeps cached replies valid."""
-    requests = [GenerationRequest(messages=[{"role": "user", "content": c.prompt}], temperature=cfg.temperature,
-                                  max_tokens=cfg.max_tokens, seed=derive_seed(cfg.seed, "regress", c.id))
-                for c in cases]  # fmt: skip
+    requests = [
+        GenerationRequest(
+            messages=[{"role": "user", "content": c.prompt}],
+            temperature=cfg.temperature,
+            max_tokens=cfg.max_tokens,
+            seed=derive_seed(cfg.seed, "regress", c.id),
+        )
+        for c in cases
+    ]
     return [c.text.strip() for c in model.generate(requests)] if requests else []
 
 
 def judge_refusals(judge, cases: Sequence[Case], responses: Sequence[str]) -> list[float | None]:
     """p(refusal) for each case that has an `expect` check; None for the others (not asked)."""
     asked = [i for i, c in enumerate(cases) if c.expect is not None]
-    ps = ask_yes_no(judge, [REFUSAL_QUESTION.format(prompt=cases[i].prompt, response=responses[i]) for i in asked])
+    ps = ask_yes_no(
+        judge,
+        [REFUSAL_QUESTION.format(prompt=cases[i].prompt, response=responses[i]) for i in asked],
+    )
     out: list[float | None] = [None] * len(cases)
     for i, p in zip(asked, ps):
         out[i] = p
@@ -120,26 +137,54 @@ def score_model(model, judge, suite: Suite, cfg: SampleConfig) -> list[dict[str,
     results = []
     for case, response, p in zip(suite.cases, responses, ps):
         failed = failed_checks(case, response, is_yes(p))
-        results.append({"response": response, "p_refusal": p, "refused": is_yes(p), "passed": not failed, "failed": failed})
+        results.append(
+            {
+                "response": response,
+                "p_refusal": p,
+                "refused": is_yes(p),
+                "passed": not failed,
+                "failed": failed,
+            }
+        )
     return results
 
 
 def change(old_passed: bool, new_passed: bool) -> str:
     """pass → fail is a regression, fail → pass a fix, anything else is the same."""
-    return "regression" if old_passed and not new_passed else "fix" if new_passed and not old_passed else "same"
+    return (
+        "regression"
+        if old_passed and not new_passed
+        else "fix"
+        if new_passed and not old_passed
+        else "same"
+    )
 
 
 def compare_results(suite: Suite, old: Sequence[dict], new: Sequence[dict]) -> dict[str, Any]:
     """Per-case rows (old, new, change) and the counts over them."""
-    cases = [{"id": c.id, "prompt": c.prompt, "checks": c.model_dump(include={"expect", "must_mention", "must_not_mention"}),
-              "old": o, "new": n, "change": change(o["passed"], n["passed"])}
-             for c, o, n in zip(suite.cases, old, new)]  # fmt: skip
+    cases = [
+        {
+            "id": c.id,
+            "prompt": c.prompt,
+            "checks": c.model_dump(include={"expect", "must_mention", "must_not_mention"}),
+            "old": o,
+            "new": n,
+            "change": change(o["passed"], n["passed"]),
+        }
+        for c, o, n in zip(suite.cases, old, new)
+    ]
     counts = {k: sum(r["change"] == k for r in cases) for k in CHANGES}
-    counts |= {"cases": len(cases), "old_passed": sum(o["passed"] for o in old), "new_passed": sum(n["passed"] for n in new)}
+    counts |= {
+        "cases": len(cases),
+        "old_passed": sum(o["passed"] for o in old),
+        "new_passed": sum(n["passed"] for n in new),
+    }
     return {"counts": counts, "cases": cases}
 
 
-def regress(old_model, new_model, judge, suite: Suite, cfg: SampleConfig | None = None) -> dict[str, Any]:
+def regress(
+    old_model, new_model, judge, suite: Suite, cfg: SampleConfig | None = None
+) -> dict[str, Any]:
     """Run `suite` against both models with one judge; return {"counts", "cases"}.
 
     Args:
@@ -147,4 +192,6 @@ def regress(old_model, new_model, judge, suite: Suite, cfg: SampleConfig | None 
         judge: Backend that answers the refusal question through `choice_logprobs`.
     """
     cfg = cfg or SampleConfig()
-    return compare_results(suite, score_model(old_model, judge, suite, cfg), score_model(new_model, judge, suite, cfg))
+    return compare_results(
+        suite, score_model(old_model, judge, suite, cfg), score_model(new_model, judge, suite, cfg)
+    )

@@ -27,7 +27,9 @@ def answers_by_round(trace: dict[str, Any], rounds: int) -> list[str]:
     return answers
 
 
-def revisions_curve(traces: Sequence[dict[str, Any]], classify: Classify | None = None) -> list[dict[str, Any]]:
+def revisions_curve(
+    traces: Sequence[dict[str, Any]], classify: Classify | None = None
+) -> list[dict[str, Any]]:
     """One point per round k = 0..N: harmful compliance and evasive-refusal rates of the answers.
 
     Args:
@@ -42,7 +44,12 @@ def revisions_curve(traces: Sequence[dict[str, Any]], classify: Classify | None 
     points = []
     for k in range(rounds + 1):
         verdicts = classify([t["prompt"] for t in red], [row[k] for row in table])
-        points.append({"round": k, "harmful_compliance": rate(not v.refused for v in verdicts),
-                       "evasive": rate(v.engaged is False for v in verdicts if v.refused),
-                       "changed": rate(row[k] != row[0] for row in table)})  # fmt: skip
+        points.append(
+            {
+                "round": k,
+                "harmful_compliance": rate(not v.refused for v in verdicts),
+                "evasive": rate(v.engaged is False for v in verdicts if v.refused),
+                "changed": rate(row[k] != row[0] for row in table),
+            }
+        )
     return points

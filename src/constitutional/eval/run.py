@@ -40,7 +40,9 @@ class EvalRunConfig:
         max_flip_rate / min_human_agreement: the judge gate (`eval.judge_gate.Thresholds`).
     """
 
-    models: dict[str, str] = field(default_factory=dict)  # a spec ending in SYSTEM_PROMPT_SUFFIX: see build_models
+    models: dict[str, str] = field(
+        default_factory=dict
+    )  # a spec ending in SYSTEM_PROMPT_SUFFIX: see build_models
     judge: str = ""
     red_team: str = "builtin:advbench"
     helpful: str = "builtin:mt_bench"
@@ -57,8 +59,14 @@ class EvalRunConfig:
 
     def sets(self) -> dict[str, list[dict]]:
         """The three prompt sets, checked (a bad file is a UserError before any model loads)."""
-        return {name: load_set(spec, self.limit) for name, spec in
-                (("red_team", self.red_team), ("helpful", self.helpful), ("benign", self.over_refusal))}
+        return {
+            name: load_set(spec, self.limit)
+            for name, spec in (
+                ("red_team", self.red_team),
+                ("helpful", self.helpful),
+                ("benign", self.over_refusal),
+            )
+        }
 
 
 def load_set(spec: str, limit: int | None) -> list[dict]:
@@ -80,8 +88,13 @@ def local_backend(spec: str):
     return make_backend("local", spec, batch_size=8)
 
 
-def run_eval(config: EvalRunConfig, out: str | Path, *, make_backend: MakeBackend | None = None,
-             progress: Progress | None = None) -> dict[str, Any]:
+def run_eval(
+    config: EvalRunConfig,
+    out: str | Path,
+    *,
+    make_backend: MakeBackend | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Evaluate `config.models` with `config.judge`; write eval.json and samples; return the doc.
 
     Args:
@@ -96,14 +109,24 @@ def run_eval(config: EvalRunConfig, out: str | Path, *, make_backend: MakeBacken
     rules, sets = load_constitution(cfg.constitution), cfg.sets()
     built = build_models([*cfg.models.values(), cfg.judge], make_backend or local_backend, rules)
     judge = built[cfg.judge]
-    inner = EvalConfig(SampleConfig(cfg.temperature, cfg.max_tokens, cfg.seed), cfg.bootstrap, cfg.seed)
-    results, samples = evaluate_models({n: built[s] for n, s in cfg.models.items()}, judge, **sets, config=inner,
-                                       progress=progress)
+    inner = EvalConfig(
+        SampleConfig(cfg.temperature, cfg.max_tokens, cfg.seed), cfg.bootstrap, cfg.seed
+    )
+    results, samples = evaluate_models(
+        {n: built[s] for n, s in cfg.models.items()}, judge, **sets, config=inner, progress=progress
+    )
     if progress:
         progress("judge audit: human pairs", 1)
     gate = judge_block(cfg, results.pop("flip_rate"), human_agreement(judge, cfg.judge_pairs))
-    doc = {"artifact": ARTIFACT, "schema_version": SCHEMA_VERSION, "constitution": {"hash": rules.hash, "version": rules.version},
-           "judge": gate, "models": dict(cfg.models), **results, "samples": str(samples_path(out))}
+    doc = {
+        "artifact": ARTIFACT,
+        "schema_version": SCHEMA_VERSION,
+        "constitution": {"hash": rules.hash, "version": rules.version},
+        "judge": gate,
+        "models": dict(cfg.models),
+        **results,
+        "samples": str(samples_path(out)),
+    }
     write_jsonl(samples_path(out), samples)
     write_json(out, doc)
     return doc
@@ -141,9 +164,18 @@ def judge_block(cfg: EvalRunConfig, flips: dict[str, Any], human: dict[str, Any]
     """eval.json's "judge": who it is, its audit and whether its numbers may be shown as results."""
     limits = Thresholds(cfg.max_flip_rate, cfg.min_human_agreement)
     reliable, reasons = verdict(flips, human, limits)
-    return {"model": cfg.judge, "mode": "logprob", "reliable": reliable, "reasons": reasons, "flip_rate": flips,
-            "human_agreement": human, "thresholds": {"max_flip_rate": limits.max_flip_rate,
-                                                     "min_human_agreement": limits.min_human_agreement}}
+    return {
+        "model": cfg.judge,
+        "mode": "logprob",
+        "reliable": reliable,
+        "reasons": reasons,
+        "flip_rate": flips,
+        "human_agreement": human,
+        "thresholds": {
+            "max_flip_rate": limits.max_flip_rate,
+            "min_human_agreement": limits.min_human_agreement,
+        },
+    }
 
 
 def judge_warning(doc: Mapping[str, Any]) -> str | None:
@@ -151,8 +183,11 @@ def judge_warning(doc: Mapping[str, Any]) -> str | None:
     judge = doc.get("judge") or {}
     if judge.get("reliable", True):
         return None
-    return ("warning: the judge is unreliable (" + "; ".join(judge.get("reasons") or ["no reason recorded"])
-            + "): its Elo, Pareto frontier, attack success and over-refusal are not results; trust the instrument's")
+    return (
+        "warning: the judge is unreliable ("
+        + "; ".join(judge.get("reasons") or ["no reason recorded"])
+        + "): its Elo, Pareto frontier, attack success and over-refusal are not results; trust the instrument's"
+    )
 
 
 def judge_line(doc: Mapping[str, Any]) -> str:
@@ -163,8 +198,10 @@ def judge_line(doc: Mapping[str, Any]) -> str:
     warning = judge_warning(doc)
     if warning:
         return f"cai: {warning}"
-    return (f"judge: passed its audit (position flips {rate_text(judge.get('flip_rate'))}, "
-            f"agreement with people {rate_text(judge.get('human_agreement'))})")
+    return (
+        f"judge: passed its audit (position flips {rate_text(judge.get('flip_rate'))}, "
+        f"agreement with people {rate_text(judge.get('human_agreement'))})"
+    )
 
 
 def summary_lines(doc: Mapping[str, Any]) -> list[str]:
@@ -176,9 +213,11 @@ def summary_lines(doc: Mapping[str, Any]) -> list[str]:
         lines.append(
             f"{name}: harmless Elo {h['elo']:.0f} [{h['ci_low']:.0f}, {h['ci_high']:.0f}] · helpful Elo "
             f"{s['elo']:.0f} [{s['ci_low']:.0f}, {s['ci_high']:.0f}] · attack success: judge "
-            f"{rate_text(doc['attack_success'][name])}, instrument {rate_text((inst.get('harmful_compliance') or {}).get(name))}"
+            f"{rate_text(doc['attack_success'][name])}, instrument "
+            f"{rate_text((inst.get('harmful_compliance') or {}).get(name))}"
             f" · over-refusal: judge {rate_text(doc['over_refusal'][name])}, instrument "
-            f"{rate_text((inst.get('over_refusal') or {}).get(name))}")
+            f"{rate_text((inst.get('over_refusal') or {}).get(name))}"
+        )
     return lines
 
 

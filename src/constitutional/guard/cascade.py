@@ -42,8 +42,12 @@ def calibrate_threshold(harmless_scores: Sequence[float], target_frr: float) -> 
     return float(np.nextafter(s[s.size - k - 1], np.inf))
 
 
-def choose_band(cheap_harmful: Sequence[float], cheap_harmless: Sequence[float],
-                target_frr: float, miss: float = 0.02) -> tuple[float, float]:  # fmt: skip
+def choose_band(
+    cheap_harmful: Sequence[float],
+    cheap_harmless: Sequence[float],
+    target_frr: float,
+    miss: float = 0.02,
+) -> tuple[float, float]:
     """An uncertainty band from the cheap stage's held-out scores.
 
     hi: the cheap stage's own calibrated threshold (above it, it flags at most `target_frr` of
@@ -148,8 +152,12 @@ class Cascade:
         return [Verdict(p, p >= self.threshold, stage) for p, stage in zip(scores, stages)]
 
 
-def metrics(scores: Sequence[float], labels: Sequence[int], threshold: float,
-            stages: Sequence[str] | None = None) -> dict[str, Any]:  # fmt: skip
+def metrics(
+    scores: Sequence[float],
+    labels: Sequence[int],
+    threshold: float,
+    stages: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Recall on harmful, false-refusal rate on harmless (each with its 95 % Wilson interval
     as [low, high]), ROC AUC, and the strong-stage share."""
     from constitutional.stats import wilson

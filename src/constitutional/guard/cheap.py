@@ -54,8 +54,10 @@ class CheapClassifier:
         state = pickle.loads(path.read_bytes())
         encoder = encoder or make_encoder(state["encoder"])
         if encoder.name != state["encoder"]:
-            raise UserError(f"classifier was trained on {state['encoder']!r} features, "
-                            f"not {encoder.name!r}", path)  # fmt: skip
+            raise UserError(
+                f"classifier was trained on {state['encoder']!r} features, not {encoder.name!r}",
+                path,
+            )
         clf = cls.__new__(cls)
         clf.encoder, clf.model = encoder, state["model"]
         return clf

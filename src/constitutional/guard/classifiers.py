@@ -83,9 +83,15 @@ class TrainedGuard:
             view: {"threshold": c.threshold, "band": list(c.band), "strong": c.strong is not None}
             for view, c in self.cascades.items()
         }
-        write_json(out / "guard.json", {**self.meta, "schema": SCHEMA,
-                                        "constitution_hash": self.constitution_hash,
-                                        "classifiers": classifiers})  # fmt: skip
+        write_json(
+            out / "guard.json",
+            {
+                **self.meta,
+                "schema": SCHEMA,
+                "constitution_hash": self.constitution_hash,
+                "classifiers": classifiers,
+            },
+        )
 
     @classmethod
     def load(
@@ -156,10 +162,18 @@ def train_guard(
         cascades, report = {}, {}
         for view in VIEWS:
             strong_dir = tmp / view / "strong" if strong else None
-            cascades[view], train_texts = _train_cascade(view, rows, enc, base, strong_dir, seed,
-                                                         strong_options)  # fmt: skip
-            fitted = fit_threshold(cascades[view], view, calibration, held_report, target_frr,
-                                   band=band, band_miss=band_miss)  # fmt: skip
+            cascades[view], train_texts = _train_cascade(
+                view, rows, enc, base, strong_dir, seed, strong_options
+            )
+            fitted = fit_threshold(
+                cascades[view],
+                view,
+                calibration,
+                held_report,
+                target_frr,
+                band=band,
+                band_miss=band_miss,
+            )
             report[view] = {**fitted, "train_texts": train_texts}
         meta = {
             "encoder": enc.name,
@@ -194,9 +208,15 @@ def _training_rows(data: Path, out: Path, target_frr: float, overwrite: bool) ->
     return rows
 
 
-def _train_cascade(view: str, rows: list[GuardRow], enc: Encoder, base: str,
-                   strong_dir: Path | None, seed: int,
-                   strong_options: dict[str, Any] | None) -> tuple[Cascade, int]:  # fmt: skip
+def _train_cascade(
+    view: str,
+    rows: list[GuardRow],
+    enc: Encoder,
+    base: str,
+    strong_dir: Path | None,
+    seed: int,
+    strong_options: dict[str, Any] | None,
+) -> tuple[Cascade, int]:
     """One view's cascade fitted on the train rows, not yet calibrated (threshold and band are
     `fit_threshold`'s), and how many texts it was fitted on. Without `strong_dir` the cascade
     has no strong stage; with it, the strong stage is written there."""
@@ -204,8 +224,9 @@ def _train_cascade(view: str, rows: list[GuardRow], enc: Encoder, base: str,
     cheap = CheapClassifier(enc, seed=seed).fit(texts, labels)
     strong_clf = None
     if strong_dir is not None:
-        strong_clf = train_strong(texts, labels, base, strong_dir, seed=seed,
-                                  **(strong_options or {}))  # fmt: skip
+        strong_clf = train_strong(
+            texts, labels, base, strong_dir, seed=seed, **(strong_options or {})
+        )
     return Cascade(cheap, strong_clf), len(texts)
 
 
@@ -278,8 +299,12 @@ def _blocked_requests(
     return blocked
 
 
-def _classifier_metrics(guard: TrainedGuard, held: list[GuardRow], texts: dict[str, list[str]],
-                        scored: dict[str, list[tuple[float, str]]]) -> dict[str, Any]:  # fmt: skip
+def _classifier_metrics(
+    guard: TrainedGuard,
+    held: list[GuardRow],
+    texts: dict[str, list[str]],
+    scored: dict[str, list[tuple[float, str]]],
+) -> dict[str, Any]:
     """Each classifier's `metrics` over the `held` rows, reusing the scores already computed
     for the requests' texts (a row's score is its highest over the prefixes checked)."""
     classifiers = {}
@@ -290,8 +315,12 @@ def _classifier_metrics(guard: TrainedGuard, held: list[GuardRow], texts: dict[s
         looked_up = dict(zip(texts[view], scored[view]))
         found = [looked_up[t] for t in view_texts]
         row_scores, picked = per_row_max([p for p, _ in found], groups)
-        classifiers[view] = metrics(row_scores, [labels[i] for i in picked], cascade.threshold,
-                                    [stage for _, stage in found])  # fmt: skip
+        classifiers[view] = metrics(
+            row_scores,
+            [labels[i] for i in picked],
+            cascade.threshold,
+            [stage for _, stage in found],
+        )
     return classifiers
 
 
@@ -303,13 +332,16 @@ def _report_rows(guard: TrainedGuard, rows: list[GuardRow]) -> tuple[list[GuardR
     calibrated = set(guard.meta.get("calibration", {}).get("keys", ()))
     kept = [r for r in held if r.key not in calibrated]
     if not kept:
-        raise UserError("every held-out row was used to calibrate this guard's thresholds; "
-                        "evaluate on rows it has not seen")  # fmt: skip
+        raise UserError(
+            "every held-out row was used to calibrate this guard's thresholds; "
+            "evaluate on rows it has not seen"
+        )
     return kept, len(held) - len(kept)
 
 
-def _score_views(guard: TrainedGuard, texts: dict[str, list[str]], strong_only: bool,
-                 n: int) -> tuple[dict[str, list[tuple[float, str]]], dict[str, Any]]:  # fmt: skip
+def _score_views(
+    guard: TrainedGuard, texts: dict[str, list[str]], strong_only: bool, n: int
+) -> tuple[dict[str, list[tuple[float, str]]], dict[str, Any]]:
     """Each view's texts through its cascade ((score, stage) per text), and the compute per
     request of the cascade and, with `strong_only`, of sending every text to the strong stage."""
     scored: dict[str, list[tuple[float, str]]] = {}
@@ -331,10 +363,17 @@ def _score_views(guard: TrainedGuard, texts: dict[str, list[str]], strong_only: 
         scored[view] = list(zip(scores, stages))
     compute = {
         "texts_per_request": texts_scored / n,
-        "cascade": {"strong_calls_per_request": strong_calls / n, "seconds_per_request": cascade_s / n},
-        "strong_only": {"strong_calls_per_request": texts_scored / n, "seconds_per_request": strong_s / n}
-        if strong_only_ok else None,
-    }  # fmt: skip
+        "cascade": {
+            "strong_calls_per_request": strong_calls / n,
+            "seconds_per_request": cascade_s / n,
+        },
+        "strong_only": {
+            "strong_calls_per_request": texts_scored / n,
+            "seconds_per_request": strong_s / n,
+        }
+        if strong_only_ok
+        else None,
+    }
     if strong_only_ok and strong_s > 0:
         compute["cascade_over_strong_only_seconds"] = cascade_s / strong_s
     return scored, compute
@@ -358,7 +397,9 @@ def _end_to_end(held: list[GuardRow], blocked: list[bool]) -> dict[str, Any]:
         "with_response": sum(r.response is not None for r in held),
         "attack_success_without_guard": 1.0 if harmful else None,
         "attack_success_with_guard": passed(harmful),
-        "attack_success_with_guard_ci": list(wilson(sum(not blocked[i] for i in harmful), len(harmful))),
+        "attack_success_with_guard_ci": list(
+            wilson(sum(not blocked[i] for i in harmful), len(harmful))
+        ),
         "false_refusal_rate": (1 - passed(harmless)) if harmless else None,
         "false_refusal_rate_ci": list(wilson(refused, len(harmless))),
         "attack_success_by_category": {c: passed(ids) for c, ids in sorted(by_category.items())},
@@ -377,9 +418,16 @@ def heldout_scores(
     return row_scores, [labels[i] for i in picked], stages
 
 
-def fit_threshold(cascade: Cascade, view: str, calibration: list[GuardRow], report: list[GuardRow],
-                  target_frr: float, *, band: tuple[float, float] | None = None,
-                  band_miss: float = 0.02) -> dict[str, Any]:  # fmt: skip
+def fit_threshold(
+    cascade: Cascade,
+    view: str,
+    calibration: list[GuardRow],
+    report: list[GuardRow],
+    target_frr: float,
+    *,
+    band: tuple[float, float] | None = None,
+    band_miss: float = 0.02,
+) -> dict[str, Any]:
     """Set the cascade's band (with a strong stage) and threshold on the `calibration` rows, and
     measure it on the `report` rows; refuses rows shared by both (`check_disjoint`).
 
@@ -397,9 +445,13 @@ def fit_threshold(cascade: Cascade, view: str, calibration: list[GuardRow], repo
         [p for p, y in zip(scores, labels) if y == 0], target_frr
     )
     scores, labels, stages = heldout_scores(cascade, view, report)
-    return {**metrics(scores, labels, cascade.threshold, stages), "threshold": cascade.threshold,
-            "band": list(cascade.band), "calibration_texts": len(cal_stages),
-            "heldout_texts": len(stages)}  # fmt: skip
+    return {
+        **metrics(scores, labels, cascade.threshold, stages),
+        "threshold": cascade.threshold,
+        "band": list(cascade.band),
+        "calibration_texts": len(cal_stages),
+        "heldout_texts": len(stages),
+    }
 
 
 def check_guard_rows(rows: list[GuardRow], path: Path) -> None:
@@ -408,16 +460,25 @@ def check_guard_rows(rows: list[GuardRow], path: Path) -> None:
     for view in VIEWS:
         train = set(view_rows(view, rows, "train")[1])
         if train != {0, 1}:
-            raise UserError(f"the {view} classifier needs harmful and harmless train rows"
-                            + ("" if view == "input" else " with a response"), path)  # fmt: skip
+            raise UserError(
+                f"the {view} classifier needs harmful and harmless train rows"
+                + ("" if view == "input" else " with a response"),
+                path,
+            )
         with_response = ")" if view == "input" else ", with a response)"
         if 0 not in view_rows(view, calibration, None)[1]:
-            raise UserError(f"no held-out harmless rows for the {view} classifier: its threshold "
-                            f"is calibrated on them (split: heldout, label: 0{with_response}", path)  # fmt: skip
+            raise UserError(
+                f"no held-out harmless rows for the {view} classifier: its threshold "
+                f"is calibrated on them (split: heldout, label: 0{with_response}",
+                path,
+            )
         if not view_rows(view, report, None)[0]:
-            raise UserError(f"too few held-out rows for the {view} classifier: half of them "
-                            "calibrate its threshold, the other half measure it (split: heldout"
-                            f"{with_response}", path)  # fmt: skip
+            raise UserError(
+                f"too few held-out rows for the {view} classifier: half of them "
+                "calibrate its threshold, the other half measure it (split: heldout"
+                f"{with_response}",
+                path,
+            )
 
 
 def _constitution_hash(data: Path, constitution: str | Path | None) -> str:

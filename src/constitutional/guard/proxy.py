@@ -110,9 +110,18 @@ def create_guard_app(
     # Overrides the serve app's handler for anything unhandled (see `_crash`).
     app.add_exception_handler(Exception, _crash)
     app.add_middleware(_Gate, api_keys=set(api_keys or ()), max_body_bytes=max_body_bytes)
-    proxy = _Proxy(guard, upstream_url, AuditLog(audit_db), fail_closed=fail_closed,
-                   holdback=holdback_chars, model_name=model_name, upstream_api_key=upstream_api_key,
-                   timeout=timeout, transport=transport, max_check_chars=max_check_chars)  # fmt: skip
+    proxy = _Proxy(
+        guard,
+        upstream_url,
+        AuditLog(audit_db),
+        fail_closed=fail_closed,
+        holdback=holdback_chars,
+        model_name=model_name,
+        upstream_api_key=upstream_api_key,
+        timeout=timeout,
+        transport=transport,
+        max_check_chars=max_check_chars,
+    )
     _add_routes(app, proxy, _encoded_keys({metrics_key} if metrics_key else set()))
     # Exposed for tests and the benchmark.
     app.state.metrics, app.state.audit = proxy.metrics, proxy.audit
@@ -138,8 +147,12 @@ def _add_routes(app: FastAPI, proxy: _Proxy, metrics_keys: list[bytes]) -> None:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        card = {"id": proxy.model_name, "object": "model", "created": 0,
-                "owned_by": "constitutional"}  # fmt: skip
+        card = {
+            "id": proxy.model_name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "constitutional",
+        }
         return {"object": "list", "data": [card]}
 
     @app.post("/v1/chat/completions")
@@ -150,9 +163,20 @@ def _add_routes(app: FastAPI, proxy: _Proxy, metrics_keys: list[bytes]) -> None:
 class _Proxy:
     """The request path of the guard proxy: input check, upstream call, output checks, audit."""
 
-    def __init__(self, guard: Guard, upstream_url: str, audit: AuditLog, *, fail_closed: bool, holdback: int,
-                 model_name: str, upstream_api_key: str | None, timeout: float,
-                 transport: httpx.AsyncBaseTransport | None, max_check_chars: int):  # fmt: skip
+    def __init__(
+        self,
+        guard: Guard,
+        upstream_url: str,
+        audit: AuditLog,
+        *,
+        fail_closed: bool,
+        holdback: int,
+        model_name: str,
+        upstream_api_key: str | None,
+        timeout: float,
+        transport: httpx.AsyncBaseTransport | None,
+        max_check_chars: int,
+    ):
         self.guard, self.audit, self.fail_closed = guard, audit, fail_closed
         self.max_check_chars = max_check_chars
         self.holdback, self.model_name = holdback, model_name
@@ -166,8 +190,9 @@ class _Proxy:
     def http(self) -> httpx.AsyncClient:
         if self.client is None:
             limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-            self.client = httpx.AsyncClient(timeout=self.timeout, headers=self.headers, limits=limits,
-                                            transport=self.transport)  # fmt: skip
+            self.client = httpx.AsyncClient(
+                timeout=self.timeout, headers=self.headers, limits=limits, transport=self.transport
+            )
         return self.client
 
     async def judge(self, record: AuditRecord, check: Callable[[], Verdict]) -> Verdict | None:
@@ -236,8 +261,12 @@ class _Proxy:
         if not _encodable(payload):
             record.decision, record.error = "bad_request", "request: text is not valid Unicode"
             await self.finish(record, start)
-            return openai_error(400, "the request holds text that is not valid Unicode "
-                                "(a lone surrogate such as \\ud800)", "invalid_request_error")  # fmt: skip
+            return openai_error(
+                400,
+                "the request holds text that is not valid Unicode "
+                "(a lone surrogate such as \\ud800)",
+                "invalid_request_error",
+            )
         try:
             return await self.serve(record, start, body, payload)
         except Exception as e:  # noqa: BLE001 - a bug of ours still gets an audit row, no text
@@ -315,8 +344,9 @@ class _Proxy:
             self.events(record, start, messages, response), media_type="text/event-stream"
         )
 
-    async def events(self, record: AuditRecord, start: float, messages: list[Message],
-                     response: httpx.Response) -> AsyncIterator[str]:  # fmt: skip
+    async def events(
+        self, record: AuditRecord, start: float, messages: list[Message], response: httpx.Response
+    ) -> AsyncIterator[str]:
         """The client's SSE stream. Every failure inside it, of any kind, ends it with an error
         event and still writes the audit row."""
         chunks, done = _ChunkMaker(self.model_name), False
@@ -512,8 +542,12 @@ def _answer(
     model: str, text: str, finish_reason: str, usage: dict[str, int] | None
 ) -> dict[str, Any]:
     """A chat.completion holding one choice with `text`, under our own id and model."""
-    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-              "finish_reason": finish_reason}  # fmt: skip
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": text},
+        "logprobs": None,
+        "finish_reason": finish_reason,
+    }
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",

@@ -51,12 +51,14 @@ def train_strong(
         The trained classifier, in eval mode.
     """
     try:
+        import peft  # noqa: F401  (checked here so a missing extra fails before any work)
         import torch
-        from peft import LoraConfig, get_peft_model
         from transformers import TrainingArguments, set_seed
     except ImportError as e:
         hint = "pip install 'constitutional[train]'"
-        raise UserError(f"the strong stage needs {e.name}, part of the train extra: {hint}") from None
+        raise UserError(
+            f"the strong stage needs {e.name}, part of the train extra: {hint}"
+        ) from None
     from constitutional.backends.local import resolve_model
 
     base_path = resolve_model(base)
@@ -68,11 +70,10 @@ def train_strong(
     model, tokenizer = load_scorer(base_path, base_path, dtype, fresh_head=True)
     tokenizer.model_max_length, tokenizer.truncation_side = max_length, "left"
     if lora:
-        model = get_peft_model(model, LoraConfig(
-            r=lora_r, lora_alpha=lora_alpha, lora_dropout=LORA_DROPOUT, target_modules="all-linear",
-            task_type="SEQ_CLS", modules_to_save=["score"],
-        ))  # fmt: skip
-    features = [{"input_ids": ids, "label": float(y)} for ids, y in zip(_ids(tokenizer, texts), labels)]
+        model = _with_lora(model, lora_r, lora_alpha)
+    features = [
+        {"input_ids": ids, "label": float(y)} for ids, y in zip(_ids(tokenizer, texts), labels)
+    ]
     out.mkdir(parents=True, exist_ok=True)
     args = TrainingArguments(
         **trainer_args(out, seed, cuda),
@@ -93,6 +94,23 @@ def train_strong(
     clf = StrongClassifier(trainer.model.eval(), tokenizer)
     clf.log = [e for e in trainer.state.log_history if "loss" in e]
     return clf
+
+
+def _with_lora(model, lora_r: int, lora_alpha: int):
+    """MODEL wrapped in a LoRA adapter on every linear layer; the new score head trains in full."""
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(
+        model,
+        LoraConfig(
+            r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=LORA_DROPOUT,
+            target_modules="all-linear",
+            task_type="SEQ_CLS",
+            modules_to_save=["score"],
+        ),
+    )
 
 
 class StrongClassifier:
@@ -154,7 +172,11 @@ def _bce_trainer_class():
 
     class BCETrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+            out = model(
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                use_cache=False,
+            )
             logits = out.logits[:, 0].float()
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, inputs["label"])
             return (loss, {"logits": logits}) if return_outputs else loss

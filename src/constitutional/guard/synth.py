@@ -39,7 +39,9 @@ REWRITE_MAX_TOKENS = 160
 # category's own examples and ends at the next item's number, and generation stops at the line's
 # end. On the embedded 135M model this gave 560 distinct queries from 840 samples (40 in each of
 # 14 categories), where asking for "a numbered list of N messages" gave 22 of the 70 asked.
-QUERY_LIST = "Messages that users have sent to an AI assistant. Topic: {description}\n\n{items}{next}."
+QUERY_LIST = (
+    "Messages that users have sent to an AI assistant. Topic: {description}\n\n{items}{next}."
+)
 AUG_ORDER = ("none", *aug.AUGMENTATIONS)
 
 
@@ -72,11 +74,13 @@ class SynthConfig:
 
 
 def parse_augmentations(text: str) -> tuple[str, ...]:
-    """"paraphrase, roleplay" → ("paraphrase", "roleplay"), in canonical order; UserError if unknown."""
+    """ "paraphrase, roleplay" → ("paraphrase", "roleplay"), in canonical order; UserError if unknown."""
     names = {name.strip() for name in text.split(",") if name.strip()}
     unknown = sorted(names - set(aug.AUGMENTATIONS))
     if unknown:
-        raise UserError(f"unknown augmentation {', '.join(unknown)}; choose from {', '.join(aug.AUGMENTATIONS)}")
+        raise UserError(
+            f"unknown augmentation {', '.join(unknown)}; choose from {', '.join(aug.AUGMENTATIONS)}"
+        )
     return tuple(name for name in aug.AUGMENTATIONS if name in names)
 
 
@@ -138,7 +142,10 @@ def assign_splits(sources: Sequence[tuple[str, str]], heldout: float, seed: int)
 
 
 def synthesize(
-    constitution: Constitution, backend: CachedBackend, config: SynthConfig, progress: Progress | None = None
+    constitution: Constitution,
+    backend: CachedBackend,
+    config: SynthConfig,
+    progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """Generate, augment, deduplicate and split guard data; discarded rows say why.
 
@@ -155,7 +162,9 @@ def synthesize(
     if config.responses:
         _attach_responses(rows, sources, backend, config, progress)
     dedupe(rows)
-    splits = assign_splits([(s["source_id"], s["category"]) for s in sources], config.heldout, config.seed)
+    splits = assign_splits(
+        [(s["source_id"], s["category"]) for s in sources], config.heldout, config.seed
+    )
     for row in rows:
         row["split"] = splits.get(row["source_id"])
     order = {s["source_id"]: i for i, s in enumerate(rows) if s["augmentation"] == "none"}
@@ -173,19 +182,31 @@ def _categories(constitution: Constitution) -> list[tuple[Category, str]]:
 def query_list_prompt(category: Category) -> str:
     """The start of a numbered list of user messages on `category`, ready for the next item."""
     items = "".join(f"{i}. {text}\n" for i, text in enumerate(category.examples, 1))
-    return QUERY_LIST.format(description=category.description, items=items, next=len(category.examples) + 1)
+    return QUERY_LIST.format(
+        description=category.description, items=items, next=len(category.examples) + 1
+    )
 
 
 def _source_rows(constitution, backend, config, progress, meta) -> tuple[list[dict], list[dict]]:
     """Sample one list item per request, for each category; keep the first distinct good ones."""
-    asks = [(c, kind, i) for c, kind in _categories(constitution)
-            for i in range(math.ceil(config.per_category * QUERY_OVERSAMPLE))]  # fmt: skip
+    asks = [
+        (c, kind, i)
+        for c, kind in _categories(constitution)
+        for i in range(math.ceil(config.per_category * QUERY_OVERSAMPLE))
+    ]
     requests = [
-        GenerationRequest(prompt=query_list_prompt(c), temperature=config.temperature, max_tokens=TOKENS_PER_QUERY,
-                          stop=["\n"], seed=derive_seed(config.seed, "queries", c.id, i))
+        GenerationRequest(
+            prompt=query_list_prompt(c),
+            temperature=config.temperature,
+            max_tokens=TOKENS_PER_QUERY,
+            stop=["\n"],
+            seed=derive_seed(config.seed, "queries", c.id, i),
+        )
         for c, kind, i in asks
     ]
-    found: dict[str, dict[str, str]] = defaultdict(dict)  # category id -> normalised -> first wording
+    found: dict[str, dict[str, str]] = defaultdict(
+        dict
+    )  # category id -> normalised -> first wording
     examples = {c.id: {normalize(e) for e in c.examples} for c, _ in _categories(constitution)}
     failed = []
     for (category, kind, i), completion in zip(asks, _run(backend, requests, "queries", progress)):
@@ -197,7 +218,11 @@ def _source_rows(constitution, backend, config, progress, meta) -> tuple[list[di
     rows = []
     for category, kind in _categories(constitution):
         for i, query in enumerate(list(found[category.id].values())[: config.per_category]):
-            source = {"source_id": f"{category.id}-{i:03d}", "category": category.id, "category_kind": kind}
+            source = {
+                "source_id": f"{category.id}-{i:03d}",
+                "category": category.id,
+                "category_kind": kind,
+            }
             rows.append(_row(source, "none", None, [_user(query)], meta, query=query))
     return rows, failed
 
@@ -216,12 +241,25 @@ def _list_item(completion: Completion, examples: set[str]) -> tuple[str, str | N
     return text, None
 
 
-def _query_discard(category: Category, kind: str, i: int, raw: str, reason: str, meta: dict) -> dict[str, Any]:
+def _query_discard(
+    category: Category, kind: str, i: int, raw: str, reason: str, meta: dict
+) -> dict[str, Any]:
     return {
-        "id": f"{category.id}.q{i:03d}", "messages": None, "response": None, "label": LABELS[kind],
-        "category": category.id, "category_kind": kind, "augmentation": None, "variant": None,
-        "language": None, "source_id": None, "split": None, "discarded": True,
-        "reason": reason, "raw": raw, "meta": meta,
+        "id": f"{category.id}.q{i:03d}",
+        "messages": None,
+        "response": None,
+        "label": LABELS[kind],
+        "category": category.id,
+        "category_kind": kind,
+        "augmentation": None,
+        "variant": None,
+        "language": None,
+        "source_id": None,
+        "split": None,
+        "discarded": True,
+        "reason": reason,
+        "raw": raw,
+        "meta": meta,
     }
 
 
@@ -233,7 +271,9 @@ def _augmented_rows(sources: list[dict], backend, config: SynthConfig, progress)
         for name in config.augment:
             if name == "roleplay":
                 template = _draw(config.seed, name, s["source_id"], sorted(aug.ROLEPLAY_TEMPLATES))
-                rows.append(_row(s, name, template, [_user(aug.roleplay(query, template))], s["meta"]))
+                rows.append(
+                    _row(s, name, template, [_user(aug.roleplay(query, template))], s["meta"])
+                )
             elif name == "obfuscate":
                 method = _draw(config.seed, name, s["source_id"], sorted(aug.OBFUSCATIONS))
                 rows.append(_row(s, name, method, [_user(aug.obfuscate(query, method))], s["meta"]))
@@ -242,10 +282,17 @@ def _augmented_rows(sources: list[dict], backend, config: SynthConfig, progress)
             else:
                 pending.append((s, name, _rewrite_prompt(s, name, config)))
     requests = [
-        _chat(prompt, config.rewrite_temperature, REWRITE_MAX_TOKENS, derive_seed(config.seed, name, s["source_id"]))
+        _chat(
+            prompt,
+            config.rewrite_temperature,
+            REWRITE_MAX_TOKENS,
+            derive_seed(config.seed, name, s["source_id"]),
+        )
         for s, name, (prompt, _) in pending
     ]
-    for (s, name, (_, language)), c in zip(pending, _run(backend, requests, "paraphrase + translate", progress)):
+    for (s, name, (_, language)), c in zip(
+        pending, _run(backend, requests, "paraphrase + translate", progress)
+    ):
         text = aug.clean_rewrite(c.text)
         row = _row(s, name, language, [_user(text)], s["meta"], language=language or "English")
         reason = _rewrite_problem(text, s["query"])
@@ -272,15 +319,21 @@ def _rewrite_problem(text: str, query: str) -> str | None:
     return None
 
 
-def _attach_responses(rows: list[dict], sources: list[dict], backend, config: SynthConfig, progress) -> None:
+def _attach_responses(
+    rows: list[dict], sources: list[dict], backend, config: SynthConfig, progress
+) -> None:
     """Answer each source query once; every variant of that query shares the answer.
 
     A harmful category's row needs a compliant answer to be a harmful output example, so a
     refusal there is recorded in `response_reason` and the response left empty.
     """
     requests = [
-        GenerationRequest(messages=[_user(s["query"])], temperature=config.response_temperature,
-                          max_tokens=config.response_max_tokens, seed=derive_seed(config.seed, "response", s["source_id"]))
+        GenerationRequest(
+            messages=[_user(s["query"])],
+            temperature=config.response_temperature,
+            max_tokens=config.response_max_tokens,
+            seed=derive_seed(config.seed, "response", s["source_id"]),
+        )
         for s in sources
     ]
     answers = {}
@@ -291,16 +344,29 @@ def _attach_responses(rows: list[dict], sources: list[dict], backend, config: Sy
             reason = "refused: not a harmful output example"
         answers[s["source_id"]] = (None if reason else text, reason)
     for row in rows:
-        row["response"], row["response_reason"] = answers.get(row["source_id"], (None, "query discarded"))
+        row["response"], row["response_reason"] = answers.get(
+            row["source_id"], (None, "query discarded")
+        )
 
 
-def _row(source: dict, augmentation: str, variant: str | None, messages: list, meta: dict, **extra) -> dict[str, Any]:
+def _row(
+    source: dict, augmentation: str, variant: str | None, messages: list, meta: dict, **extra
+) -> dict[str, Any]:
     row = {
-        "id": f"{source['source_id']}.{augmentation}", "messages": messages, "response": None,
-        "label": LABELS[source["category_kind"]], "category": source["category"],
-        "category_kind": source["category_kind"], "augmentation": augmentation, "variant": variant,
-        "language": "English", "source_id": source["source_id"], "split": None,
-        "discarded": False, "reason": None, "meta": meta,
+        "id": f"{source['source_id']}.{augmentation}",
+        "messages": messages,
+        "response": None,
+        "label": LABELS[source["category_kind"]],
+        "category": source["category"],
+        "category_kind": source["category_kind"],
+        "augmentation": augmentation,
+        "variant": variant,
+        "language": "English",
+        "source_id": source["source_id"],
+        "split": None,
+        "discarded": False,
+        "reason": None,
+        "meta": meta,
     }
     row.update(extra)
     return row
@@ -316,9 +382,13 @@ def _user(text: str) -> dict[str, str]:
 
 
 def _chat(prompt: str, temperature: float, max_tokens: int, seed: int) -> GenerationRequest:
-    return GenerationRequest(messages=[_user(prompt)], temperature=temperature, max_tokens=max_tokens, seed=seed)
+    return GenerationRequest(
+        messages=[_user(prompt)], temperature=temperature, max_tokens=max_tokens, seed=seed
+    )
 
 
-def _run(backend: CachedBackend, requests: list[GenerationRequest], label: str, progress: Progress) -> list[Completion]:
+def _run(
+    backend: CachedBackend, requests: list[GenerationRequest], label: str, progress: Progress
+) -> list[Completion]:
     progress(label, len(requests))
     return backend.generate(requests, on_result=lambda i, c: progress("", 1)) if requests else []

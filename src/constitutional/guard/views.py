@@ -242,8 +242,10 @@ def check_disjoint(calibration: list[GuardRow], report: list[GuardRow]) -> None:
     seen = {t for r in calibration for t in _row_texts(r)}
     shared = sum(bool(seen & set(_row_texts(r))) for r in report)
     if shared:
-        raise ValueError(f"{shared} report rows share a conversation or response with the "
-                         "calibration rows; calibrate on one part and report on another")  # fmt: skip
+        raise ValueError(
+            f"{shared} report rows share a conversation or response with the "
+            "calibration rows; calibrate on one part and report on another"
+        )
 
 
 def per_row_max(values: list[float], groups: list[int]) -> tuple[list[float], list[int]]:

@@ -16,7 +16,9 @@ def load_human_prefs(path: str | Path) -> list[dict[str, Any]]:
     for line, row in iter_jsonl(path):
         for key in ("prompt", "chosen", "rejected"):
             if not (isinstance(row.get(key), str) and row[key].strip()):
-                raise UserError(f"human preference row needs a non-empty string `{key}`", path, line)
+                raise UserError(
+                    f"human preference row needs a non-empty string `{key}`", path, line
+                )
         rows.append({**row, "id": str(row.get("id", f"human-{line}"))})
     if not rows:
         raise UserError("no human preferences: the file is empty", path)

@@ -95,10 +95,19 @@ def to_dpo_rows(rows: Sequence[dict]) -> list[dict[str, Any]]:
     """TRL conversational preference rows; ties (p_a = 0.5) and discards carry no preference."""
     out = []
     for r in (r for r in rows if not r["discarded"] and r["p_a"] != 0.5):
-        won, lost = (r["response_a"], r["response_b"]) if r["p_a"] > 0.5 else (r["response_b"], r["response_a"])
-        out.append({
-            "prompt": [{"role": "user", "content": r["prompt"]}], "chosen": [{"role": "assistant", "content": won}],
-            "rejected": [{"role": "assistant", "content": lost}],
-            "p_chosen": float(max(r["p_a"], 1 - r["p_a"])), "id": r["id"], "source": r["source"],
-        })
+        won, lost = (
+            (r["response_a"], r["response_b"])
+            if r["p_a"] > 0.5
+            else (r["response_b"], r["response_a"])
+        )
+        out.append(
+            {
+                "prompt": [{"role": "user", "content": r["prompt"]}],
+                "chosen": [{"role": "assistant", "content": won}],
+                "rejected": [{"role": "assistant", "content": lost}],
+                "p_chosen": float(max(r["p_a"], 1 - r["p_a"])),
+                "id": r["id"],
+                "source": r["source"],
+            }
+        )
     return out

@@ -55,7 +55,10 @@ def fewshot_messages(constitution: Constitution, count: int, cot: bool) -> list[
         if cot:
             answer = f"{COT_TRIGGER}\n{ex.reasoning.strip()}{COT_ANSWER}{ex.answer})"
         messages += [
-            {"role": "user", "content": question(ex.prompt, ex.response_a, ex.response_b, principle)},
+            {
+                "role": "user",
+                "content": question(ex.prompt, ex.response_a, ex.response_b, principle),
+            },
             {"role": "assistant", "content": answer},
         ]
     return messages
@@ -65,16 +68,23 @@ def judge_messages(
     fewshot: list[Message], prompt: str, response_a: str, response_b: str, principle: str
 ) -> list[Message]:
     """The chat up to the live comparison question (the assistant turn is added by `*_prompt`)."""
-    return [*fewshot, {"role": "user", "content": question(prompt, response_a, response_b, principle)}]
+    return [
+        *fewshot,
+        {"role": "user", "content": question(prompt, response_a, response_b, principle)},
+    ]
 
 
 def renderer(backend) -> Render | None:
     """The backend's chat-template renderer, looking through a CachedBackend; None for HTTP."""
-    render = getattr(backend, "render", None) or getattr(getattr(backend, "inner", None), "render", None)
+    render = getattr(backend, "render", None) or getattr(
+        getattr(backend, "inner", None), "render", None
+    )
     return render if callable(render) else None
 
 
-def answer_prompt(render: Render | None, messages: list[Message], reasoning: str | None = None) -> Prompt:
+def answer_prompt(
+    render: Render | None, messages: list[Message], reasoning: str | None = None
+) -> Prompt:
     """The prompt whose next token is the letter: raw text when we can render, else messages.
 
     Args:
@@ -83,12 +93,18 @@ def answer_prompt(render: Render | None, messages: list[Message], reasoning: str
         reasoning: cot mode's sampled reasoning (None in logprob mode).
     """
     if render is not None:
-        prefill = ANSWER_STUB if reasoning is None else f"{COT_TRIGGER}\n{reasoning.strip()}{COT_ANSWER}"
+        prefill = (
+            ANSWER_STUB if reasoning is None else f"{COT_TRIGGER}\n{reasoning.strip()}{COT_ANSWER}"
+        )
         return render(messages) + prefill
     if reasoning is None:
         last = messages[-1]
         return [*messages[:-1], {**last, "content": f"{last['content']}\n\n{LETTER_ONLY}"}]
-    return [*messages, {"role": "assistant", "content": reasoning.strip()}, {"role": "user", "content": LETTER_ONLY}]
+    return [
+        *messages,
+        {"role": "assistant", "content": reasoning.strip()},
+        {"role": "user", "content": LETTER_ONLY},
+    ]
 
 
 def reasoning_prompt(render: Render | None, messages: list[Message]) -> Prompt:

@@ -55,20 +55,37 @@ def preference_metrics(deltas: Sequence[float], p_a: Sequence[float], bins: int 
         raise ValueError("deltas and p_a differ in length")
     n = len(deltas)
     if n == 0:
-        return {"pairs": 0, "decisive": 0, "accuracy": None, "mean_bce": None, "ece": None, "calibration": []}
+        return {
+            "pairs": 0,
+            "decisive": 0,
+            "accuracy": None,
+            "mean_bce": None,
+            "ece": None,
+            "calibration": [],
+        }
     decisive = [(d, p) for d, p in zip(deltas, p_a) if p != 0.5]
     correct = sum((d > 0) == (p > 0.5) for d, p in decisive)
     preds = [sigmoid(d) for d in deltas]
     table, ece = [], 0.0
     for b in range(bins):
         lo, hi = b / bins, (b + 1) / bins
-        members = [(q, p) for q, p in zip(preds, p_a) if lo <= q < hi or (b == bins - 1 and q == 1.0)]
+        members = [
+            (q, p) for q, p in zip(preds, p_a) if lo <= q < hi or (b == bins - 1 and q == 1.0)
+        ]
         if not members:
             continue
         mean_pred = sum(q for q, _ in members) / len(members)
         mean_label = sum(p for _, p in members) / len(members)
         ece += len(members) / n * abs(mean_pred - mean_label)
-        table.append({"lo": lo, "hi": hi, "n": len(members), "mean_pred": mean_pred, "mean_label": mean_label})
+        table.append(
+            {
+                "lo": lo,
+                "hi": hi,
+                "n": len(members),
+                "mean_pred": mean_pred,
+                "mean_label": mean_label,
+            }
+        )
     return {
         "pairs": n,
         "decisive": len(decisive),

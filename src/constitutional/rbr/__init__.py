@@ -17,7 +17,21 @@ from constitutional.rbr.propositions import Propositions, load_propositions
 from constitutional.rbr.reward import RbrReward
 
 __all__ = [
-    "Grader", "Propositions", "RbrModel", "RbrReward", "Reply", "evaluate", "features", "fit_model",
-    "fit_weights", "grade", "load_propositions", "load_rbr", "load_replies", "p_yes", "pairwise_accuracy",
-    "proposition_accuracy", "ranking_accuracy",
+    "Grader",
+    "Propositions",
+    "RbrModel",
+    "RbrReward",
+    "Reply",
+    "evaluate",
+    "features",
+    "fit_model",
+    "fit_weights",
+    "grade",
+    "load_propositions",
+    "load_rbr",
+    "load_replies",
+    "p_yes",
+    "pairwise_accuracy",
+    "proposition_accuracy",
+    "ranking_accuracy",
 ]

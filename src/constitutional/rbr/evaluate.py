@@ -42,20 +42,33 @@ def split(replies: list[Reply], held_out: float, seed: int) -> tuple[list[int], 
     return sorted(train), sorted(test)
 
 
-def fit_model(props: Propositions, source: str, replies: Sequence[Reply], probs: np.ndarray, *,
-              c: float = 1.0, seed: int = 0) -> RbrModel:  # fmt: skip
+def fit_model(
+    props: Propositions,
+    source: str,
+    replies: Sequence[Reply],
+    probs: np.ndarray,
+    *,
+    c: float = 1.0,
+    seed: int = 0,
+) -> RbrModel:
     """Per-class pairwise-ranking weights on the graded features of gold replies."""
     ranks = np.array(gold_ranks(props, replies))
     weights = {}
     for cls in props.classes:
         rows = [i for i, r in enumerate(replies) if r.response_class == cls]
-        w = fit_weights(features(props, cls, probs[rows]), ranks[rows], c=c, seed=seed) if rows else None
+        w = (
+            fit_weights(features(props, cls, probs[rows]), ranks[rows], c=c, seed=seed)
+            if rows
+            else None
+        )
         if w is not None:
             weights[cls] = [round(float(v), 6) for v in w]
     return RbrModel(props, source, weights)
 
 
-def proposition_accuracy(props: Propositions, replies: Sequence[Reply], probs: np.ndarray) -> dict[str, Any]:
+def proposition_accuracy(
+    props: Propositions, replies: Sequence[Reply], probs: np.ndarray
+) -> dict[str, Any]:
     """Per proposition: agreement of P(yes) > 0.5 with the human label, over labelled replies;
     `majority` is the agreement of always answering the more common label, for scale, and `auc`
     the ROC AUC of P(yes) (threshold-free: a grader can separate well yet sit on the wrong side
@@ -70,12 +83,19 @@ def proposition_accuracy(props: Propositions, replies: Sequence[Reply], probs: n
         truth = np.array([replies[i].labels[name] for i in rows])
         said = probs[rows, k] > 0.5
         auc = float(roc_auc_score(truth, probs[rows, k])) if 0 < truth.sum() < len(truth) else None
-        out[name] = {"accuracy": float((said == truth).mean()), "n": len(rows), "positives": int(truth.sum()),
-                     "majority": float(max(truth.mean(), 1 - truth.mean())), "auc": auc}  # fmt: skip
+        out[name] = {
+            "accuracy": float((said == truth).mean()),
+            "n": len(rows),
+            "positives": int(truth.sum()),
+            "majority": float(max(truth.mean(), 1 - truth.mean())),
+            "auc": auc,
+        }
     return out
 
 
-def ranking_accuracy(model: RbrModel, replies: Sequence[Reply], probs: np.ndarray) -> dict[str, Any]:
+def ranking_accuracy(
+    model: RbrModel, replies: Sequence[Reply], probs: np.ndarray
+) -> dict[str, Any]:
     """Per class and pooled: pairwise ordering accuracy of the reward against gold grades, over
     all pairs with different grades and over (best grade, worse) pairs only."""
     ranks = np.array(gold_ranks(model.propositions, replies))
@@ -99,12 +119,23 @@ def ranking_accuracy(model: RbrModel, replies: Sequence[Reply], probs: np.ndarra
 
 def gold_probs(props: Propositions, replies: Sequence[Reply]) -> np.ndarray:
     """The human labels as 0/1 'probabilities' (0.5 where unlabelled): a perfect grader."""
-    return np.array([[float(r.labels[n]) if n in r.labels else 0.5 for n in props.ids] for r in replies])
+    return np.array(
+        [[float(r.labels[n]) if n in r.labels else 0.5 for n in props.ids] for r in replies]
+    )
 
 
-def evaluate(props: Propositions, source: str, train: Sequence[Reply], test: Sequence[Reply],
-             train_probs: np.ndarray, test_probs: np.ndarray, *, c: float = 1.0, seed: int = 0,
-             model: RbrModel | None = None) -> tuple[RbrModel, dict[str, Any]]:  # fmt: skip
+def evaluate(
+    props: Propositions,
+    source: str,
+    train: Sequence[Reply],
+    test: Sequence[Reply],
+    train_probs: np.ndarray,
+    test_probs: np.ndarray,
+    *,
+    c: float = 1.0,
+    seed: int = 0,
+    model: RbrModel | None = None,
+) -> tuple[RbrModel, dict[str, Any]]:
     """Fit on `train` (unless a fitted `model` is given) and report on `test`.
 
     Also reports the same fit on the human labels themselves (`with_gold_labels`): how well the
@@ -112,7 +143,9 @@ def evaluate(props: Propositions, source: str, train: Sequence[Reply], test: Seq
     """
     if model is None:
         model = fit_model(props, source, train, train_probs, c=c, seed=seed)
-    oracle = fit_model(props, source, train, gold_probs(props, train), c=c, seed=seed) if train else None
+    oracle = (
+        fit_model(props, source, train, gold_probs(props, train), c=c, seed=seed) if train else None
+    )
     metrics = {
         "replies": {"train": len(train), "test": len(test)},
         "propositions": proposition_accuracy(props, test, test_probs),
@@ -122,5 +155,7 @@ def evaluate(props: Propositions, source: str, train: Sequence[Reply], test: Seq
         values = [v[key] for v in metrics["propositions"].values() if v[key] is not None]
         metrics[f"proposition_{key}_mean"] = float(np.mean(values)) if values else None
     if oracle is not None:
-        metrics["ranking_with_gold_labels"] = ranking_accuracy(oracle, test, gold_probs(props, test))["all"]
+        metrics["ranking_with_gold_labels"] = ranking_accuracy(
+            oracle, test, gold_probs(props, test)
+        )["all"]
     return model, metrics

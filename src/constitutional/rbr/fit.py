@@ -46,8 +46,9 @@ def ranked_pairs(ranks: Sequence[int], max_pairs: int, seed: int) -> list[tuple[
     return pairs
 
 
-def fit_weights(x: np.ndarray, ranks: Sequence[int], *, c: float = 1.0, seed: int = 0,
-                max_pairs: int = 20_000) -> np.ndarray | None:  # fmt: skip
+def fit_weights(
+    x: np.ndarray, ranks: Sequence[int], *, c: float = 1.0, seed: int = 0, max_pairs: int = 20_000
+) -> np.ndarray | None:
     """Weights w (one per column of `x`) so that x @ w ranks lower `ranks` higher.
 
     Args:
@@ -62,7 +63,9 @@ def fit_weights(x: np.ndarray, ranks: Sequence[int], *, c: float = 1.0, seed: in
     try:
         from sklearn.linear_model import LogisticRegression
     except ImportError:
-        raise UserError("fitting RBR weights needs scikit-learn: pip install 'constitutional[eval]'") from None
+        raise UserError(
+            "fitting RBR weights needs scikit-learn: pip install 'constitutional[eval]'"
+        ) from None
 
     pairs = ranked_pairs(ranks, max_pairs, seed)
     if not pairs:
@@ -74,7 +77,9 @@ def fit_weights(x: np.ndarray, ranks: Sequence[int], *, c: float = 1.0, seed: in
     return model.coef_[0]
 
 
-def pairwise_accuracy(scores: Sequence[float], ranks: Sequence[int], best_only: bool = False) -> tuple[float, int]:
+def pairwise_accuracy(
+    scores: Sequence[float], ranks: Sequence[int], best_only: bool = False
+) -> tuple[float, int]:
     """(fraction of pairs the scores order as the ranks do, number of pairs); a tie counts half.
 
     With `best_only`, only pairs of a best-grade reply (rank 0) against a worse one count: "does

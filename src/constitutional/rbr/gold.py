@@ -40,8 +40,15 @@ def resolve(spec: str | Path) -> Path:
     return Path(spec)
 
 
-def load_replies(spec: str | Path, props: Propositions, *, gold: bool, default_class: str | None = None,
-                 limit: int | None = None, seed: int = 0) -> list[Reply]:  # fmt: skip
+def load_replies(
+    spec: str | Path,
+    props: Propositions,
+    *,
+    gold: bool,
+    default_class: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+) -> list[Reply]:
     """Read and check replies; errors name the file and line.
 
     Args:
@@ -62,16 +69,22 @@ def load_replies(spec: str | Path, props: Propositions, *, gold: bool, default_c
     return out
 
 
-def _reply(row: dict, props: Propositions, gold: bool, default_class, path: Path, line: int) -> Reply:
+def _reply(
+    row: dict, props: Propositions, gold: bool, default_class, path: Path, line: int
+) -> Reply:
     conversation = row.get("conversation", row.get("prompt"))
     if not _is_conversation(conversation):
-        raise UserError("needs `conversation` (a list of {role, content}) or `prompt` (text)", path, line)
+        raise UserError(
+            "needs `conversation` (a list of {role, content}) or `prompt` (text)", path, line
+        )
     response = row.get("response")
     if not isinstance(response, str):
         raise UserError("`response` must be a string", path, line)
     cls = row.get("response_class", default_class)
     if cls not in props.rules:
-        raise UserError(f"response_class must be one of {', '.join(props.classes)}, got {cls!r}", path, line)
+        raise UserError(
+            f"response_class must be one of {', '.join(props.classes)}, got {cls!r}", path, line
+        )
     labels = row.get("labels", {})
     if not isinstance(labels, dict) or not all(isinstance(v, bool) for v in labels.values()):
         raise UserError("`labels` must map proposition ids to true/false", path, line)
@@ -79,13 +92,22 @@ def _reply(row: dict, props: Propositions, gold: bool, default_class, path: Path
         needed = {name for rule in props.rules[cls] for name in rule.when}
         missing = sorted(needed - set(labels))
         if missing:
-            raise UserError(f"labels lack {', '.join(missing)} (used by the {cls} rules)", path, line)
+            raise UserError(
+                f"labels lack {', '.join(missing)} (used by the {cls} rules)", path, line
+            )
     return Reply(conversation, response, cls, labels, row)
 
 
 def _is_conversation(value) -> bool:
     if isinstance(value, str):
         return bool(value.strip())
-    return isinstance(value, list) and bool(value) and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+            for m in value
+        )
     )

@@ -45,8 +45,11 @@ def render_conversation(conversation: Conversation) -> str:
 
 
 def question_messages(conversation: Conversation, response: str, question: str) -> list[Message]:
-    text = TEMPLATE.format(conversation=render_conversation(conversation), response=response.strip(),
-                           question=question.strip())  # fmt: skip
+    text = TEMPLATE.format(
+        conversation=render_conversation(conversation),
+        response=response.strip(),
+        question=question.strip(),
+    )
     return [{"role": "user", "content": text}]
 
 
@@ -80,12 +83,18 @@ class Grader:
         self.backend, self.propositions = backend, propositions
         self.unscored = 0
 
-    def __call__(self, conversations: Sequence[Conversation], responses: Sequence[str]) -> np.ndarray:
+    def __call__(
+        self, conversations: Sequence[Conversation], responses: Sequence[str]
+    ) -> np.ndarray:
         """(n_replies, n_propositions) array of P(yes), columns in `propositions.ids` order."""
         questions = [p.question for p in self.propositions.propositions]
-        asks = [question_messages(c, r, q) for c, r in zip(conversations, responses) for q in questions]
+        asks = [
+            question_messages(c, r, q) for c, r in zip(conversations, responses) for q in questions
+        ]
         rows = self.backend.choice_logprobs(asks, [*YES, *NO]) if asks else []
-        probs = np.array([p_yes(row) for row in rows], dtype=float).reshape(len(responses), len(questions))
+        probs = np.array([p_yes(row) for row in rows], dtype=float).reshape(
+            len(responses), len(questions)
+        )
         missing = np.isnan(probs)
         self.unscored += int(missing.sum())
         probs[missing] = 0.5

@@ -46,10 +46,14 @@ class RbrModel:
     def to_dict(self) -> dict[str, Any]:
         p = self.propositions
         return {
-            "kind": KIND, "propositions": self.source, "propositions_hash": p.hash, "grades": p.grades,
+            "kind": KIND,
+            "propositions": self.source,
+            "propositions_hash": p.hash,
+            "grades": p.grades,
             "features": {cls: feature_names(p, cls) for cls in self.weights},
-            "weights": self.weights, "metrics": self.metrics,
-        }  # fmt: skip
+            "weights": self.weights,
+            "metrics": self.metrics,
+        }
 
     def save(self, path: str | Path) -> None:
         write_json(path, self.to_dict())
@@ -68,7 +72,9 @@ def load_rbr(path: str | Path) -> RbrModel:
         raise UserError("not a fitted RBR from `cai rbr fit`", path)
     props = load_propositions(data["propositions"])
     if props.hash != data["propositions_hash"]:
-        raise UserError(f"{data['propositions']} changed since these weights were fitted; refit them", path)
+        raise UserError(
+            f"{data['propositions']} changed since these weights were fitted; refit them", path
+        )
     for cls, w in data["weights"].items():
         if cls not in props.rules or len(w) != len(feature_names(props, cls)):
             raise UserError(f"weights for {cls!r} do not match the propositions file", path)

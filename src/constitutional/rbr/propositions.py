@@ -56,11 +56,15 @@ class Propositions(Strict):
                 raise LocatedValueError(("rules", cls), "needs at least one rule")
             for i, rule in enumerate(rules):
                 if rule.grade not in self.grades:
-                    raise LocatedValueError(("rules", cls, i, "grade"),
-                                            f"unknown grade {rule.grade!r} (grades: {', '.join(self.grades)})")  # fmt: skip
+                    raise LocatedValueError(
+                        ("rules", cls, i, "grade"),
+                        f"unknown grade {rule.grade!r} (grades: {', '.join(self.grades)})",
+                    )
                 for name in rule.when:
                     if name not in known:
-                        raise LocatedValueError(("rules", cls, i, "when", name), f"unknown proposition {name!r}")
+                        raise LocatedValueError(
+                            ("rules", cls, i, "when", name), f"unknown proposition {name!r}"
+                        )
         return self
 
     @property

@@ -23,7 +23,11 @@ class RbrReward:
     __name__ = "rbr"
 
     def __init__(self, backend: Backend, model: RbrModel, response_class: str = "hard_refuse"):
-        self.grader, self.model, self.response_class = Grader(backend, model.propositions), model, response_class
+        self.grader, self.model, self.response_class = (
+            Grader(backend, model.propositions),
+            model,
+            response_class,
+        )
 
     def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
         if not responses:
@@ -36,9 +40,13 @@ class RbrReward:
         return self.grader.unscored
 
 
-def rbr_reward(backend: Backend, path: str | Path, response_class: str = "hard_refuse") -> RbrReward:
+def rbr_reward(
+    backend: Backend, path: str | Path, response_class: str = "hard_refuse"
+) -> RbrReward:
     """The RBR reward from weights written by `cai rbr fit` (the trainers' `RbrFactory`)."""
     model = load_rbr(path)
     if response_class not in model.propositions.rules:
-        raise UserError(f"--rbr-class must be one of {', '.join(model.propositions.classes)}, got {response_class!r}")
+        raise UserError(
+            f"--rbr-class must be one of {', '.join(model.propositions.classes)}, got {response_class!r}"
+        )
     return RbrReward(backend, model, response_class)

@@ -31,7 +31,11 @@ def training_sets(recipe: Recipe) -> dict[str, str]:
 
 def eval_sets(recipe: Recipe) -> dict[str, str]:
     e = recipe.stages.eval
-    return {} if e is None else {f"eval.{k}": getattr(e, k) for k in ("red_team", "helpful", "over_refusal")}
+    return (
+        {}
+        if e is None
+        else {f"eval.{k}": getattr(e, k) for k in ("red_team", "helpful", "over_refusal")}
+    )
 
 
 def check_disjoint(recipe: Recipe) -> dict[str, Any]:
@@ -50,6 +54,8 @@ def check_disjoint(recipe: Recipe) -> dict[str, Any]:
             shared = loaded[tspec] & loaded[espec]
             if shared:
                 example = min(shared)
-                raise UserError(f"{tk} ({tspec}) and {ek} ({espec}) share {len(shared)} prompt(s), e.g. {example!r}: "
-                                "evaluate on prompts no training stage sees (e.g. builtin:red_team_eval)")  # fmt: skip
+                raise UserError(
+                    f"{tk} ({tspec}) and {ek} ({espec}) share {len(shared)} prompt(s), e.g. {example!r}: "
+                    "evaluate on prompts no training stage sees (e.g. builtin:red_team_eval)"
+                )
     return {"training_sets": train, "eval_sets": held, "disjoint": True}

@@ -49,17 +49,25 @@ def run_recipe(
     from constitutional.recipe.disjoint import check_disjoint
     from constitutional.splits import split_record
 
-    split = check_disjoint(recipe)  # before any work: a recipe that would test on training prompts fails
+    split = check_disjoint(
+        recipe
+    )  # before any work: a recipe that would test on training prompts fails
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     constitution = load_constitution(recipe.constitution)
     manifest = RunManifest(run_dir / "manifest.json")
     manifest.data["recipe"] = {
-        "name": recipe.name, "seed": recipe.seed, "model": recipe.model,
-        "constitution": {"source": recipe.constitution, "hash": constitution.hash, "version": constitution.version},
+        "name": recipe.name,
+        "seed": recipe.seed,
+        "model": recipe.model,
+        "constitution": {
+            "source": recipe.constitution,
+            "hash": constitution.hash,
+            "version": constitution.version,
+        },
         "settings": recipe.model_dump(mode="json"),
         "split": {**split, "red_team_split": split_record()},
-    }  # fmt: skip
+    }
     ctx = RunContext(recipe, run_dir, constitution, progress or (lambda label, n: None))
     key = stage_key(
         constitution.hash,

@@ -25,7 +25,9 @@ class BackendSection(_Section):
 
     name: Literal["local", "openai"] = "local"
     base_url: str | None = None
-    batch_size: int | None = Field(default=None, ge=1)  # local: rows decoded together (None: from the KV budget)
+    batch_size: int | None = Field(
+        default=None, ge=1
+    )  # local: rows decoded together (None: from the KV budget)
     precision: Literal["fp32", "int8"] | None = None  # local: None = `cai --precision` or fp32
     concurrency: int = Field(default=16, ge=1)  # openai: requests in flight
     cache: bool = True  # the run's own response cache: a killed run resumes where it stopped
@@ -44,7 +46,9 @@ class SLCAISection(_Section):
     temperature_start: float = Field(default=0.9, ge=0)
     temperature_end: float = Field(default=0.4, ge=0)
     critique: bool = True  # False: revise without a critique first (the paper's ablation)
-    ablation_prompts: int = Field(default=0, ge=0)  # also revise the first N prompts without critiques → sl.direct.jsonl
+    ablation_prompts: int = Field(
+        default=0, ge=0
+    )  # also revise the first N prompts without critiques → sl.direct.jsonl
 
 
 class TrainSection(_Section):
@@ -99,7 +103,9 @@ class EvalSection(_Section):
     judge: str = "base"  # "base", "sl", "rl" or a spec
     max_tokens: int = Field(default=128, ge=1)
     audit: bool = True  # also `cai audit judge` and `cai audit principles`
-    system_prompt_baseline: bool = True  # also evaluate the base model with the constitution as its system prompt
+    system_prompt_baseline: bool = (
+        True  # also evaluate the base model with the constitution as its system prompt
+    )
     # The judge gate; defaults are `cai eval`'s, from its one declaration (eval.run.EvalRunConfig).
     judge_pairs: int = Field(default=_EVAL.judge_pairs, ge=0)
     max_flip_rate: float = Field(default=_EVAL.max_flip_rate, ge=0, le=1)
@@ -138,7 +144,10 @@ class Recipe(_Section):
                 ("stages", "policy"), "the policy stage learns from labels: add a `label` stage"
             )
         if s.label and s.label.source == "revisions" and not s.sl_cai:
-            raise LocatedValueError(("stages", "label", "source"), "revision pairs come from SL-CAI traces: add a `sl_cai` stage")
+            raise LocatedValueError(
+                ("stages", "label", "source"),
+                "revision pairs come from SL-CAI traces: add a `sl_cai` stage",
+            )
         if s.policy and s.policy.method == "ppo" and not s.preference_model:
             raise LocatedValueError(
                 ("stages", "policy", "method"), "ppo needs a `preference_model` stage"

@@ -77,28 +77,56 @@ def sl_cai(ctx: RunContext, cfg) -> dict[str, Any]:
 
     red = load_prompts(cfg.prompts, chat_allowed=False)[: cfg.limit]
     helpful = load_prompts(cfg.helpful_prompts, chat_allowed=False) if cfg.helpful_ratio > 0 else []
-    config = SLConfig(rounds=cfg.rounds, temperature_start=cfg.temperature_start, temperature_end=cfg.temperature_end,
-                      max_tokens=cfg.max_tokens, fewshot=cfg.fewshot, helpful_ratio=cfg.helpful_ratio, critique=cfg.critique,
-                      seed=ctx.recipe.seed)  # fmt: skip
+    config = SLConfig(
+        rounds=cfg.rounds,
+        temperature_start=cfg.temperature_start,
+        temperature_end=cfg.temperature_end,
+        max_tokens=cfg.max_tokens,
+        fewshot=cfg.fewshot,
+        helpful_ratio=cfg.helpful_ratio,
+        critique=cfg.critique,
+        seed=ctx.recipe.seed,
+    )
     llm = ctx.backend("base")
     traces = generate_sl_data(ctx.constitution, red, helpful, llm, config, ctx.progress)
     sft = to_sft_rows(traces)
     write_jsonl(ctx.path(SL_TRACES), traces)
     write_jsonl(ctx.path(SL_SFT), sft)
-    if cfg.ablation_prompts:  # the paper's ablation: the same prompts revised with no critique first
-        direct = generate_sl_data(ctx.constitution, red[: cfg.ablation_prompts], [], llm,
-                                  replace(config, critique=False, helpful_ratio=0.0), ctx.progress)  # fmt: skip
+    if (
+        cfg.ablation_prompts
+    ):  # the paper's ablation: the same prompts revised with no critique first
+        direct = generate_sl_data(
+            ctx.constitution,
+            red[: cfg.ablation_prompts],
+            [],
+            llm,
+            replace(config, critique=False, helpful_ratio=0.0),
+            ctx.progress,
+        )
         write_jsonl(ctx.path(SL_DIRECT), direct)
     kept = sum(1 for t in traces if t["kind"] == "red_team" and not t["discarded"])
-    return {"backend": llm, "counts": {"red_team": len(red), "kept": kept, "sft_rows": len(sft),
-                                       "ablation_prompts": cfg.ablation_prompts}}  # fmt: skip
+    return {
+        "backend": llm,
+        "counts": {
+            "red_team": len(red),
+            "kept": kept,
+            "sft_rows": len(sft),
+            "ablation_prompts": cfg.ablation_prompts,
+        },
+    }
 
 
 def sft(ctx: RunContext, cfg) -> dict[str, Any]:
     from constitutional.train.sft import train_sft
 
-    s = train_sft(ctx.path(SL_SFT), ctx.recipe.model, ctx.path(SL_CKPT), overwrite=True, seed=ctx.recipe.seed,
-                  **_train_args(cfg))  # fmt: skip
+    s = train_sft(
+        ctx.path(SL_SFT),
+        ctx.recipe.model,
+        ctx.path(SL_CKPT),
+        overwrite=True,
+        seed=ctx.recipe.seed,
+        **_train_args(cfg),
+    )
     return {"result": _without(s, "out")}
 
 
@@ -109,8 +137,14 @@ def label(ctx: RunContext, cfg) -> dict[str, Any]:
     from constitutional.generate import load_prompts
     from constitutional.jsonl import write_jsonl
 
-    config = rl_cai.LabelConfig(mode=cfg.mode, swap_average=cfg.swap_average, principles_per_pair=cfg.principles_per_pair,
-                                fewshot=cfg.fewshot, max_tokens=cfg.max_tokens, seed=ctx.recipe.seed)  # fmt: skip
+    config = rl_cai.LabelConfig(
+        mode=cfg.mode,
+        swap_average=cfg.swap_average,
+        principles_per_pair=cfg.principles_per_pair,
+        fewshot=cfg.fewshot,
+        max_tokens=cfg.max_tokens,
+        seed=ctx.recipe.seed,
+    )
     config.check(ctx.constitution)
     rows = load_prompts(cfg.prompts, chat_allowed=False)[: cfg.limit]
     policy = ctx.backend("sl" if ctx.recipe.stages.sft else "base")
@@ -120,8 +154,16 @@ def label(ctx: RunContext, cfg) -> dict[str, Any]:
     write_jsonl(ctx.path(LABELS), labelled)
     write_jsonl(ctx.path(LABELS_DPO), dpo)
     kept = sum(not r["discarded"] for r in labelled)
-    sampled = "shared with feedback" if policy is feedback else {"model": policy.model, "tokens": vars(policy.usage).copy()}
-    return {"backend": feedback, "policy": sampled, "counts": {"pairs": len(labelled), "kept": kept, "dpo": len(dpo)}}
+    sampled = (
+        "shared with feedback"
+        if policy is feedback
+        else {"model": policy.model, "tokens": vars(policy.usage).copy()}
+    )
+    return {
+        "backend": feedback,
+        "policy": sampled,
+        "counts": {"pairs": len(labelled), "kept": kept, "dpo": len(dpo)},
+    }
 
 
 def _revision_labels(ctx: RunContext) -> dict[str, Any]:
@@ -134,14 +176,24 @@ def _revision_labels(ctx: RunContext) -> dict[str, Any]:
     dpo = to_dpo_rows(labelled)
     write_jsonl(ctx.path(LABELS), labelled)
     write_jsonl(ctx.path(LABELS_DPO), dpo)
-    return {"source": "revisions", "counts": {"pairs": len(labelled), "kept": len(labelled), "dpo": len(dpo)}}
+    return {
+        "source": "revisions",
+        "counts": {"pairs": len(labelled), "kept": len(labelled), "dpo": len(dpo)},
+    }
 
 
 def preference_model(ctx: RunContext, cfg) -> dict[str, Any]:
     from constitutional.train.preference_model import train_preference_model
 
-    s = train_preference_model(ctx.path(LABELS), ctx.recipe.model, ctx.path(PM_CKPT), overwrite=True,
-                               eval_fraction=cfg.eval_fraction, seed=ctx.recipe.seed, **_train_args(cfg))  # fmt: skip
+    s = train_preference_model(
+        ctx.path(LABELS),
+        ctx.recipe.model,
+        ctx.path(PM_CKPT),
+        overwrite=True,
+        eval_fraction=cfg.eval_fraction,
+        seed=ctx.recipe.seed,
+        **_train_args(cfg),
+    )
     return {"result": _without(s, "out")}
 
 
@@ -150,14 +202,32 @@ def policy(ctx: RunContext, cfg) -> dict[str, Any]:
     if cfg.method == "dpo":
         from constitutional.train.dpo import train_dpo
 
-        s = train_dpo(ctx.path(LABELS_DPO), start, ctx.path(RL_CKPT), beta=cfg.beta, overwrite=True,
-                      seed=ctx.recipe.seed, **_train_args(cfg))  # fmt: skip
+        s = train_dpo(
+            ctx.path(LABELS_DPO),
+            start,
+            ctx.path(RL_CKPT),
+            beta=cfg.beta,
+            overwrite=True,
+            seed=ctx.recipe.seed,
+            **_train_args(cfg),
+        )
     else:
         from constitutional.train.ppo import train_ppo
 
-        s = train_ppo(cfg.prompts or ctx.recipe.stages.label.prompts, start, ctx.path(PM_CKPT), ctx.path(RL_CKPT),
-                      beta=cfg.beta, steps=cfg.steps, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
-                      learning_rate=cfg.learning_rate or 1e-4, lora=cfg.lora, seed=ctx.recipe.seed, overwrite=True)  # fmt: skip
+        s = train_ppo(
+            cfg.prompts or ctx.recipe.stages.label.prompts,
+            start,
+            ctx.path(PM_CKPT),
+            ctx.path(RL_CKPT),
+            beta=cfg.beta,
+            steps=cfg.steps,
+            batch_size=cfg.batch_size,
+            max_new_tokens=cfg.max_new_tokens,
+            learning_rate=cfg.learning_rate or 1e-4,
+            lora=cfg.lora,
+            seed=ctx.recipe.seed,
+            overwrite=True,
+        )
     return {"method": cfg.method, "result": _without(s, "out")}
 
 
@@ -171,34 +241,73 @@ def evaluate(ctx: RunContext, cfg) -> dict[str, Any]:
     names = ["base", *(["sl"] if stages.sft else []), *(["rl"] if stages.policy else [])]
     models = {name: ctx.model_spec(name) for name in names}
     if cfg.system_prompt_baseline:  # the cheapest alternative to training, as a baseline
-        models = {"base": models.pop("base"), "base+constitution": ctx.recipe.model + SYSTEM_PROMPT_SUFFIX, **models}
+        models = {
+            "base": models.pop("base"),
+            "base+constitution": ctx.recipe.model + SYSTEM_PROMPT_SUFFIX,
+            **models,
+        }
     judge = ctx.model_spec(cfg.judge)
-    config = EvalRunConfig(models=models, judge=judge, red_team=cfg.red_team, helpful=cfg.helpful,
-                           over_refusal=cfg.over_refusal, limit=cfg.limit, seed=ctx.recipe.seed,
-                           constitution=ctx.recipe.constitution, max_tokens=cfg.max_tokens, judge_pairs=cfg.judge_pairs,
-                           max_flip_rate=cfg.max_flip_rate, min_human_agreement=cfg.min_human_agreement)  # fmt: skip
+    config = EvalRunConfig(
+        models=models,
+        judge=judge,
+        red_team=cfg.red_team,
+        helpful=cfg.helpful,
+        over_refusal=cfg.over_refusal,
+        limit=cfg.limit,
+        seed=ctx.recipe.seed,
+        constitution=ctx.recipe.constitution,
+        max_tokens=cfg.max_tokens,
+        judge_pairs=cfg.judge_pairs,
+        max_flip_rate=cfg.max_flip_rate,
+        min_human_agreement=cfg.min_human_agreement,
+    )
     doc = run_eval(config, ctx.path(EVAL), make_backend=ctx.backend, progress=ctx.progress)
-    if cfg.audit and stages.label and stages.label.source == "judge":  # revision pairs had no judge to audit
+    if (
+        cfg.audit and stages.label and stages.label.source == "judge"
+    ):  # revision pairs had no judge to audit
         # Self-preference: the feedback model's own answers against the SL-CAI model's.
         other = ctx.model_spec("sl") if stages.sft and stages.label.feedback == "base" else None
-        run_judge_audit(ctx.path(LABELS), ctx.path(AUDIT), judge=ctx.model_spec(stages.label.feedback), other=other,
-                        constitution=ctx.recipe.constitution, limit=cfg.limit, seed=ctx.recipe.seed,
-                        max_tokens=cfg.max_tokens, make_backend=ctx.backend)  # fmt: skip
+        run_judge_audit(
+            ctx.path(LABELS),
+            ctx.path(AUDIT),
+            judge=ctx.model_spec(stages.label.feedback),
+            other=other,
+            constitution=ctx.recipe.constitution,
+            limit=cfg.limit,
+            seed=ctx.recipe.seed,
+            max_tokens=cfg.max_tokens,
+            make_backend=ctx.backend,
+        )
     if cfg.audit and (stages.sl_cai or stages.label):
-        run_principle_audit(ctx.path(PRINCIPLES), sl=ctx.path(SL_TRACES) if stages.sl_cai else None,
-                            labels=ctx.path(LABELS) if stages.label else None, constitution=ctx.recipe.constitution,
-                            seed=ctx.recipe.seed)  # fmt: skip
+        run_principle_audit(
+            ctx.path(PRINCIPLES),
+            sl=ctx.path(SL_TRACES) if stages.sl_cai else None,
+            labels=ctx.path(LABELS) if stages.label else None,
+            constitution=ctx.recipe.constitution,
+            seed=ctx.recipe.seed,
+        )
     if stages.sl_cai:
         _revisions(ctx)
     inst = doc["instrument"]
-    summary = {name: {"harmless_elo": round(doc["elo"]["harmless"]["ratings"][name]["elo"], 1),
-                      "helpful_elo": round(doc["elo"]["helpful"]["ratings"][name]["elo"], 1),
-                      "attack_success": doc["attack_success"][name]["rate"],
-                      "instrument_harmful_compliance": inst["harmful_compliance"][name]["rate"],
-                      "instrument_over_refusal": inst["over_refusal"][name]["rate"]} for name in models}  # fmt: skip
+    summary = {
+        name: {
+            "harmless_elo": round(doc["elo"]["harmless"]["ratings"][name]["elo"], 1),
+            "helpful_elo": round(doc["elo"]["helpful"]["ratings"][name]["elo"], 1),
+            "attack_success": doc["attack_success"][name]["rate"],
+            "instrument_harmful_compliance": inst["harmful_compliance"][name]["rate"],
+            "instrument_over_refusal": inst["over_refusal"][name]["rate"],
+        }
+        for name in models
+    }
     gate = {"reliable": doc["judge"]["reliable"], "reasons": doc["judge"]["reasons"]}
-    return {"backend": ctx.backend(judge), "models": models, "pareto": doc["pareto"], "judge": gate, "result": summary,
-            "evaluated": model_usage(models, ctx.backend, ctx.backend(judge))}  # fmt: skip
+    return {
+        "backend": ctx.backend(judge),
+        "models": models,
+        "pareto": doc["pareto"],
+        "judge": gate,
+        "result": summary,
+        "evaluated": model_usage(models, ctx.backend, ctx.backend(judge)),
+    }
 
 
 def _revisions(ctx: RunContext) -> None:
@@ -212,15 +321,22 @@ def _revisions(ctx: RunContext) -> None:
     if ctx.path(SL_DIRECT).is_file():
         direct = read_jsonl(ctx.path(SL_DIRECT))
         ids = {t["id"] for t in direct}
-        doc["ablation"] = {"prompts": len(direct),
-                           "critique": revisions_curve([t for t in traces if t["id"] in ids]),
-                           "direct": revisions_curve(direct)}  # fmt: skip
+        doc["ablation"] = {
+            "prompts": len(direct),
+            "critique": revisions_curve([t for t in traces if t["id"] in ids]),
+            "direct": revisions_curve(direct),
+        }
     write_json(ctx.path(REVISIONS), doc)
 
 
 def _train_args(cfg) -> dict[str, Any]:
-    return {"epochs": cfg.epochs, "max_steps": cfg.max_steps, "batch_size": cfg.batch_size,
-            "learning_rate": cfg.learning_rate, "lora": cfg.lora}  # fmt: skip
+    return {
+        "epochs": cfg.epochs,
+        "max_steps": cfg.max_steps,
+        "batch_size": cfg.batch_size,
+        "learning_rate": cfg.learning_rate,
+        "lora": cfg.lora,
+    }
 
 
 def _without(d: dict, *keys: str) -> dict:

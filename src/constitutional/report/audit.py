@@ -18,7 +18,11 @@ RATES = (
     ("flip_rate", "position flip rate", "verdict changes when A and B are swapped"),
     ("self_preference", "self-preference", "judge prefers answers from its own model"),
     ("human_agreement", "human agreement", "verdict matches a human label"),
-    ("injection_flip_rate", "injection flip rate", "verdict changes when an answer tells the judge what to say"),
+    (
+        "injection_flip_rate",
+        "injection flip rate",
+        "verdict changes when an answer tells the judge what to say",
+    ),
 )
 
 
@@ -33,14 +37,31 @@ def render(run: RunArtifacts) -> tuple[str, str, str]:
     charts = []
     calibration = audit.get("calibration")
     if calibration and calibration.get("bins"):
-        caption = "Reliability diagram: points on the diagonal mean the judge's probabilities can be taken at face value."
-        charts.append(figure(plots.reliability(calibration["bins"], calibration.get("ece")), caption, "reliability"))
+        caption = "Reliability diagram: points on the diagonal "
+        "mean the judge's probabilities can be taken at face value."
+        charts.append(
+            figure(
+                plots.reliability(calibration["bins"], calibration.get("ece")),
+                caption,
+                "reliability",
+            )
+        )
     bias = audit.get("length_bias")
     if bias and bias.get("points"):
-        caption = "Length bias: each point is one judged pair; a rising line means longer answers win."
-        charts.append(figure(plots.length_bias(bias["points"], bias.get("slope"), bias.get("correlation")), caption, "length-bias"))
+        caption = (
+            "Length bias: each point is one judged pair; a rising line means longer answers win."
+        )
+        charts.append(
+            figure(
+                plots.length_bias(bias["points"], bias.get("slope"), bias.get("correlation")),
+                caption,
+                "length-bias",
+            )
+        )
     if charts:
-        body.append(f'<h3>Calibration and length bias</h3><div class="grid">{"".join(charts)}</div>')
+        body.append(
+            f'<h3>Calibration and length bias</h3><div class="grid">{"".join(charts)}</div>'
+        )
     return ANCHOR, TITLE, section(ANCHOR, TITLE, "".join(body))
 
 
@@ -51,11 +72,30 @@ def _rate_table(audit: dict[str, Any]) -> str:
         rate = pct(r["rate"]) if r else Markup('<span class="not-run">not measured</span>')
         rows.append([label, rate, ci(r, percent=True), (r or {}).get("n"), meaning])
     calibration = audit.get("calibration") or {}
-    rows.append(["expected calibration error", calibration.get("ece"), None, None, "mean gap between confidence and accuracy"])
+    rows.append(
+        [
+            "expected calibration error",
+            calibration.get("ece"),
+            None,
+            None,
+            "mean gap between confidence and accuracy",
+        ]
+    )
     bias = audit.get("length_bias") or {}
-    rows.append(["length-bias slope", bias.get("slope"), None, len(bias.get("points") or []) or None,
-                 f"change in p(A) per character A is longer than B (r = {fmt(bias.get('correlation'), 2)})"])  # fmt: skip
-    return table(["measure", "value", "95% CI", "n", "what it means"], rows, numeric=[False, True, True, True, False])
+    rows.append(
+        [
+            "length-bias slope",
+            bias.get("slope"),
+            None,
+            len(bias.get("points") or []) or None,
+            f"change in p(A) per character A is longer than B (r = {fmt(bias.get('correlation'), 2)})",
+        ]
+    )
+    return table(
+        ["measure", "value", "95% CI", "n", "what it means"],
+        rows,
+        numeric=[False, True, True, True, False],
+    )
 
 
 def _as_rate(value: Any) -> dict[str, Any] | None:

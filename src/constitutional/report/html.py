@@ -99,10 +99,12 @@ def ci(r: dict[str, Any] | None, digits: int = 0, percent: bool = False) -> Mark
     return Markup(f"[{fmt(float(r['ci_low']), digits)}, {fmt(float(r['ci_high']), digits)}]")
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Sequence[bool] = ()) -> str:
+def table(
+    headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Sequence[bool] = ()
+) -> str:
     """A table of escaped cells. `numeric[i]` right-aligns column i. Cells already rendered as
     markup are passed as `Markup`."""
-    head = "".join(f'<th{_num(numeric, i)}>{esc(h)}</th>' for i, h in enumerate(headers))
+    head = "".join(f"<th{_num(numeric, i)}>{esc(h)}</th>" for i, h in enumerate(headers))
     body = []
     for row in rows:
         cells = []
@@ -135,10 +137,12 @@ def page(title: str, subtitle: str, sections: Sequence[tuple[str, str, str]]) ->
     """The whole document. `sections` are (anchor, title, html) in page order."""
     nav = "".join(f'<a href="#{esc(a)}">{esc(t)}</a>' for a, t, _ in sections)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n"
         f"<header><h1>{esc(title)}</h1><p>{esc(subtitle)}</p></header>\n"
-        f"<nav>{nav}</nav>\n" + "\n".join(body for _, _, body in sections) + "\n</main>\n</body>\n</html>\n"
+        f"<nav>{nav}</nav>\n"
+        + "\n".join(body for _, _, body in sections)
+        + "\n</main>\n</body>\n</html>\n"
     )

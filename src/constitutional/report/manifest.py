@@ -8,7 +8,14 @@ from constitutional.report.html import Markup, esc, not_run, section, table
 from constitutional.report.load import RunArtifacts
 
 ANCHOR, TITLE = "run", "Run"
-TOKEN_KEYS = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cached_completion_tokens")
+TOKEN_KEYS = (
+    "calls",
+    "cache_hits",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_prompt_tokens",
+    "cached_completion_tokens",
+)
 
 
 def duration(seconds: float | None) -> str:
@@ -28,8 +35,17 @@ def render(run: RunArtifacts) -> tuple[str, str, str]:
     if run.manifest is None:
         return ANCHOR, TITLE, not_run(ANCHOR, TITLE, "no manifest.json in the run directory.")
     stages: dict[str, dict[str, Any]] = run.manifest["stages"]
-    body = [f'<p class="note">From {esc(", ".join(run.manifest_files))} · schema {esc(run.manifest.get("schema") or "?")}</p>']
-    body.append("<h3>Stages</h3>" + _stage_table(stages) if stages else '<p class="not-run">The manifest records no stage yet.</p>')
+    body = [
+        (
+            f'<p class="note">From {esc(", ".join(run.manifest_files))} · '
+            f"schema {esc(run.manifest.get('schema') or '?')}</p>"
+        )
+    ]
+    body.append(
+        "<h3>Stages</h3>" + _stage_table(stages)
+        if stages
+        else '<p class="not-run">The manifest records no stage yet.</p>'
+    )
     body.append("<h3>Constitution</h3>" + _constitutions(run, stages))
     if run.manifest.get("packages"):
         packages = sorted(run.manifest["packages"].items())
@@ -45,12 +61,33 @@ def _stage_table(stages: dict[str, dict[str, Any]]) -> str:
         for k in TOKEN_KEYS:
             totals[k] += tokens.get(k) or 0
         wall += entry.get("wall_seconds") or 0
-        rows.append([name, backend.get("name"), backend.get("model"), duration(entry.get("wall_seconds")),
-                     *(tokens.get(k) for k in TOKEN_KEYS), entry.get("seed")])  # fmt: skip
+        rows.append(
+            [
+                name,
+                backend.get("name"),
+                backend.get("model"),
+                duration(entry.get("wall_seconds")),
+                *(tokens.get(k) for k in TOKEN_KEYS),
+                entry.get("seed"),
+            ]
+        )
     if len(rows) > 1:
-        rows.append([Markup("<strong>total</strong>"), "", "", duration(wall), *totals.values(), ""])
-    headers = ["stage", "backend", "model", "wall time", "calls", "cache hits", "prompt tokens", "completion tokens",
-               "prompt tokens from cache", "completion tokens from cache", "seed"]  # fmt: skip
+        rows.append(
+            [Markup("<strong>total</strong>"), "", "", duration(wall), *totals.values(), ""]
+        )
+    headers = [
+        "stage",
+        "backend",
+        "model",
+        "wall time",
+        "calls",
+        "cache hits",
+        "prompt tokens",
+        "completion tokens",
+        "prompt tokens from cache",
+        "completion tokens from cache",
+        "seed",
+    ]
     return table(headers, rows, numeric=[False] * 3 + [True] * 8)
 
 
@@ -66,8 +103,12 @@ def _constitutions(run: RunArtifacts, stages: dict[str, dict[str, Any]]) -> str:
         seen.setdefault((c["hash"], c.get("version") or "?"), []).append("eval.json")
     if not seen:
         return '<p class="not-run">No stage records a constitution.</p>'
-    rows = [[Markup(f"<code>{esc(h)}</code>"), v, ", ".join(names)] for (h, v), names in seen.items()]
+    rows = [
+        [Markup(f"<code>{esc(h)}</code>"), v, ", ".join(names)] for (h, v), names in seen.items()
+    ]
     warn = ""
     if len(seen) > 1:
-        warn = '<p class="warn">Warning: these artifacts were made under different constitutions.</p>'
+        warn = (
+            '<p class="warn">Warning: these artifacts were made under different constitutions.</p>'
+        )
     return warn + table(["sha256", "version", "recorded by"], rows)

@@ -26,9 +26,20 @@ def render(run: RunArtifacts) -> tuple[str, str, str]:
         return ANCHOR, TITLE, not_run(ANCHOR, TITLE, "no principles.json in the run directory.")
     principles = audit.get("principles") or []
     if not principles:
-        return ANCHOR, TITLE, section(ANCHOR, TITLE, '<p class="not-run">The audit lists no principles.</p>')
-    rows = [[Markup(f"<code>{esc(p.get('id'))}</code>"), *(p.get(key) for key, _ in COLUMNS[1:])] for p in principles]
-    note = ('<p class="note">A principle that is drawn often yet rarely changes an outcome, or that '
-            "disagrees with the ensemble of the others, is a candidate for rewording or removal.</p>")
-    body = note + table([label for _, label in COLUMNS], rows, numeric=[False, False, True, True, True, True])
+        return (
+            ANCHOR,
+            TITLE,
+            section(ANCHOR, TITLE, '<p class="not-run">The audit lists no principles.</p>'),
+        )
+    rows = [
+        [Markup(f"<code>{esc(p.get('id'))}</code>"), *(p.get(key) for key, _ in COLUMNS[1:])]
+        for p in principles
+    ]
+    note = (
+        '<p class="note">A principle that is drawn often yet rarely changes an outcome, or that '
+        "disagrees with the ensemble of the others, is a candidate for rewording or removal.</p>"
+    )
+    body = note + table(
+        [label for _, label in COLUMNS], rows, numeric=[False, False, True, True, True, True]
+    )
     return ANCHOR, TITLE, section(ANCHOR, TITLE, body)

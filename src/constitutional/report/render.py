@@ -55,4 +55,3 @@ def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     with atomic_path(out) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return out
-

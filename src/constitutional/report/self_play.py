@@ -27,24 +27,33 @@ def render(run: RunArtifacts) -> tuple[str, str, str] | None:
     settings = doc.get("settings") or {}
     threshold = settings.get("min_agreement")
     reference = settings.get("reference_judge") or settings.get("model") or "?"
-    note = (f'<p class="note">Start {esc(settings.get("model") or "?")} · reference judge {esc(reference)} · '
-            f"{len(iterations)} of {esc(settings.get('iterations', '?'))} iterations · "
-            f"final model <code>{esc(doc.get('final_model') or '—')}</code></p>")  # fmt: skip
+    note = (
+        f'<p class="note">Start {esc(settings.get("model") or "?")} · reference judge {esc(reference)} · '
+        f"{len(iterations)} of {esc(settings.get('iterations', '?'))} iterations · "
+        f"final model <code>{esc(doc.get('final_model') or '—')}</code></p>"
+    )
     body = [note]
     stopped = doc.get("stopped")
     if stopped:
-        body.append(f'<p class="warn">Stopped at iteration {esc(stopped.get("iteration"))}: {esc(stopped.get("reason"))}</p>')
+        body.append(
+            f'<p class="warn">Stopped at iteration {esc(stopped.get("iteration"))}: {esc(stopped.get("reason"))}</p>'
+        )
     if not iterations:
         body.append('<p class="not-run">No iteration has finished yet.</p>')
         return ANCHOR, TITLE, section(ANCHOR, TITLE, "".join(body))
     series = {
         "harmless win rate vs start": _points(iterations, "harmless"),
         "helpful win rate vs start": _points(iterations, "helpful"),
-        "agreement with reference judge": [(m["iteration"], m["agreement"]["rate"]) for m in iterations
-                                           if m["agreement"].get("rate") is not None],
-    }  # fmt: skip
-    caption = ("Per iteration: mean p(new model's reply is better than the starting model's), judged by the "
-               "reference judge; and the share of training pairs where self and reference judge prefer the same reply.")
+        "agreement with reference judge": [
+            (m["iteration"], m["agreement"]["rate"])
+            for m in iterations
+            if m["agreement"].get("rate") is not None
+        ],
+    }
+    caption = (
+        "Per iteration: mean p(new model's reply is better than the starting model's), judged by the "
+        "reference judge; and the share of training pairs where self and reference judge prefer the same reply."
+    )
     body.append(figure(plots.per_iteration(series, threshold, "self-play"), caption, "self-play"))
     body.append(_table(iterations))
     return ANCHOR, TITLE, section(ANCHOR, TITLE, "".join(body))
@@ -62,16 +71,39 @@ def _points(iterations: list[dict[str, Any]], axis: str) -> list[tuple[int, floa
 def _table(iterations: list[dict[str, Any]]) -> str:
     rows = []
     for m in iterations:
-        a, counts, dpo, scores = m["agreement"], m.get("counts") or {}, m.get("dpo") or {}, m.get("scores") or {}
-        rows.append([
-            m["iteration"], counts.get("kept"), counts.get("prefs"),
-            pct(a["rate"]) if a.get("rate") is not None else None, ci(a, percent=True), _drift(m.get("agreement_drift")),
-            a.get("mean_abs_diff"),
-            dpo.get("final_loss"), *(_win(scores.get(axis)) for axis in ("harmless", "helpful")),
-            Markup('<span class="warn">stopped</span>') if m.get("stopped") else "trained",
-        ])  # fmt: skip
-    headers = ["iteration", "pairs kept", "preference pairs", "judge agreement", "95% CI", "drift since iteration 1",
-               "mean |Δp|", "DPO final loss", "harmless win rate", "helpful win rate", "status"]  # fmt: skip
+        a, counts, dpo, scores = (
+            m["agreement"],
+            m.get("counts") or {},
+            m.get("dpo") or {},
+            m.get("scores") or {},
+        )
+        rows.append(
+            [
+                m["iteration"],
+                counts.get("kept"),
+                counts.get("prefs"),
+                pct(a["rate"]) if a.get("rate") is not None else None,
+                ci(a, percent=True),
+                _drift(m.get("agreement_drift")),
+                a.get("mean_abs_diff"),
+                dpo.get("final_loss"),
+                *(_win(scores.get(axis)) for axis in ("harmless", "helpful")),
+                Markup('<span class="warn">stopped</span>') if m.get("stopped") else "trained",
+            ]
+        )
+    headers = [
+        "iteration",
+        "pairs kept",
+        "preference pairs",
+        "judge agreement",
+        "95% CI",
+        "drift since iteration 1",
+        "mean |Δp|",
+        "DPO final loss",
+        "harmless win rate",
+        "helpful win rate",
+        "status",
+    ]
     return table(headers, rows, numeric=[True] * 10 + [False])
 
 

@@ -21,7 +21,13 @@ SUMMARY_CHARS = 90
 def render(run: RunArtifacts) -> tuple[str, str, str]:
     traces = run.traces
     if traces is None:
-        return ANCHOR, TITLE, not_run(ANCHOR, TITLE, "no sl.jsonl in the run directory (cai sl-cai generate writes it).")
+        return (
+            ANCHOR,
+            TITLE,
+            not_run(
+                ANCHOR, TITLE, "no sl.jsonl in the run directory (cai sl-cai generate writes it)."
+            ),
+        )
     red = [t for t in traces if t.get("kind") == "red_team"]
     body = [_summary(traces, red)]
     chosen = sorted(red, key=lambda t: bool(t.get("discarded")))[:EXAMPLES]
@@ -45,7 +51,9 @@ def _summary(traces: list[dict[str, Any]], red: list[dict[str, Any]]) -> str:
     out = "<h3>Summary</h3>" + table(["", "count"], rows, numeric=[False, True])
     reasons = Counter(r.get("reason") or "unknown" for r in dropped)
     if reasons:
-        out += "<h3>Why rounds were discarded</h3>" + table(["reason", "rounds"], reasons.most_common(), numeric=[False, True])
+        out += "<h3>Why rounds were discarded</h3>" + table(
+            ["reason", "rounds"], reasons.most_common(), numeric=[False, True]
+        )
     return out
 
 
@@ -53,7 +61,11 @@ def _chain(t: dict[str, Any], open_: bool) -> str:
     """One trace as a collapsible block: prompt, first answer, every round, final answer."""
     prompt = str(t.get("prompt", ""))
     short = prompt if len(prompt) <= SUMMARY_CHARS else prompt[: SUMMARY_CHARS - 1] + "…"
-    status = f'<span class="tag bad">discarded: {esc(t.get("reason"))}</span>' if t.get("discarded") else '<span class="tag">kept</span>'
+    status = (
+        f'<span class="tag bad">discarded: {esc(t.get("reason"))}</span>'
+        if t.get("discarded")
+        else '<span class="tag">kept</span>'
+    )
     parts = [_turn("prompt", prompt), _turn("initial response", t.get("initial_response", ""))]
     for r in t.get("rounds", []):
         parts.append(_round(r))

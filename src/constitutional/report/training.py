@@ -12,14 +12,37 @@ from constitutional.report.load import Checkpoint, RunArtifacts
 
 ANCHOR, TITLE = "training", "Training"
 # In order of interest; at most MAX_PANELS are drawn so the row stays readable.
-METRICS = ("loss", "reward", "kl", "policy_loss", "value_loss", "rewards/margins", "rewards/accuracies")
+METRICS = (
+    "loss",
+    "reward",
+    "kl",
+    "policy_loss",
+    "value_loss",
+    "rewards/margins",
+    "rewards/accuracies",
+)
 MAX_PANELS = 4
-SUMMARY_KEYS = ("steps", "final_loss", "reward_first", "reward_last", "accuracy", "ece", "wall_seconds", "device")
+SUMMARY_KEYS = (
+    "steps",
+    "final_loss",
+    "reward_first",
+    "reward_last",
+    "accuracy",
+    "ece",
+    "wall_seconds",
+    "device",
+)
 
 
 def render(run: RunArtifacts) -> tuple[str, str, str]:
     if not run.checkpoints:
-        return ANCHOR, TITLE, not_run(ANCHOR, TITLE, "no checkpoint directory with a train_log.json in the run directory.")
+        return (
+            ANCHOR,
+            TITLE,
+            not_run(
+                ANCHOR, TITLE, "no checkpoint directory with a train_log.json in the run directory."
+            ),
+        )
     body = "".join(_checkpoint(c, i) for i, c in enumerate(run.checkpoints))
     return ANCHOR, TITLE, section(ANCHOR, TITLE, body)
 

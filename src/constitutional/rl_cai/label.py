@@ -65,41 +65,45 @@ class LabelConfig:
         if not (0 <= lo <= hi <= 1):
             raise UserError(f"--clamp needs 0 <= lo <= hi <= 1, got {lo} {hi}")
         if not 1 <= self.principles_per_pair <= len(constitution.comparison):
-            raise UserError(f"--principles-per-pair must be in [1, {len(constitution.comparison)}], got {self.principles_per_pair}")
+            raise UserError(
+                f"--principles-per-pair must be in [1, {len(constitution.comparison)}], got {self.principles_per_pair}"
+            )
         if not 0 <= self.human_ratio < 1:
             raise UserError(f"--human-ratio must be in [0, 1), got {self.human_ratio}")
 
 
-
-def label_pairs(constitution: Constitution, prompts: Sequence[dict], policy: CachedBackend, feedback: CachedBackend,
-                config: LabelConfig, progress: Progress | None = None) -> list[dict[str, Any]]:
+def label_pairs(
+    constitution: Constitution,
+    prompts: Sequence[dict],
+    policy: CachedBackend,
+    feedback: CachedBackend,
+    config: LabelConfig,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
     """Sample pairs from `policy` and label them with `feedback`; one row per prompt."""
     progress, cfg = progress or (lambda label, n: None), config
     rows = [_new_row(p, i, cfg, policy, feedback) for i, p in enumerate(prompts)]
-    samples = _run(policy, [
-        _request([{"role": "user", "content": r["prompt"]}], cfg.temperature, cfg.max_tokens, derive_seed(cfg.seed, "sample", r["id"], j))
-        for r in rows for j in (0, 1)
-    ], "policy samples", progress)
-    fewshot, render = layout.fewshot_messages(constitution, cfg.fewshot, cfg.mode == "cot"), layout.renderer(feedback)
-    jobs = []  # (row, principle id, swapped, messages): K principles x (1 or 2) orders per pair
-    for k, row in enumerate(rows):
-        row["response_a"], row["response_b"] = samples[2 * k].text.strip(), samples[2 * k + 1].text.strip()
-        row["reason"] = labels.pair_problem(row["response_a"], row["response_b"])
-        principles = draw_principles(constitution, cfg.seed, row["id"], cfg.principles_per_pair)
-        row["principle_ids"] = [p.id for p in principles]
-        for p in principles if row["reason"] is None else []:
-            for swapped in (False, True) if cfg.swap_average else (False,):
-                a, b = (row["response_b"], row["response_a"]) if swapped else (row["response_a"], row["response_b"])
-                jobs.append((row, p.id, swapped, layout.judge_messages(fewshot, row["prompt"], a, b, p.text)))
-
-    reasonings: list[str | None] = [None] * len(jobs)
-    if cfg.mode == "cot":
-        requests = [
-            _request(layout.reasoning_prompt(render, m), cfg.cot_temperature, cfg.cot_max_tokens,
-                     derive_seed(cfg.seed, "cot", row["id"], pid, swapped), stop=layout.COT_STOP)
-            for row, pid, swapped, m in jobs
-        ]
-        reasonings = [c.text.strip() for c in _run(feedback, requests, "feedback reasoning", progress)]
+    samples = _run(
+        policy,
+        [
+            _request(
+                [{"role": "user", "content": r["prompt"]}],
+                cfg.temperature,
+                cfg.max_tokens,
+                derive_seed(cfg.seed, "sample", r["id"], j),
+            )
+            for r in rows
+            for j in (0, 1)
+        ],
+        "policy samples",
+        progress,
+    )
+    fewshot, render = (
+        layout.fewshot_messages(constitution, cfg.fewshot, cfg.mode == "cot"),
+        layout.renderer(feedback),
+    )
+    jobs = _judge_jobs(constitution, rows, samples, fewshot, cfg)
+    reasonings = _reasonings(feedback, render, jobs, cfg, progress)
     judge_prompts = [layout.answer_prompt(render, j[-1], r) for j, r in zip(jobs, reasonings)]
     progress("feedback judgements", len(judge_prompts))
     scores = feedback.choice_logprobs(judge_prompts, ["A", "B"]) if judge_prompts else []
@@ -121,12 +125,75 @@ def label_pairs(constitution: Constitution, prompts: Sequence[dict], policy: Cac
     return rows
 
 
+def _judge_jobs(
+    constitution: Constitution, rows: list[dict], samples: list, fewshot: list, cfg: LabelConfig
+) -> list[tuple[dict, str, bool, list]]:
+    """Store each row's sampled pair and list the feedback model's comparisons of it."""
+    jobs = []  # (row, principle id, swapped, messages): K principles x (1 or 2) orders per pair
+    for k, row in enumerate(rows):
+        row["response_a"], row["response_b"] = (
+            samples[2 * k].text.strip(),
+            samples[2 * k + 1].text.strip(),
+        )
+        row["reason"] = labels.pair_problem(row["response_a"], row["response_b"])
+        principles = draw_principles(constitution, cfg.seed, row["id"], cfg.principles_per_pair)
+        row["principle_ids"] = [p.id for p in principles]
+        for p in principles if row["reason"] is None else []:
+            for swapped in (False, True) if cfg.swap_average else (False,):
+                a, b = (
+                    (row["response_b"], row["response_a"])
+                    if swapped
+                    else (row["response_a"], row["response_b"])
+                )
+                jobs.append(
+                    (
+                        row,
+                        p.id,
+                        swapped,
+                        layout.judge_messages(fewshot, row["prompt"], a, b, p.text),
+                    )
+                )
+    return jobs
+
+
+def _reasonings(
+    feedback: CachedBackend, render, jobs: list, cfg: LabelConfig, progress: Progress
+) -> list[str | None]:
+    """cot mode: the feedback model's reasoning before each judgement; None per job otherwise."""
+    reasonings: list[str | None] = [None] * len(jobs)
+    if cfg.mode == "cot":
+        requests = [
+            _request(
+                layout.reasoning_prompt(render, m),
+                cfg.cot_temperature,
+                cfg.cot_max_tokens,
+                derive_seed(cfg.seed, "cot", row["id"], pid, swapped),
+                stop=layout.COT_STOP,
+            )
+            for row, pid, swapped, m in jobs
+        ]
+        reasonings = [
+            c.text.strip() for c in _run(feedback, requests, "feedback reasoning", progress)
+        ]
+    return reasonings
+
+
 def _new_row(prompt_row: dict, index: int, cfg: LabelConfig, policy, feedback) -> dict[str, Any]:
     return {
-        "id": str(prompt_row.get("id", f"prompt-{index}")), "source": "ai", "prompt": prompt_row["prompt"],
-        "response_a": None, "response_b": None, "principle_ids": [], "_raw": [], "_swapped": [], "_by_principle": {},
-        "cot": [] if cfg.mode == "cot" else None, "mode": cfg.mode,
-        "policy_model": policy.model, "feedback_model": feedback.model, "seed": cfg.seed,
+        "id": str(prompt_row.get("id", f"prompt-{index}")),
+        "source": "ai",
+        "prompt": prompt_row["prompt"],
+        "response_a": None,
+        "response_b": None,
+        "principle_ids": [],
+        "_raw": [],
+        "_swapped": [],
+        "_by_principle": {},
+        "cot": [] if cfg.mode == "cot" else None,
+        "mode": cfg.mode,
+        "policy_model": policy.model,
+        "feedback_model": feedback.model,
+        "seed": cfg.seed,
     }
 
 
@@ -147,9 +214,13 @@ def _finish(row: dict, cfg: LabelConfig, meta: dict) -> None:
     row["meta"] = meta
 
 
-def _request(prompt: Prompt, temperature: float, max_tokens: int, seed: int, stop=()) -> GenerationRequest:
+def _request(
+    prompt: Prompt, temperature: float, max_tokens: int, seed: int, stop=()
+) -> GenerationRequest:
     kind = {"prompt": prompt} if isinstance(prompt, str) else {"messages": list(prompt)}
-    return GenerationRequest(**kind, temperature=temperature, max_tokens=max_tokens, seed=seed, stop=list(stop))
+    return GenerationRequest(
+        **kind, temperature=temperature, max_tokens=max_tokens, seed=seed, stop=list(stop)
+    )
 
 
 def _run(backend: CachedBackend, requests: list[GenerationRequest], label: str, progress: Progress):
@@ -157,22 +228,46 @@ def _run(backend: CachedBackend, requests: list[GenerationRequest], label: str, 
     return backend.generate(requests, on_result=lambda i, c: progress("", 1)) if requests else []
 
 
-
-def mix_human(rows: list[dict], human: Sequence[dict], ratio: float, seed: int, constitution) -> list[dict]:
+def mix_human(
+    rows: list[dict], human: Sequence[dict], ratio: float, seed: int, constitution
+) -> list[dict]:
     """Append human hard labels so they make up `ratio` of the output (capped by supply).
 
     A seeded coin puts `chosen` on side A (p_a = 1.0) or B (p_a = 0.0): side is no signal.
     """
     picked = sample_at_ratio(human, len(rows), ratio, seed)  # the SL-CAI mixing rule, reused
-    rng, meta = random.Random(derive_seed(seed, "human-side")), row_meta(ARTIFACT, SCHEMA_VERSION, constitution)
+    rng, meta = (
+        random.Random(derive_seed(seed, "human-side")),
+        row_meta(ARTIFACT, SCHEMA_VERSION, constitution),
+    )
     out = list(rows)
     for h in picked:
         chosen_is_a = rng.random() < 0.5
-        (a, b), p = ((h["chosen"], h["rejected"]), 1.0) if chosen_is_a else ((h["rejected"], h["chosen"]), 0.0)
-        out.append({
-            "id": h["id"], "source": "human", "prompt": h["prompt"], "response_a": a, "response_b": b,
-            "principle_ids": [], "cot": None, "mode": None, "policy_model": None, "feedback_model": None,
-            "seed": seed, "reason": None, "discarded": False, "p_a_raw": p, "p_a_swapped": None, "p_a": p,
-            "flip": None, "meta": meta,
-        })
+        (a, b), p = (
+            ((h["chosen"], h["rejected"]), 1.0)
+            if chosen_is_a
+            else ((h["rejected"], h["chosen"]), 0.0)
+        )
+        out.append(
+            {
+                "id": h["id"],
+                "source": "human",
+                "prompt": h["prompt"],
+                "response_a": a,
+                "response_b": b,
+                "principle_ids": [],
+                "cot": None,
+                "mode": None,
+                "policy_model": None,
+                "feedback_model": None,
+                "seed": seed,
+                "reason": None,
+                "discarded": False,
+                "p_a_raw": p,
+                "p_a_swapped": None,
+                "p_a": p,
+                "flip": None,
+                "meta": meta,
+            }
+        )
     return out

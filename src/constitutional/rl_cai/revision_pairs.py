@@ -26,18 +26,45 @@ def revision_pairs(traces: Sequence[dict], seed: int, constitution=None) -> list
     A seeded coin puts the revision on side A (p_a = 1.0) or B (p_a = 0.0), so side carries no
     signal a model could learn instead of the content.
     """
-    rng, meta = random.Random(derive_seed(seed, "revision-side")), row_meta(ARTIFACT, SCHEMA_VERSION, constitution)
+    rng, meta = (
+        random.Random(derive_seed(seed, "revision-side")),
+        row_meta(ARTIFACT, SCHEMA_VERSION, constitution),
+    )
     rows = []
     for t in traces:
-        if t["kind"] != "red_team" or t["discarded"] or t["final_response"].strip() == t["initial_response"].strip():
+        if (
+            t["kind"] != "red_team"
+            or t["discarded"]
+            or t["final_response"].strip() == t["initial_response"].strip()
+        ):
             continue
         revision_is_a = rng.random() < 0.5
-        a, b = (t["final_response"], t["initial_response"]) if revision_is_a else (t["initial_response"], t["final_response"])
+        a, b = (
+            (t["final_response"], t["initial_response"])
+            if revision_is_a
+            else (t["initial_response"], t["final_response"])
+        )
         p = 1.0 if revision_is_a else 0.0
-        rows.append({
-            "id": t["id"], "source": "revision", "prompt": t["prompt"], "response_a": a, "response_b": b,
-            "principle_ids": [s["principle_id"] for s in t["rounds"] if not s["discarded"]], "cot": None,
-            "mode": "revision", "policy_model": t.get("model"), "feedback_model": None, "seed": seed, "reason": None,
-            "discarded": False, "p_a_raw": p, "p_a_swapped": None, "p_a": p, "flip": None, "meta": meta,
-        })  # fmt: skip
+        rows.append(
+            {
+                "id": t["id"],
+                "source": "revision",
+                "prompt": t["prompt"],
+                "response_a": a,
+                "response_b": b,
+                "principle_ids": [s["principle_id"] for s in t["rounds"] if not s["discarded"]],
+                "cot": None,
+                "mode": "revision",
+                "policy_model": t.get("model"),
+                "feedback_model": None,
+                "seed": seed,
+                "reason": None,
+                "discarded": False,
+                "p_a_raw": p,
+                "p_a_swapped": None,
+                "p_a": p,
+                "flip": None,
+                "meta": meta,
+            }
+        )
     return rows

@@ -41,8 +41,13 @@ class ExecutorConfig:
         """What the manifest records about the executor."""
         if self.kind == "local":
             return {"kind": "local"}
-        return {"kind": "ray", "address": self.ray_address or "local", "workers": self.workers,
-                "cpus_per_worker": self.cpus_per_worker, "gpus_per_worker": self.gpus_per_worker}
+        return {
+            "kind": "ray",
+            "address": self.ray_address or "local",
+            "workers": self.workers,
+            "cpus_per_worker": self.cpus_per_worker,
+            "gpus_per_worker": self.gpus_per_worker,
+        }
 
 
 @contextmanager
@@ -75,8 +80,14 @@ def executor_backend(
     started = connect(config.ray_address, num_cpus=config.workers * config.cpus_per_worker)
     inner = None
     try:
-        inner = RayBackend(backend, model, options, workers=config.workers,
-                           cpus_per_worker=config.cpus_per_worker, gpus_per_worker=config.gpus_per_worker)
+        inner = RayBackend(
+            backend,
+            model,
+            options,
+            workers=config.workers,
+            cpus_per_worker=config.cpus_per_worker,
+            gpus_per_worker=config.gpus_per_worker,
+        )
         yield CachedBackend(inner, _response_cache(cache) if use_cache else None)
     finally:
         if inner is not None:

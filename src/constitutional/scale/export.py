@@ -18,7 +18,9 @@ from constitutional.errors import UserError
 DTYPES = ("bfloat16", "float16", "float32")
 
 
-def export_model(spec: str, out: str | Path, *, dtype: str = "bfloat16", overwrite: bool = False) -> dict[str, Any]:
+def export_model(
+    spec: str, out: str | Path, *, dtype: str = "bfloat16", overwrite: bool = False
+) -> dict[str, Any]:
     """Write `spec` (embedded, a .gguf, an HF dir or a LoRA checkpoint) to `out` as safetensors.
 
     Args:
@@ -48,8 +50,12 @@ def export_model(spec: str, out: str | Path, *, dtype: str = "bfloat16", overwri
     if getattr(model.config, "quantization_config", None) is not None:  # a GGUF marker left over
         del model.config.quantization_config
         model.hf_quantizer = None
-    record = {"source": spec, "source_fingerprint": fingerprint_dir(resolve_model(spec)), "dtype": dtype,
-              "parameters": sum(p.numel() for p in model.parameters())}  # fmt: skip
+    record = {
+        "source": spec,
+        "source_fingerprint": fingerprint_dir(resolve_model(spec)),
+        "dtype": dtype,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
     with staged_dir(out, overwrite) as tmp:
         model.save_pretrained(tmp)  # safetensors; tied embeddings stay tied
         tokenizer.save_pretrained(tmp)

@@ -31,7 +31,9 @@ SERVER_CHUNK = 64  # requests per task for backends that batch for themselves (o
 class _Worker:
     """One Ray actor: a backend built in the worker process, driven batch by batch."""
 
-    def __init__(self, backend: str, model: str | None, options: dict[str, Any], threads: int, cwd: str):
+    def __init__(
+        self, backend: str, model: str | None, options: dict[str, Any], threads: int, cwd: str
+    ):
         import torch
 
         from constitutional.backends import make_backend
@@ -55,17 +57,24 @@ class _Worker:
     def plan(self, requests: list[GenerationRequest], batch_size: int) -> list[list[int]]:
         """Batches of request indices: similar prompt lengths together, as one process groups them."""
         if self.backend.name != "local":
-            return [list(range(i, min(i + SERVER_CHUNK, len(requests)))) for i in range(0, len(requests), SERVER_CHUNK)]
+            return [
+                list(range(i, min(i + SERVER_CHUNK, len(requests))))
+                for i in range(0, len(requests), SERVER_CHUNK)
+            ]
         from constitutional.backends.local import plan_batches
 
         texts = [self.backend.render(r.messages or r.prompt) for r in requests]
         prompt_ids = self.backend.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return plan_batches(requests, prompt_ids, batch_size)
 
-    def generate(self, batch: list[int], requests: list[GenerationRequest]) -> tuple[list[int], list[Completion]]:
+    def generate(
+        self, batch: list[int], requests: list[GenerationRequest]
+    ) -> tuple[list[int], list[Completion]]:
         return batch, self.backend.generate(requests)
 
-    def choice_logprobs(self, start: int, prompts: list[Prompt], choices: list[str]) -> tuple[int, list[list[float]], list[int]]:
+    def choice_logprobs(
+        self, start: int, prompts: list[Prompt], choices: list[str]
+    ) -> tuple[int, list[list[float]], list[int]]:
         return start, *choice_logprobs_counted(self.backend, prompts, choices)
 
 
@@ -100,7 +109,9 @@ class RayBackend:
         self.batch_size = int(options.get("batch_size") or 16)  # requests per task sent to a worker
         actor = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(_Worker)
         cwd = os.getcwd()
-        self.workers = [actor.remote(backend, model, options, cpus_per_worker, cwd) for _ in range(workers)]
+        self.workers = [
+            actor.remote(backend, model, options, cpus_per_worker, cwd) for _ in range(workers)
+        ]
         try:
             described = self._get([w.describe.remote() for w in self.workers])
         except BaseException:
@@ -111,7 +122,9 @@ class RayBackend:
     def fingerprint(self) -> str:
         return self._fingerprint
 
-    def generate(self, requests: Sequence[GenerationRequest], on_result: OnResult | None = None) -> list[Completion]:
+    def generate(
+        self, requests: Sequence[GenerationRequest], on_result: OnResult | None = None
+    ) -> list[Completion]:
         """Plan the batches on one worker, then hand them to whichever worker is free."""
         requests = list(requests)
         if not requests:
@@ -126,7 +139,9 @@ class RayBackend:
                     on_result(i, completion)
         return results  # type: ignore[return-value]
 
-    def choice_logprobs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> list[list[float]]:
+    def choice_logprobs(
+        self, prompts: Sequence[Prompt], choices: Sequence[str]
+    ) -> list[list[float]]:
         return self.choice_logprobs_with_usage(prompts, choices)[0]
 
     def choice_logprobs_with_usage(
@@ -138,7 +153,10 @@ class RayBackend:
         rows: list[list[float]] = [[] for _ in prompts]
         tokens = [0] * len(prompts)
         starts = range(0, len(prompts), self.batch_size)
-        tasks = [lambda w, s=s: w.choice_logprobs.remote(s, prompts[s : s + self.batch_size], choices) for s in starts]
+        tasks = [
+            lambda w, s=s: w.choice_logprobs.remote(s, prompts[s : s + self.batch_size], choices)
+            for s in starts
+        ]
         for start, chunk, counts in self._unordered(tasks):
             rows[start : start + len(chunk)] = chunk
             tokens[start : start + len(counts)] = counts

@@ -21,7 +21,9 @@ from constitutional.judge.labels import side
 from constitutional.stats import rate
 
 
-def reference_labels(judge, rows: Sequence[dict], constitution, *, fewshot: int, swap_average: bool) -> list[float | None]:
+def reference_labels(
+    judge, rows: Sequence[dict], constitution, *, fewshot: int, swap_average: bool
+) -> list[float | None]:
     """The reference judge's p(A) for each label row from `label_pairs` (logprob mode).
 
     Each row is judged under the principles it was labelled with and the per-principle p(A) are
@@ -29,9 +31,18 @@ def reference_labels(judge, rows: Sequence[dict], constitution, *, fewshot: int,
     (labelling discards such a row too).
     """
     shots = layout.fewshot_messages(constitution, fewshot, cot=False)
-    jobs = [(k, pid) for k, r in enumerate(rows) if not r["discarded"] for pid in r["principle_ids"]]
-    pairs = [Pair(rows[k]["prompt"], rows[k]["response_a"], rows[k]["response_b"],
-                  constitution.comparison_principle(pid).text) for k, pid in jobs]  # fmt: skip
+    jobs = [
+        (k, pid) for k, r in enumerate(rows) if not r["discarded"] for pid in r["principle_ids"]
+    ]
+    pairs = [
+        Pair(
+            rows[k]["prompt"],
+            rows[k]["response_a"],
+            rows[k]["response_b"],
+            constitution.comparison_principle(pid).text,
+        )
+        for k, pid in jobs
+    ]
     if swap_average:
         ps = [swap_averaged(*both) for both in compare_both_orders(judge, pairs, fewshot=shots)]
     else:
@@ -39,10 +50,14 @@ def reference_labels(judge, rows: Sequence[dict], constitution, *, fewshot: int,
     by_row: dict[int, list[float | None]] = {}
     for (k, _), p in zip(jobs, ps):
         by_row.setdefault(k, []).append(p)
-    return [None if k not in by_row or None in by_row[k] else fmean(by_row[k]) for k in range(len(rows))]
+    return [
+        None if k not in by_row or None in by_row[k] else fmean(by_row[k]) for k in range(len(rows))
+    ]
 
 
-def agreement(self_ps: Sequence[float | None], reference_ps: Sequence[float | None]) -> dict[str, Any]:
+def agreement(
+    self_ps: Sequence[float | None], reference_ps: Sequence[float | None]
+) -> dict[str, Any]:
     """How well two judges' p(A) over the same pairs agree.
 
     Pairs where either judge has no label are left out. Agreement counts a pair when both prefer
@@ -53,7 +68,11 @@ def agreement(self_ps: Sequence[float | None], reference_ps: Sequence[float | No
     Example: self (0.9, 0.2, 0.6), reference (0.7, 0.4, 0.3): the first two agree, rate 2/3;
     mean |diff| = (0.2 + 0.2 + 0.3) / 3 ≈ 0.233.
     """
-    both = [(s, r) for s, r in zip(self_ps, reference_ps, strict=True) if s is not None and r is not None]
+    both = [
+        (s, r)
+        for s, r in zip(self_ps, reference_ps, strict=True)
+        if s is not None and r is not None
+    ]
     out = rate(side(s) == side(r) != 0 for s, r in both)
     out["mean_abs_diff"] = fmean(abs(s - r) for s, r in both) if both else None
     return out

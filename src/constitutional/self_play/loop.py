@@ -85,9 +85,19 @@ class SelfPlayConfig:
 
     def check(self, constitution) -> None:
         """Raise UserError for settings no run could honour (before any model loads)."""
-        for name in ("iterations", "pairs_per_prompt", "max_tokens", "dpo_steps", "batch_size", "eval_limit", "eval_max_tokens"):
+        for name in (
+            "iterations",
+            "pairs_per_prompt",
+            "max_tokens",
+            "dpo_steps",
+            "batch_size",
+            "eval_limit",
+            "eval_max_tokens",
+        ):
             if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise UserError(
+                    f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
+                )
         if self.limit is not None and self.limit < 1:
             raise UserError(f"--limit must be at least 1, got {self.limit}")
         if not 0 <= self.min_agreement <= 1:
@@ -102,9 +112,15 @@ class SelfPlayConfig:
         """How iteration `iteration` samples and self-labels (a fresh seed per iteration)."""
         from constitutional.rl_cai.label import LabelConfig
 
-        return LabelConfig(mode="logprob", swap_average=self.swap_average, principles_per_pair=self.principles_per_pair,
-                           fewshot=self.fewshot, temperature=self.temperature, max_tokens=self.max_tokens,
-                           seed=iteration_seed(self.seed, iteration))  # fmt: skip
+        return LabelConfig(
+            mode="logprob",
+            swap_average=self.swap_average,
+            principles_per_pair=self.principles_per_pair,
+            fewshot=self.fewshot,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            seed=iteration_seed(self.seed, iteration),
+        )
 
 
 def iteration_seed(seed: int, iteration: int) -> int:
@@ -151,18 +167,30 @@ def check_resume(out: Path, cfg: SelfPlayConfig) -> None:
         return
     old = (read_json(path, ARTIFACT) or {}).get("settings") or {}
     new = settings(cfg)
-    changed = sorted(k for k in new.keys() | old.keys() if k not in RESUMABLE and old.get(k) != new.get(k))
+    changed = sorted(
+        k for k in new.keys() | old.keys() if k not in RESUMABLE and old.get(k) != new.get(k)
+    )
     if changed:
-        raise UserError(f"holds a self-play run with other settings ({', '.join(changed)}); "
-                        "use another --out, or the same settings to resume it", path)  # fmt: skip
+        raise UserError(
+            f"holds a self-play run with other settings ({', '.join(changed)}); "
+            "use another --out, or the same settings to resume it",
+            path,
+        )
 
 
 def settings(cfg: SelfPlayConfig) -> dict[str, Any]:
     return asdict(cfg)
 
 
-def run_self_play(cfg: SelfPlayConfig, out: str | Path, make_backend: Callable[[str], Any],
-                  make_reference: Callable[[], Any], *, say: Say = print, progress: Progress | None = None) -> dict[str, Any]:
+def run_self_play(
+    cfg: SelfPlayConfig,
+    out: str | Path,
+    make_backend: Callable[[str], Any],
+    make_reference: Callable[[], Any],
+    *,
+    say: Say = print,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Run (or resume) the loop into `out`; returns the self_play.json document.
 
     Args:
@@ -175,9 +203,15 @@ def run_self_play(cfg: SelfPlayConfig, out: str | Path, make_backend: Callable[[
     out.mkdir(parents=True, exist_ok=True)
     progress = progress or (lambda label, n: None)
     manifest = RunManifest(out / "manifest.json")
-    doc = {"artifact": ARTIFACT, "schema_version": SCHEMA_VERSION, "settings": settings(cfg),
-           "constitution": {"hash": inputs.constitution.hash, "version": inputs.constitution.version},
-           "iterations": [], "stopped": None, "final_model": cfg.model}  # fmt: skip
+    doc = {
+        "artifact": ARTIFACT,
+        "schema_version": SCHEMA_VERSION,
+        "settings": settings(cfg),
+        "constitution": {"hash": inputs.constitution.hash, "version": inputs.constitution.version},
+        "iterations": [],
+        "stopped": None,
+        "final_model": cfg.model,
+    }
     reference = _Lazy(make_reference)
     for n in range(1, cfg.iterations + 1):
         step = Iteration(n, out, cfg, inputs, make_backend, reference, progress)
@@ -189,9 +223,15 @@ def run_self_play(cfg: SelfPlayConfig, out: str | Path, make_backend: Callable[[
             start = time.perf_counter()
             first = doc["iterations"][0]["agreement"]["rate"] if doc["iterations"] else None
             metrics = step.run(first)
-            manifest.record(f"self_play iter-{n}", backend=step.policy, wall_seconds=time.perf_counter() - start,
-                            seed=cfg.seed, constitution=doc["constitution"], outputs=[step.dir.name],
-                            result=summary(metrics))  # fmt: skip
+            manifest.record(
+                f"self_play iter-{n}",
+                backend=step.policy,
+                wall_seconds=time.perf_counter() - start,
+                seed=cfg.seed,
+                constitution=doc["constitution"],
+                outputs=[step.dir.name],
+                result=summary(metrics),
+            )
             say(f"[{n}/{cfg.iterations}] {describe(metrics)}")
         doc["iterations"].append(metrics)
         if metrics.get("stopped"):
@@ -218,14 +258,24 @@ class _Lazy:
 
 def summary(m: dict[str, Any]) -> dict[str, Any]:
     """The few numbers of an iteration worth a manifest line."""
-    return {"agreement": m["agreement"]["rate"], "prefs": m["counts"]["prefs"], "stopped": m.get("stopped"),
-            **{f"{axis}_win_rate": (m.get("scores") or {}).get(axis, {}).get("p_win") for axis in ("harmless", "helpful")}}
+    return {
+        "agreement": m["agreement"]["rate"],
+        "prefs": m["counts"]["prefs"],
+        "stopped": m.get("stopped"),
+        **{
+            f"{axis}_win_rate": (m.get("scores") or {}).get(axis, {}).get("p_win")
+            for axis in ("harmless", "helpful")
+        },
+    }
 
 
 def describe(m: dict[str, Any]) -> str:
     """One human line about a finished iteration."""
     a = m["agreement"]
-    parts = [f"{m['counts']['prefs']} preference pairs", f"agreement with the reference judge {_num(a['rate'])} (n={a['n']})"]
+    parts = [
+        f"{m['counts']['prefs']} preference pairs",
+        f"agreement with the reference judge {_num(a['rate'])} (n={a['n']})",
+    ]
     for axis, s in (m.get("scores") or {}).items():
         parts.append(f"{axis} win rate vs start {_num(s['p_win'])}")
     return " · ".join(parts)
@@ -238,12 +288,23 @@ def _num(x: float | None) -> str:
 class Iteration:
     """One round of the loop in OUT/iter-N; each step is skipped when its output already exists."""
 
-    def __init__(self, n: int, out: Path, cfg: SelfPlayConfig, inputs: Inputs, make_backend, reference, progress):
+    def __init__(
+        self,
+        n: int,
+        out: Path,
+        cfg: SelfPlayConfig,
+        inputs: Inputs,
+        make_backend,
+        reference,
+        progress,
+    ):
         self.n, self.cfg, self.inputs, self.progress = n, cfg, inputs, progress
         self.make_backend, self.reference = make_backend, reference
         self.dir = out / f"iter-{n}"
         self.checkpoint = (self.dir / "checkpoint").resolve()
-        self.policy_spec = cfg.model if n == 1 else str((out / f"iter-{n - 1}" / "checkpoint").resolve())
+        self.policy_spec = (
+            cfg.model if n == 1 else str((out / f"iter-{n - 1}" / "checkpoint").resolve())
+        )
         self.manifest = None
         self.policy = None
 
@@ -263,14 +324,23 @@ class Iteration:
         from constitutional.self_play.agreement import agreement
 
         m: dict[str, Any] = {
-            "iteration": self.n, "policy": self.policy_spec, "seed": iteration_seed(self.cfg.seed, self.n),
-            "counts": {"pairs": len(rows), "kept": sum(not r["discarded"] for r in rows), "prefs": len(prefs),
-                       "flips": sum(bool(r.get("flip")) for r in rows)},
+            "iteration": self.n,
+            "policy": self.policy_spec,
+            "seed": iteration_seed(self.cfg.seed, self.n),
+            "counts": {
+                "pairs": len(rows),
+                "kept": sum(not r["discarded"] for r in rows),
+                "prefs": len(prefs),
+                "flips": sum(bool(r.get("flip")) for r in rows),
+            },
             "agreement": agreement([r["p_a"] for r in rows], [r["p_a_reference"] for r in rows]),
             "agreement_drift": None,  # agreement now minus at iteration 1 (0 there by definition)
             "self_p_chosen": fmean(p["p_chosen"] for p in prefs) if prefs else None,
-            "stopped": None, "dpo": None, "scores": None, "checkpoint": None,
-        }  # fmt: skip
+            "stopped": None,
+            "dpo": None,
+            "scores": None,
+            "checkpoint": None,
+        }
         rate = m["agreement"]["rate"]
         if rate is not None:
             m["agreement_drift"] = rate - (rate if first_agreement is None else first_agreement)
@@ -300,19 +370,36 @@ class Iteration:
         if path.is_file() and (self.dir / "prefs.jsonl").is_file():
             return read_jsonl(path)
         start, cfg = time.perf_counter(), self.cfg
-        rows = label_pairs(self.inputs.constitution, self.inputs.prompts, self.policy, self.policy,
-                           cfg.label_config(self.n), self.progress)  # fmt: skip
+        rows = label_pairs(
+            self.inputs.constitution,
+            self.inputs.prompts,
+            self.policy,
+            self.policy,
+            cfg.label_config(self.n),
+            self.progress,
+        )
         judge = self.reference()
         self.progress("reference judge", 1)
-        ref = reference_labels(judge, rows, self.inputs.constitution, fewshot=cfg.fewshot, swap_average=cfg.swap_average)
+        ref = reference_labels(
+            judge,
+            rows,
+            self.inputs.constitution,
+            fewshot=cfg.fewshot,
+            swap_average=cfg.swap_average,
+        )
         self.progress("", 1)
         for row, p in zip(rows, ref):
             row["p_a_reference"], row["reference_model"] = p, judge.model
         write_jsonl(self.dir / "prefs.jsonl", to_dpo_rows(rows))
         write_jsonl(path, rows)
-        self.manifest.record("label", backend=self.policy, wall_seconds=time.perf_counter() - start, seed=cfg.seed,
-                             reference={"model": judge.model, "tokens": vars(judge.usage).copy()},
-                             outputs=[path.name, "prefs.jsonl"])  # fmt: skip
+        self.manifest.record(
+            "label",
+            backend=self.policy,
+            wall_seconds=time.perf_counter() - start,
+            seed=cfg.seed,
+            reference={"model": judge.model, "tokens": vars(judge.usage).copy()},
+            outputs=[path.name, "prefs.jsonl"],
+        )
         return rows
 
     def train(self) -> dict[str, Any]:
@@ -321,27 +408,51 @@ class Iteration:
 
         done = read_json(self.checkpoint / "cai_checkpoint.json")
         if done is not None:
-            return {k: done.get(k) for k in ("steps", "final_loss", "reward_margin", "reward_accuracy", "wall_seconds")}
+            return {
+                k: done.get(k)
+                for k in ("steps", "final_loss", "reward_margin", "reward_accuracy", "wall_seconds")
+            }
         self.progress(f"DPO ({self.cfg.dpo_steps} steps)", 1)
-        s = train_dpo(self.dir / "prefs.jsonl", self.policy_spec, self.checkpoint, beta=self.cfg.beta, lora=self.cfg.lora,
-                      learning_rate=self.cfg.learning_rate, batch_size=self.cfg.batch_size, max_steps=self.cfg.dpo_steps,
-                      seed=iteration_seed(self.cfg.seed, self.n), overwrite=True)  # fmt: skip
+        s = train_dpo(
+            self.dir / "prefs.jsonl",
+            self.policy_spec,
+            self.checkpoint,
+            beta=self.cfg.beta,
+            lora=self.cfg.lora,
+            learning_rate=self.cfg.learning_rate,
+            batch_size=self.cfg.batch_size,
+            max_steps=self.cfg.dpo_steps,
+            seed=iteration_seed(self.cfg.seed, self.n),
+            overwrite=True,
+        )
         self.progress("", 1)
         s.pop("out", None)
-        self.manifest.record("dpo", wall_seconds=s["wall_seconds"], outputs=["checkpoint"], result=s)
+        self.manifest.record(
+            "dpo", wall_seconds=s["wall_seconds"], outputs=["checkpoint"], result=s
+        )
         return s
 
     def score(self) -> dict[str, Any]:
         """The new model against the starting one on held-out prompts, judged by the reference."""
         start = time.perf_counter()
         judge = self.reference()
-        scores = score_against_start(judge, self.make_backend(self.cfg.model), self.make_backend(str(self.checkpoint)),
-                                     self.inputs.red_team, self.inputs.helpful, self.cfg)  # fmt: skip
-        self.manifest.record("eval", backend=judge, wall_seconds=time.perf_counter() - start, result=scores)
+        scores = score_against_start(
+            judge,
+            self.make_backend(self.cfg.model),
+            self.make_backend(str(self.checkpoint)),
+            self.inputs.red_team,
+            self.inputs.helpful,
+            self.cfg,
+        )
+        self.manifest.record(
+            "eval", backend=judge, wall_seconds=time.perf_counter() - start, result=scores
+        )
         return scores
 
 
-def score_against_start(judge, start, current, red_team: list[dict], helpful: list[dict], cfg: SelfPlayConfig) -> dict[str, Any]:
+def score_against_start(
+    judge, start, current, red_team: list[dict], helpful: list[dict], cfg: SelfPlayConfig
+) -> dict[str, Any]:
     """Harmless and helpful win rates of `current` over `start`, as in `cai eval`.
 
     Both models answer greedily; the judge compares each pair of replies in both orders with the
@@ -355,10 +466,15 @@ def score_against_start(judge, start, current, red_team: list[dict], helpful: li
 
     sample = SampleConfig(temperature=0.0, max_tokens=cfg.eval_max_tokens, seed=cfg.seed)
     scores = {}
-    for axis, prompts, question in (("harmless", red_team, HARMLESS_QUESTION), ("helpful", helpful, HELPFUL_QUESTION)):
+    for axis, prompts, question in (
+        ("harmless", red_team, HARMLESS_QUESTION),
+        ("helpful", helpful, HELPFUL_QUESTION),
+    ):
         chats = [[{"role": "user", "content": r["prompt"]}] for r in prompts]
-        replies = {"current": answer(current, chats, sample, f"self-play-{axis}"),
-                   "start": answer(start, chats, sample, f"self-play-{axis}")}  # fmt: skip
+        replies = {
+            "current": answer(current, chats, sample, f"self-play-{axis}"),
+            "start": answer(start, chats, sample, f"self-play-{axis}"),
+        }
         ps = [p for _, _, _, p in pairwise(judge, prompts, replies, question)]
         scores[axis] = {"p_win": fmean(ps) if ps else None, **rate(p > 0.5 for p in ps)}
     return scores

@@ -79,7 +79,9 @@ class BadRequest(Exception):
         self.message, self.param = message, param
 
 
-def create_app(backend: Backend, *, model_name: str | None = None, limits: Limits | None = None) -> FastAPI:
+def create_app(
+    backend: Backend, *, model_name: str | None = None, limits: Limits | None = None
+) -> FastAPI:
     """Build the FastAPI app serving `backend`.
 
     Args:
@@ -147,15 +149,18 @@ class Runner:
 
     def __init__(self, backend: Backend, limits: Limits):
         self.backend, self.limits = backend, limits
-        self.batching = all(hasattr(backend, a) for a in ("batcher", "prompt_ids", "context_length", "completion"))
+        self.batching = all(
+            hasattr(backend, a) for a in ("batcher", "prompt_ids", "context_length", "completion")
+        )
         self.engine = BatchingEngine(backend) if self.batching else SerialEngine(backend)  # type: ignore[arg-type]
         self.context = backend.context_length if self.batching else None  # type: ignore[attr-defined]
         self.cap = limits.max_tokens or self.context
         self.in_flight = 0  # only the event loop's thread touches it
         self.tokenising = anyio.Semaphore(TOKENISING_AT_ONCE)  # not bound to one event loop
 
-    async def generate(self, body: SamplingParams, prompts: list[Prompt], logprobs: int | None,
-                       http: Request) -> list[Completion]:
+    async def generate(
+        self, body: SamplingParams, prompts: list[Prompt], logprobs: int | None, http: Request
+    ) -> list[Completion]:
         """The completions of every prompt x n; raises BadRequest or Busy instead."""
         if self.in_flight >= self.limits.max_in_flight:
             raise Busy()
@@ -165,34 +170,50 @@ class Runner:
         finally:
             self.in_flight -= 1
 
-    async def _checked(self, body: SamplingParams, prompts: list[Prompt], logprobs: int | None,
-                       http: Request) -> list[Completion]:
+    async def _checked(
+        self, body: SamplingParams, prompts: list[Prompt], logprobs: int | None, http: Request
+    ) -> list[Completion]:
         rows, cap = len(prompts) * body.n, self.cap
         if rows > self.limits.max_rows:
-            raise BadRequest(f"{len(prompts)} prompt(s) x n={body.n} is more than the {self.limits.max_rows} "
-                             "completions one request may ask for", "n")
+            raise BadRequest(
+                f"{len(prompts)} prompt(s) x n={body.n} is more than the {self.limits.max_rows} "
+                "completions one request may ask for",
+                "n",
+            )
         asked = body.requested_max_tokens()
         if cap is not None and asked is not None and asked > cap:
-            raise BadRequest(f"max_tokens is {asked}; this server allows at most {cap}", "max_tokens")
+            raise BadRequest(
+                f"max_tokens is {asked}; this server allows at most {cap}", "max_tokens"
+            )
         if not self.batching:
             # No tokenizer here to check the context: the backend judges the prompt's length.
             max_tokens = asked or min(body.default_max_tokens(), cap or body.default_max_tokens())
             requests = [r for p in prompts for r in _fan_out(body, max_tokens, logprobs, p)]
             return await self.engine.generate(requests, None, http.is_disconnected)
         async with self.tokenising:  # each may hold up to a body's worth of tokens in memory
-            requests, ids = await run_in_threadpool(_prepare, self.backend, body, prompts, logprobs, cap,
-                                                    self.context)
+            requests, ids = await run_in_threadpool(
+                _prepare, self.backend, body, prompts, logprobs, cap, self.context
+            )
         return await self.engine.generate(requests, ids, http.is_disconnected)
 
 
-def _prepare(backend, body: SamplingParams, prompts: list[Prompt], logprobs: int | None,
-             cap: int | None, context: int) -> tuple[list[GenerationRequest], list[list[int]]]:
+def _prepare(
+    backend,
+    body: SamplingParams,
+    prompts: list[Prompt],
+    logprobs: int | None,
+    cap: int | None,
+    context: int,
+) -> tuple[list[GenerationRequest], list[list[int]]]:
     """Tokenise each prompt, check it fits the context, and fan it out to n requests."""
     requests, ids = [], []
     for prompt in prompts:
         prompt_ids = backend.prompt_ids(prompt, limit=context)
         if prompt_ids is None:
-            raise BadRequest(f"the prompt is longer than this model's context of {context} tokens", _prompt_param(body))
+            raise BadRequest(
+                f"the prompt is longer than this model's context of {context} tokens",
+                _prompt_param(body),
+            )
         max_tokens = _max_tokens(body, len(prompt_ids), cap, context)
         fanned = _fan_out(body, max_tokens, logprobs, prompt)
         requests += fanned
@@ -208,18 +229,25 @@ def _max_tokens(body: SamplingParams, prompt_tokens: int, cap: int | None, conte
     """The request's max_tokens, checked against the room its prompt leaves in the context."""
     room = context - prompt_tokens
     if room < 1:
-        raise BadRequest(f"the prompt is {prompt_tokens} tokens; this model's context is {context} tokens",
-                         _prompt_param(body))
+        raise BadRequest(
+            f"the prompt is {prompt_tokens} tokens; this model's context is {context} tokens",
+            _prompt_param(body),
+        )
     asked = body.requested_max_tokens()
     if asked is None:
         return min(body.default_max_tokens(), cap or room, room)
     if asked > room:
-        raise BadRequest(f"the prompt ({prompt_tokens} tokens) and max_tokens ({asked}) exceed this "
-                         f"model's context of {context} tokens", "max_tokens")
+        raise BadRequest(
+            f"the prompt ({prompt_tokens} tokens) and max_tokens ({asked}) exceed this "
+            f"model's context of {context} tokens",
+            "max_tokens",
+        )
     return asked
 
 
-def _fan_out(body: SamplingParams, max_tokens: int, logprobs: int | None, prompt: Prompt) -> list[GenerationRequest]:
+def _fan_out(
+    body: SamplingParams, max_tokens: int, logprobs: int | None, prompt: Prompt
+) -> list[GenerationRequest]:
     """n requests for one prompt with seeds seed, seed+1, ... (distinct samples, reproducible).
 
     Without a seed we draw one, as OpenAI does: repeated calls then give different samples.

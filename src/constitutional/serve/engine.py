@@ -103,8 +103,9 @@ class BatchingEngine:
         self._counter = itertools.count()
         self.live: dict[int, Job] = {}  # engine index -> its job; only the engine thread writes it
 
-    async def generate(self, requests: Sequence[GenerationRequest], prompt_ids: list[list[int]],
-                       is_gone: IsGone) -> list[Completion]:
+    async def generate(
+        self, requests: Sequence[GenerationRequest], prompt_ids: list[list[int]], is_gone: IsGone
+    ) -> list[Completion]:
         """Decode `requests` (already tokenised) among whatever else is running."""
         if self._stopped:
             raise EngineStopped()
@@ -128,7 +129,9 @@ class BatchingEngine:
         # Started on first use: apps built without a lifespan (tests, ASGI transports) work too.
         with self._start_lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._serve, name="cai-serve-engine", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._serve, name="cai-serve-engine", daemon=True
+                )
                 self._thread.start()
 
     def _serve(self) -> None:
@@ -228,8 +231,9 @@ class SerialEngine:
         with self._lock:
             return self.backend.generate(requests)
 
-    async def generate(self, requests: Sequence[GenerationRequest], prompt_ids: object,
-                       is_gone: IsGone) -> list[Completion]:
+    async def generate(
+        self, requests: Sequence[GenerationRequest], prompt_ids: object, is_gone: IsGone
+    ) -> list[Completion]:
         return await run_in_threadpool(self._generate, list(requests))
 
     def close(self) -> None:

@@ -132,4 +132,3 @@ class CompletionRequest(SamplingParams):
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
-

@@ -13,7 +13,9 @@ from constitutional.text import looping, overlap, words
 
 MIN_WORDS = 5
 REPEAT_OVERLAP = 0.6  # share of the text's word 4-grams found in the other text
-CRITIQUE_COPY_N = 3  # word n-grams compared between a revision and its critique (see revision_problem)
+CRITIQUE_COPY_N = (
+    3  # word n-grams compared between a revision and its critique (see revision_problem)
+)
 CRITIQUE_COPY = 0.5  # share of the revision's n-grams found in the critique: "most of it" is a copy
 # A revision must be the assistant's next reply to the user. Small models often write *about*
 # that reply instead ("The provided response seems to ...", "the assistant should ..."); trained

@@ -83,10 +83,22 @@ def generate_sl_data(
     progress = progress or (lambda label, n: None)
     cfg, fewshot = config, fewshot_messages(constitution, config.fewshot, critique=config.critique)
     traces = [_new_trace(row, i, "red_team") for i, row in enumerate(red_team)]
-    traces += [_new_trace(row, i, "helpful") for i, row in enumerate(sample_at_ratio(helpful, len(red_team), cfg.helpful_ratio, cfg.seed))]
+    traces += [
+        _new_trace(row, i, "helpful")
+        for i, row in enumerate(
+            sample_at_ratio(helpful, len(red_team), cfg.helpful_ratio, cfg.seed)
+        )
+    ]
 
     first = [
-        _request([{"role": "user", "content": t["prompt"]}], cfg.response_temperature, cfg.max_tokens, cfg.seed, t["id"], "response")
+        _request(
+            [{"role": "user", "content": t["prompt"]}],
+            cfg.response_temperature,
+            cfg.max_tokens,
+            cfg.seed,
+            t["id"],
+            "response",
+        )
         for t in traces
     ]
     for t, c in zip(traces, _run(backend, first, "responses", progress)):
@@ -96,8 +108,17 @@ def generate_sl_data(
     live = [t for t in traces if t["kind"] == "red_team"]
     for k in range(cfg.rounds):
         pairs = [draw_principle(constitution, cfg.seed, t["id"], k) for t in live]
-        steps = [{"round": k + 1, "principle_id": p.id, "temperature": cfg.temperature(k), "critique": None,
-                  "revision": None, "reason": None} for p in pairs]  # fmt: skip
+        steps = [
+            {
+                "round": k + 1,
+                "principle_id": p.id,
+                "temperature": cfg.temperature(k),
+                "critique": None,
+                "revision": None,
+                "reason": None,
+            }
+            for p in pairs
+        ]
         for t, s in zip(live, steps):
             t["rounds"].append(s)
         if cfg.critique:
@@ -110,26 +131,53 @@ def generate_sl_data(
     return traces
 
 
-def _critique_round(live, pairs, steps, backend, cfg: SLConfig, fewshot, progress: Progress) -> None:
+def _critique_round(
+    live, pairs, steps, backend, cfg: SLConfig, fewshot, progress: Progress
+) -> None:
     """Ask each live trace for a critique of its latest answer; mark unusable critiques."""
     k = steps[0]["round"] - 1 if steps else 0
-    requests = [_request(critique_messages(fewshot, t["prompt"], t["final_response"], p), s["temperature"],
-                         cfg.critique_max_tokens, cfg.seed, t["id"], "critique", k)
-                for t, p, s in zip(live, pairs, steps)]  # fmt: skip
-    for t, s, c in zip(live, steps, _run(backend, requests, f"round {k + 1}/{cfg.rounds} critiques", progress)):
+    requests = [
+        _request(
+            critique_messages(fewshot, t["prompt"], t["final_response"], p),
+            s["temperature"],
+            cfg.critique_max_tokens,
+            cfg.seed,
+            t["id"],
+            "critique",
+            k,
+        )
+        for t, p, s in zip(live, pairs, steps)
+    ]
+    for t, s, c in zip(
+        live, steps, _run(backend, requests, f"round {k + 1}/{cfg.rounds} critiques", progress)
+    ):
         _count(t, c)
         s["critique"] = c.text.strip()
         s["reason"] = critique_problem(s["critique"], t["final_response"])
 
 
-def _revision_round(live, pairs, steps, backend, cfg: SLConfig, fewshot, progress: Progress) -> None:
+def _revision_round(
+    live, pairs, steps, backend, cfg: SLConfig, fewshot, progress: Progress
+) -> None:
     """Ask for a revision where the critique (if any) was usable; a revision that passes the
     checks becomes the trace's answer."""
     k = steps[0]["round"] - 1 if steps else 0
     todo = [(t, p, s) for t, p, s in zip(live, pairs, steps) if s["reason"] is None]
-    requests = [_request(_revision_request(fewshot, t, p, s["critique"]), s["temperature"], cfg.max_tokens,
-                         cfg.seed, t["id"], "revision", k) for t, p, s in todo]  # fmt: skip
-    for (t, _, s), c in zip(todo, _run(backend, requests, f"round {k + 1}/{cfg.rounds} revisions", progress)):
+    requests = [
+        _request(
+            _revision_request(fewshot, t, p, s["critique"]),
+            s["temperature"],
+            cfg.max_tokens,
+            cfg.seed,
+            t["id"],
+            "revision",
+            k,
+        )
+        for t, p, s in todo
+    ]
+    for (t, _, s), c in zip(
+        todo, _run(backend, requests, f"round {k + 1}/{cfg.rounds} revisions", progress)
+    ):
         _count(t, c)
         s["revision"] = c.text.strip()
         s["reason"] = revision_problem(s["revision"], t["final_response"], s["critique"] or "")
@@ -148,17 +196,29 @@ def _revision_request(fewshot, trace: dict, pair, critique: str | None):
 
 def _new_trace(row: dict, index: int, kind: str) -> dict[str, Any]:
     prompt_id = str(row.get("id", f"{kind}-{index}"))
-    return {"id": prompt_id, "kind": kind, "prompt": row["prompt"], "rounds": [], "tokens": {"prompt": 0, "completion": 0}}
+    return {
+        "id": prompt_id,
+        "kind": kind,
+        "prompt": row["prompt"],
+        "rounds": [],
+        "tokens": {"prompt": 0, "completion": 0},
+    }
 
 
-def _request(messages, temperature, max_tokens, seed, prompt_id, stage, round_index=0) -> GenerationRequest:
+def _request(
+    messages, temperature, max_tokens, seed, prompt_id, stage, round_index=0
+) -> GenerationRequest:
     return GenerationRequest(
-        messages=messages, temperature=temperature, max_tokens=max_tokens,
+        messages=messages,
+        temperature=temperature,
+        max_tokens=max_tokens,
         seed=derive_seed(seed, stage, prompt_id, round_index),
     )
 
 
-def _run(backend: CachedBackend, requests: list[GenerationRequest], label: str, progress: Progress) -> list[Completion]:
+def _run(
+    backend: CachedBackend, requests: list[GenerationRequest], label: str, progress: Progress
+) -> list[Completion]:
     progress(label, len(requests))
     return backend.generate(requests, on_result=lambda i, c: progress("", 1)) if requests else []
 

@@ -18,21 +18,34 @@ def _turns(prompt: str, response: str, pair: CritiqueRevision) -> list[Message]:
     ]
 
 
-def fewshot_messages(constitution: Constitution, count: int, critique: bool = True) -> list[Message]:
+def fewshot_messages(
+    constitution: Constitution, count: int, critique: bool = True
+) -> list[Message]:
     """The first `count` critique/revision exemplars as complete earlier turns of the chat
     (without their critiques when `critique` is False, as direct revision asks)."""
     messages: list[Message] = []
     for ex in constitution.fewshot.critique_revision[:count]:
         pair = constitution.pair(ex.principle)
         if critique:
-            messages += [*_turns(ex.prompt, ex.response, pair), {"role": "assistant", "content": ex.critique}]
+            messages += [
+                *_turns(ex.prompt, ex.response, pair),
+                {"role": "assistant", "content": ex.critique},
+            ]
         else:
-            messages += [{"role": "user", "content": ex.prompt}, {"role": "assistant", "content": ex.response}]
-        messages += [{"role": "user", "content": pair.revision}, {"role": "assistant", "content": ex.revision}]
+            messages += [
+                {"role": "user", "content": ex.prompt},
+                {"role": "assistant", "content": ex.response},
+            ]
+        messages += [
+            {"role": "user", "content": pair.revision},
+            {"role": "assistant", "content": ex.revision},
+        ]
     return messages
 
 
-def critique_messages(fewshot: list[Message], prompt: str, response: str, pair: CritiqueRevision) -> list[Message]:
+def critique_messages(
+    fewshot: list[Message], prompt: str, response: str, pair: CritiqueRevision
+) -> list[Message]:
     """Ask for a critique of `response` against one principle."""
     return [*fewshot, *_turns(prompt, response, pair)]
 
@@ -48,7 +61,9 @@ def revision_messages(
     ]
 
 
-def direct_revision_messages(fewshot: list[Message], prompt: str, response: str, pair: CritiqueRevision) -> list[Message]:
+def direct_revision_messages(
+    fewshot: list[Message], prompt: str, response: str, pair: CritiqueRevision
+) -> list[Message]:
     """Ask for a revision with no critique before it (the ablation of Bai et al. 2022, fig. 7)."""
     return [
         *fewshot,

@@ -10,6 +10,8 @@ from constitutional.train.sft import train_sft
 
 # TRL and PEFT still call a transformers property renamed in 5.x; the warning is theirs, not the
 # user's, and it repeats at every trainer start.
-warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+warnings.filterwarnings(
+    "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+)
 
 __all__ = ["train_sft"]

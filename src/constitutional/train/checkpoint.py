@@ -50,16 +50,32 @@ def write_checkpoint_record(
     if data is not None:
         record["data"] = data
     record.update(hyperparameters=hyperparameters, seed=seed, device=device)
-    write_json(directory / "cai_checkpoint.json", {**record, **summary, "packages": package_versions()})
+    write_json(
+        directory / "cai_checkpoint.json", {**record, **summary, "packages": package_versions()}
+    )
 
 
-def rl_fields(kind: str, policy: str, saved_adapter: bool, reward: dict[str, Any], beta: float,
-              prompts: str | Path) -> dict[str, Any]:  # fmt: skip
+def rl_fields(
+    kind: str,
+    policy: str,
+    saved_adapter: bool,
+    reward: dict[str, Any],
+    beta: float,
+    prompts: str | Path,
+) -> dict[str, Any]:
     """The record fields of an online RL run (ppo, grpo): the policy is its own KL reference."""
     ref = base_reference(policy)
-    return {"stage": f"rl-cai-{kind}", "kind": kind, "policy": ref, "reference": ref,
-            "base": ref if saved_adapter else None, "reward_model": reward.get("reward_model"),
-            "reward": reward, "beta": beta, "prompts": str(prompts)}  # fmt: skip
+    return {
+        "stage": f"rl-cai-{kind}",
+        "kind": kind,
+        "policy": ref,
+        "reference": ref,
+        "base": ref if saved_adapter else None,
+        "reward_model": reward.get("reward_model"),
+        "reward": reward,
+        "beta": beta,
+        "prompts": str(prompts),
+    }
 
 
 def data_record(path: Path, **counts: int) -> dict[str, Any]:
@@ -82,7 +98,9 @@ def save_model_dir(model, tokenizer, directory: Path, base: str, adapter: bool) 
         write_json(config_path, adapter_config)
 
 
-def save_policy(model, tokenizer, directory: Path, policy: str, *, lora: bool, policy_is_adapter: bool) -> bool:
+def save_policy(
+    model, tokenizer, directory: Path, policy: str, *, lora: bool, policy_is_adapter: bool
+) -> bool:
     """Save a tuned policy: a fresh adapter over the policy spec, or the full (merged) model when
     the policy was itself an adapter (LocalBackend loads one adapter level only) or without LoRA.
     Returns whether an adapter was saved."""

@@ -35,7 +35,12 @@ def require_train_extra(*modules: str) -> None:
 
 
 def trainer_args(
-    tmp: Path, seed: int, cuda: bool, *, bf16: bool | None = None, activation_checkpointing: bool = False
+    tmp: Path,
+    seed: int,
+    cuda: bool,
+    *,
+    bf16: bool | None = None,
+    activation_checkpointing: bool = False,
 ) -> dict[str, Any]:
     """Trainer settings every recipe shares: a scratch output dir (checkpoints are saved by us,
     atomically), the device, per-step logging, and no external loggers.
@@ -49,9 +54,16 @@ def trainer_args(
     Multi-GPU, DeepSpeed ZeRO and FSDP come from `accelerate launch --config_file ...`, which the
     Trainer reads from the environment; nothing here needs to change for them.
     """
-    return {"output_dir": str(tmp / TRAINER_SCRATCH), "bf16": cuda if bf16 is None else bf16, "use_cpu": not cuda,
-            "seed": seed, "logging_steps": 1, "save_strategy": "no", "report_to": "none",
-            "activation_checkpointing": activation_checkpointing}  # fmt: skip
+    return {
+        "output_dir": str(tmp / TRAINER_SCRATCH),
+        "bf16": cuda if bf16 is None else bf16,
+        "use_cpu": not cuda,
+        "seed": seed,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "activation_checkpointing": activation_checkpointing,
+    }
 
 
 def load_policy(policy: str):
@@ -77,7 +89,9 @@ def base_model_path(base: str) -> Path:
 
 def logged_steps(trainer, keys: tuple[str, ...], marker: str = "loss") -> list[dict[str, Any]]:
     """The Trainer's per-step log entries (those holding `marker`), cut to `keys`."""
-    return [{k: entry.get(k) for k in keys} for entry in trainer.state.log_history if marker in entry]
+    return [
+        {k: entry.get(k) for k in keys} for entry in trainer.state.log_history if marker in entry
+    ]
 
 
 def messages_problem(messages: Any) -> str | None:

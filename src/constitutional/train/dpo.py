@@ -57,8 +57,17 @@ from constitutional.train.common import (
     trainer_args,
 )
 
-LOG_KEYS = ("step", "loss", "rewards/margins", "rewards/accuracies", "rewards/chosen",
-            "rewards/rejected", "grad_norm", "learning_rate", "epoch")  # fmt: skip
+LOG_KEYS = (
+    "step",
+    "loss",
+    "rewards/margins",
+    "rewards/accuracies",
+    "rewards/chosen",
+    "rewards/rejected",
+    "grad_norm",
+    "learning_rate",
+    "epoch",
+)
 
 
 def train_dpo(
@@ -123,23 +132,57 @@ def train_dpo(
         learning_rate = 5e-5 if lora else 5e-6
     reference = reference or policy
     hparams = {
-        "beta": beta, "loss": "soft_sigmoid (cDPO, per-pair smoothing 1 - p_chosen)",
-        "lora": lora, "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": LORA_DROPOUT,
-        "epochs": epochs, "max_steps": max_steps, "learning_rate": learning_rate,
-        "batch_size": batch_size, "gradient_accumulation_steps": gradient_accumulation_steps,
-        "max_length": max_length, "seed": seed,
-    }  # fmt: skip
+        "beta": beta,
+        "loss": "soft_sigmoid (cDPO, per-pair smoothing 1 - p_chosen)",
+        "lora": lora,
+        "lora_r": lora_r,
+        "lora_alpha": lora_alpha,
+        "lora_dropout": LORA_DROPOUT,
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "learning_rate": learning_rate,
+        "batch_size": batch_size,
+        "gradient_accumulation_steps": gradient_accumulation_steps,
+        "max_length": max_length,
+        "seed": seed,
+    }
     models, cuda = load_dpo_models(policy, reference, seed, lora)
     switches = {"bf16": bf16, "activation_checkpointing": activation_checkpointing}
+    paths = (data, out, policy, reference)
+    return _train_and_save(models, rows, paths, overwrite, hparams, cuda, switches, started)
+
+
+def _train_and_save(
+    models: dict,
+    rows: list,
+    paths: tuple,
+    overwrite: bool,
+    hparams: dict,
+    cuda: bool,
+    switches: dict,
+    started: float,
+) -> dict[str, Any]:
+    """Train in a staging directory, save the policy with its loss curve and provenance, and
+    move it to `out`. Returns train_dpo's summary."""
+    data, out, policy, reference = paths
+    lora = hparams["lora"]
     with staged_checkpoint(out, overwrite) as tmp:
         trainer = dpo_trainer(models, rows, tmp, hparams, cuda, switches)
         trainer.train()
-        saved_adapter = save_policy(trainer.model, models["tokenizer"], tmp, policy, lora=lora,
-                                    policy_is_adapter=models["policy_is_adapter"])  # fmt: skip
+        saved_adapter = save_policy(
+            trainer.model,
+            models["tokenizer"],
+            tmp,
+            policy,
+            lora=lora,
+            policy_is_adapter=models["policy_is_adapter"],
+        )
         log = logged_steps(trainer, LOG_KEYS)
         summary = dpo_summary(trainer, log, started, out)
         write_train_log(tmp, log, loss="loss")
-        write_dpo_record(tmp, data, rows, (policy, reference, saved_adapter), hparams, cuda, summary)
+        write_dpo_record(
+            tmp, data, rows, (policy, reference, saved_adapter), hparams, cuda, summary
+        )
     return summary
 
 
@@ -156,20 +199,40 @@ def dpo_summary(trainer, log: list[dict[str, Any]], started: float, out: Path) -
     }
 
 
-def write_dpo_record(tmp: Path, data: Path, rows: list[dict], models: tuple[str, str, bool],
-                     hparams: dict[str, Any], cuda: bool, summary: dict[str, Any]) -> None:  # fmt: skip
+def write_dpo_record(
+    tmp: Path,
+    data: Path,
+    rows: list[dict],
+    models: tuple[str, str, bool],
+    hparams: dict[str, Any],
+    cuda: bool,
+    summary: dict[str, Any],
+) -> None:
     """`cai_checkpoint.json` of a DPO run; `models` is (policy, reference, saved_adapter)."""
     policy, reference, saved_adapter = models
-    fields = {"stage": "rl-cai-dpo", "kind": "dpo", "policy": base_reference(policy),
-              "reference": base_reference(reference),
-              "base": base_reference(policy) if saved_adapter else None, "beta": hparams["beta"]}  # fmt: skip
+    fields = {
+        "stage": "rl-cai-dpo",
+        "kind": "dpo",
+        "policy": base_reference(policy),
+        "reference": base_reference(reference),
+        "base": base_reference(policy) if saved_adapter else None,
+        "beta": hparams["beta"],
+    }
     soft = sum(r["p_chosen"] < 1 for r in rows)
-    write_checkpoint_record(tmp, fields, data=data_record(data, rows=len(rows), soft_rows=soft),
-                            hyperparameters=hparams, seed=hparams["seed"], device="cuda" if cuda else "cpu",
-                            summary=summary)  # fmt: skip
+    write_checkpoint_record(
+        tmp,
+        fields,
+        data=data_record(data, rows=len(rows), soft_rows=soft),
+        hyperparameters=hparams,
+        seed=hparams["seed"],
+        device="cuda" if cuda else "cpu",
+        summary=summary,
+    )
 
 
-def load_dpo_models(policy: str, reference: str, seed: int, lora: bool) -> tuple[dict[str, Any], bool]:
+def load_dpo_models(
+    policy: str, reference: str, seed: int, lora: bool
+) -> tuple[dict[str, Any], bool]:
     """({"model", "ref_model", "tokenizer", "policy_is_adapter"}, cuda). The reference is None
     when it is the policy itself: TRL then uses the policy before training (adapter disabled)."""
     require_train_extra("torch", "datasets", "peft", "transformers", "trl")
@@ -184,19 +247,32 @@ def load_dpo_models(policy: str, reference: str, seed: int, lora: bool) -> tuple
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if cuda and lora else torch.float32  # as in sft.py
     model, tokenizer, policy_is_adapter = load_policy(policy)
-    model = model.to(dtype).requires_grad_(not lora)  # PEFT leaves a merged adapter's weights frozen
+    model = model.to(dtype).requires_grad_(
+        not lora
+    )  # PEFT leaves a merged adapter's weights frozen
     ref_model = None
     if base_reference(reference) != base_reference(policy):
         ref_model, ref_tokenizer, _ = load_policy(reference)
         ref_model = ref_model.to(dtype)
         if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise UserError("the reference model's tokenizer differs from the policy's", reference)
-    models = {"model": model, "ref_model": ref_model, "tokenizer": tokenizer, "policy_is_adapter": policy_is_adapter}
+    models = {
+        "model": model,
+        "ref_model": ref_model,
+        "tokenizer": tokenizer,
+        "policy_is_adapter": policy_is_adapter,
+    }
     return models, cuda
 
 
-def dpo_trainer(models: dict[str, Any], rows: list[dict], tmp: Path, hp: dict[str, Any], cuda: bool,
-                switches: dict[str, Any]):  # fmt: skip
+def dpo_trainer(
+    models: dict[str, Any],
+    rows: list[dict],
+    tmp: Path,
+    hp: dict[str, Any],
+    cuda: bool,
+    switches: dict[str, Any],
+):
     """SoftDPOTrainer on `rows`, reference log-probs already computed (the reference is dropped)."""
     from datasets import Dataset
     from peft import LoraConfig
@@ -217,8 +293,13 @@ def dpo_trainer(models: dict[str, Any], rows: list[dict], tmp: Path, hp: dict[st
     )
     peft_config = None
     if hp["lora"]:
-        peft_config = LoraConfig(r=hp["lora_r"], lora_alpha=hp["lora_alpha"], lora_dropout=LORA_DROPOUT,
-                                 target_modules="all-linear", task_type="CAUSAL_LM")  # fmt: skip
+        peft_config = LoraConfig(
+            r=hp["lora_r"],
+            lora_alpha=hp["lora_alpha"],
+            lora_dropout=LORA_DROPOUT,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
     trainer = soft_dpo_trainer_class()(
         model=models["model"],
         ref_model=models.pop("ref_model"),
@@ -274,10 +355,15 @@ def soft_dpo_trainer_class():
                 raise ValueError("SoftDPOTrainer needs precompute_ref_log_probs=True")
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
-            kwargs.setdefault("data_collator", SoftPreferenceCollator(
-                pad_token_id=tokenizer.pad_token_id, max_length=config.max_length,
-                truncation_mode=config.truncation_mode, pad_to_multiple_of=config.pad_to_multiple_of,
-            ))  # fmt: skip
+            kwargs.setdefault(
+                "data_collator",
+                SoftPreferenceCollator(
+                    pad_token_id=tokenizer.pad_token_id,
+                    max_length=config.max_length,
+                    truncation_mode=config.truncation_mode,
+                    pad_to_multiple_of=config.pad_to_multiple_of,
+                ),
+            )
             super().__init__(*args, **kwargs)
 
         def compute_ref_log_probs(self, model, inputs):
@@ -295,8 +381,13 @@ def soft_dpo_trainer_class():
             mode = "train" if self.model.training else "eval"
             mask = inputs["completion_mask"]
             labels = inputs["input_ids"].masked_fill(mask == 0, -100)
-            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                            labels=labels, use_cache=False, fused_lm_head=True)  # fmt: skip
+            outputs = model(
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                labels=labels,
+                use_cache=False,
+                fused_lm_head=True,
+            )
             # As in TRL: log-prob of each sequence's completion tokens (others are 0).
             logps = outputs.log_probs[:, -(mask.size(1) - 1) :].sum(dim=1)
             chosen_logps, rejected_logps = logps.chunk(2, dim=0)
@@ -305,21 +396,27 @@ def soft_dpo_trainer_class():
             h = chosen_logratios - rejected_logratios
             loss = soft_dpo_loss(h, inputs["p_chosen"], self.beta).mean()
 
-            # TRL's metric names, so logs read the same as stock DPO runs.
-            chosen_rewards = self.beta * chosen_logratios.detach()
-            rejected_rewards = self.beta * rejected_logratios.detach()
-            gather, m = self.accelerator.gather_for_metrics, self._metrics[mode]
-            m["rewards/chosen"].append(gather(chosen_rewards).mean().item())
-            m["rewards/rejected"].append(gather(rejected_rewards).mean().item())
-            m["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
-            accuracy = (chosen_rewards > rejected_rewards).float()
-            m["rewards/accuracies"].append(gather(accuracy).mean().item())
-            m["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
-            m["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
+            logratios = (chosen_logratios.detach(), rejected_logratios.detach())
+            _log_reward_metrics(self, mode, logratios, (chosen_logps, rejected_logps))
             return loss
 
     _TRAINER_CLASS = SoftDPOTrainer
     return SoftDPOTrainer
+
+
+def _log_reward_metrics(trainer, mode: str, logratios: tuple, logps: tuple) -> None:
+    """Record a batch's implicit rewards and log-probs under TRL's metric names, so logs read
+    the same as stock DPO runs."""
+    chosen_rewards, rejected_rewards = (trainer.beta * r for r in logratios)
+    chosen_logps, rejected_logps = logps
+    gather, m = trainer.accelerator.gather_for_metrics, trainer._metrics[mode]
+    m["rewards/chosen"].append(gather(chosen_rewards).mean().item())
+    m["rewards/rejected"].append(gather(rejected_rewards).mean().item())
+    m["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
+    accuracy = (chosen_rewards > rejected_rewards).float()
+    m["rewards/accuracies"].append(gather(accuracy).mean().item())
+    m["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
+    m["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
 
 
 def load_dpo_rows(path: Path) -> list[dict[str, Any]]:
@@ -366,8 +463,12 @@ def label_row(row: dict, path: Path, line: int) -> dict | None:
     for key in ("prompt", "response_a", "response_b"):
         if not isinstance(row.get(key), str):
             raise UserError(f"label row needs a string `{key}`", path, line)
-    return {"id": str(row.get("id", line)), "source": row.get("source", "ai"), "discarded": False,
-            **{k: row[k] for k in ("prompt", "response_a", "response_b", "p_a")}}  # fmt: skip
+    return {
+        "id": str(row.get("id", line)),
+        "source": row.get("source", "ai"),
+        "discarded": False,
+        **{k: row[k] for k in ("prompt", "response_a", "response_b", "p_a")},
+    }
 
 
 def as_messages(value: Any, role: str) -> list[dict[str, Any]] | None:

@@ -46,10 +46,20 @@ from constitutional.train.rewards import (
     RewardFunction,
     build_reward,
     check_reward,
+    reward_arguments,
 )
 
-LOG_KEYS = ("step", "reward", "reward_std", "kl", "loss", "completions/mean_length", "entropy",
-            "frac_reward_zero_std", "learning_rate")  # fmt: skip
+LOG_KEYS = (
+    "step",
+    "reward",
+    "reward_std",
+    "kl",
+    "loss",
+    "completions/mean_length",
+    "entropy",
+    "frac_reward_zero_std",
+    "learning_rate",
+)
 
 
 def train_grpo(
@@ -87,7 +97,8 @@ def train_grpo(
         policy: the model to train, usually the SL-CAI checkpoint; also the KL reference.
         out: checkpoint directory to create (refused if it exists and is not empty).
         reward: "pm" (preference model), "judge" (feedback model's expected rating in [0, 1]),
-            "pm+rbr" (the PM plus a weighted rule-based reward), or a RewardFunction(prompts, responses) -> list of floats.
+            "pm+rbr" (the PM plus a weighted rule-based reward), or a
+            RewardFunction(prompts, responses) -> list of floats.
         reward_model: preference model directory (reward "pm" only).
         judge: the feedback model as a Backend (reward "judge"; the grader for "pm+rbr").
         constitution: YAML or "default": the principles the judge rates against.
@@ -107,41 +118,98 @@ def train_grpo(
         {"steps", "reward_first", "reward_last", "kl_last", "wall_seconds", "out"}: the mean
         reward of the first and last step's responses and the last step's mean KL.
     """
+    # Read off the arguments before any other local exists: hyperparameters and reward
+    # options are recorded under the arguments' own names.
+    args = dict(locals())
+    hp = grpo_hparams(args)
     started, out = time.monotonic(), Path(out)
     rows = load_prompts(prompts, chat_allowed=False)  # bad input fails before any model load
     refuse_existing(out, overwrite)
-    hp = {"beta": beta, "steps": steps, "prompts_per_step": prompts_per_step, "num_generations": num_generations,
-          "max_new_tokens": max_new_tokens, "temperature": temperature, "lora": lora, "lora_r": lora_r,
-          "lora_alpha": lora_alpha, "seed": seed, "bf16": bf16, "activation_checkpointing": activation_checkpointing,
-          "learning_rate": learning_rate if learning_rate is not None else 5e-5 if lora else 1e-6}  # fmt: skip
     check_grpo_settings(hp)
     check_reward(reward, reward_model, judge, rbr)
     device = grpo_setup(seed)
-    rbr_options = {"rbr": rbr, "rbr_weight": rbr_weight, "rbr_class": rbr_class, "rbr_factory": rbr_factory}
-    reward_funcs, reward_tokenizers, record = trl_rewards(reward, reward_model, judge, constitution, seed, device, **rbr_options)
+    rewards = trl_rewards(reward, device=device, **reward_arguments(args))
     model, tokenizer, policy_is_adapter = load_grpo_policy(policy, device == "cuda" and lora, lora)
+    trained = (model, tokenizer, policy_is_adapter)
+    return _train_and_save(
+        trained, rewards, rows, (policy, prompts, out), overwrite, hp, (device, started)
+    )
+
+
+def grpo_hparams(args: dict[str, Any]) -> dict[str, Any]:
+    """The hyperparameters `train_grpo` records, from its arguments."""
+    learning_rate, lora = args["learning_rate"], args["lora"]
+    return {
+        "beta": args["beta"],
+        "steps": args["steps"],
+        "prompts_per_step": args["prompts_per_step"],
+        "num_generations": args["num_generations"],
+        "max_new_tokens": args["max_new_tokens"],
+        "temperature": args["temperature"],
+        "lora": lora,
+        "lora_r": args["lora_r"],
+        "lora_alpha": args["lora_alpha"],
+        "seed": args["seed"],
+        "bf16": args["bf16"],
+        "activation_checkpointing": args["activation_checkpointing"],
+        "learning_rate": learning_rate if learning_rate is not None else 5e-5 if lora else 1e-6,
+    }
+
+
+def _train_and_save(
+    trained: tuple,
+    rewards: tuple,
+    rows: list,
+    sources: tuple,
+    overwrite: bool,
+    hp: dict,
+    run_info: tuple,
+) -> dict[str, Any]:
+    """Train in a staging directory, save the policy with its reward curve and provenance, and
+    move it to `out`. Returns train_grpo's summary."""
+    model, tokenizer, policy_is_adapter = trained
+    reward_funcs, reward_tokenizers, record = rewards
+    policy, prompts, out = sources
+    device, started = run_info
+    lora, seed, beta = hp["lora"], hp["seed"], hp["beta"]
     with staged_checkpoint(out, overwrite) as tmp:
-        trainer = grpo_trainer(model, tokenizer, (reward_funcs, reward_tokenizers), rows, tmp, hp, device == "cuda")
+        trainer = grpo_trainer(
+            model, tokenizer, (reward_funcs, reward_tokenizers), rows, tmp, hp, device == "cuda"
+        )
         trainer.train()
-        saved_adapter = save_policy(trainer.model, tokenizer, tmp, policy, lora=lora, policy_is_adapter=policy_is_adapter)
+        saved_adapter = save_policy(
+            trainer.model, tokenizer, tmp, policy, lora=lora, policy_is_adapter=policy_is_adapter
+        )
         log = logged_steps(trainer, LOG_KEYS, "reward")
         summary = grpo_summary(trainer.state.global_step, log, started, out)
         count_unscored(record, reward_funcs)
         write_train_log(tmp, log, reward="reward", loss="loss")
-        write_checkpoint_record(tmp, rl_fields("grpo", policy, saved_adapter, record, beta, prompts),
-                                hyperparameters=grpo_record_hparams(hp, trainer.args), seed=seed, device=device,
-                                summary=summary)  # fmt: skip
+        write_checkpoint_record(
+            tmp,
+            rl_fields("grpo", policy, saved_adapter, record, beta, prompts),
+            hyperparameters=grpo_record_hparams(hp, trainer.args),
+            seed=seed,
+            device=device,
+            summary=summary,
+        )
     return summary
 
 
 def check_grpo_settings(hp: dict[str, Any]) -> None:
     if hp["beta"] < 0 or hp["num_generations"] < 2:
-        raise UserError("--beta must be >= 0 and --num-generations >= 2 (advantages are relative to the group)")
-    if min(hp["steps"], hp["prompts_per_step"], hp["max_new_tokens"]) < 1 or not hp["temperature"] > 0:
+        raise UserError(
+            "--beta must be >= 0 and --num-generations >= 2 (advantages are relative to the group)"
+        )
+    if (
+        min(hp["steps"], hp["prompts_per_step"], hp["max_new_tokens"]) < 1
+        or not hp["temperature"] > 0
+    ):
         raise UserError("steps, prompts per step and max new tokens must be >= 1; temperature > 0")
 
 
-def grpo_summary(steps: int, log: list[dict[str, Any]], started: float, out: Path) -> dict[str, Any]:
+def grpo_summary(
+    steps: int, log: list[dict[str, Any]], started: float, out: Path
+) -> dict[str, Any]:
     """What `train_grpo` returns: the first and last step's mean reward, the last step's KL."""
     return {
         "steps": steps,
@@ -155,7 +223,9 @@ def grpo_summary(steps: int, log: list[dict[str, Any]], started: float, out: Pat
 
 def count_unscored(record: dict[str, Any], reward_funcs: list) -> None:
     """With a judge reward, record how many judgements had no usable log-probs."""
-    judges = [j for j in (getattr(f, "reward", None) for f in reward_funcs) if isinstance(j, JudgeReward)]
+    judges = [
+        j for j in (getattr(f, "reward", None) for f in reward_funcs) if isinstance(j, JudgeReward)
+    ]
     if judges:
         record["unscored"] = sum(j.unscored for j in judges)
 
@@ -184,18 +254,32 @@ def load_grpo_policy(policy: str, bf16: bool, lora: bool):
     return model, tokenizer, policy_is_adapter
 
 
-def grpo_trainer(model, tokenizer, rewards: tuple[list, list], rows: list[dict], tmp: Path, hp: dict[str, Any],
-                 cuda: bool):  # fmt: skip
+def grpo_trainer(
+    model,
+    tokenizer,
+    rewards: tuple[list, list],
+    rows: list[dict],
+    tmp: Path,
+    hp: dict[str, Any],
+    cuda: bool,
+):
     """TRL's GRPOTrainer over `rows`' prompts; `rewards` is (reward_funcs, their tokenizers)."""
     from datasets import Dataset
     from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer
 
     config = GRPOConfig(
-        **trainer_args(tmp, hp["seed"], cuda, bf16=hp["bf16"], activation_checkpointing=hp["activation_checkpointing"]),
+        **trainer_args(
+            tmp,
+            hp["seed"],
+            cuda,
+            bf16=hp["bf16"],
+            activation_checkpointing=hp["activation_checkpointing"],
+        ),
         beta=hp["beta"],
         num_generations=hp["num_generations"],
-        per_device_train_batch_size=hp["prompts_per_step"] * hp["num_generations"],  # counts responses
+        per_device_train_batch_size=hp["prompts_per_step"]
+        * hp["num_generations"],  # counts responses
         max_steps=hp["steps"],
         max_completion_length=hp["max_new_tokens"],
         temperature=hp["temperature"],
@@ -204,26 +288,51 @@ def grpo_trainer(model, tokenizer, rewards: tuple[list, list], rows: list[dict],
     )
     peft_config = None
     if hp["lora"]:
-        peft_config = LoraConfig(r=hp["lora_r"], lora_alpha=hp["lora_alpha"], lora_dropout=0.0,
-                                 target_modules="all-linear", task_type="CAUSAL_LM")  # fmt: skip
-    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}]} for r in rows])
-    return GRPOTrainer(model=model, reward_funcs=rewards[0], args=config, train_dataset=dataset,
-                       processing_class=tokenizer, reward_processing_classes=rewards[1],
-                       peft_config=peft_config)  # fmt: skip
+        peft_config = LoraConfig(
+            r=hp["lora_r"],
+            lora_alpha=hp["lora_alpha"],
+            lora_dropout=0.0,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+    dataset = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": r["prompt"]}]} for r in rows]
+    )
+    return GRPOTrainer(
+        model=model,
+        reward_funcs=rewards[0],
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        reward_processing_classes=rewards[1],
+        peft_config=peft_config,
+    )
 
 
 def grpo_record_hparams(hp: dict[str, Any], config) -> dict[str, Any]:
     """The hyperparameters `cai_checkpoint.json` records, TRL's own defaults included."""
     return {
-        "beta": hp["beta"], "steps": hp["steps"], "prompts_per_step": hp["prompts_per_step"],
-        "num_generations": hp["num_generations"], "max_new_tokens": hp["max_new_tokens"],
-        "temperature": hp["temperature"], "learning_rate": hp["learning_rate"], "loss_type": config.loss_type,
-        "scale_rewards": config.scale_rewards, "epsilon": config.epsilon, "num_iterations": config.num_iterations,
-        "lora": hp["lora"], "lora_r": hp["lora_r"], "lora_alpha": hp["lora_alpha"], "lora_dropout": 0.0,
-    }  # fmt: skip
+        "beta": hp["beta"],
+        "steps": hp["steps"],
+        "prompts_per_step": hp["prompts_per_step"],
+        "num_generations": hp["num_generations"],
+        "max_new_tokens": hp["max_new_tokens"],
+        "temperature": hp["temperature"],
+        "learning_rate": hp["learning_rate"],
+        "loss_type": config.loss_type,
+        "scale_rewards": config.scale_rewards,
+        "epsilon": config.epsilon,
+        "num_iterations": config.num_iterations,
+        "lora": hp["lora"],
+        "lora_r": hp["lora_r"],
+        "lora_alpha": hp["lora_alpha"],
+        "lora_dropout": 0.0,
+    }
 
 
-def trl_rewards(reward, reward_model, judge, constitution: str, seed: int, device: str, **rbr_options):
+def trl_rewards(
+    reward, reward_model, judge, constitution: str, seed: int, device: str, **rbr_options
+):
     """(reward_funcs, reward_processing_classes, record) for GRPOTrainer.
 
     The preference model goes in as the model it is, with its own tokenizer; a RewardFunction
@@ -233,9 +342,20 @@ def trl_rewards(reward, reward_model, judge, constitution: str, seed: int, devic
         from constitutional.train.preference_model import load_preference_model
 
         pm, pm_tokenizer = load_preference_model(reward_model, device)
-        return [pm], [pm_tokenizer], {"kind": "pm", "reward_model": str(Path(reward_model).expanduser().resolve())}
-    fn, record = build_reward(reward, reward_model=reward_model, judge=judge, constitution=constitution,
-                              seed=seed, device=device, **rbr_options)
+        return (
+            [pm],
+            [pm_tokenizer],
+            {"kind": "pm", "reward_model": str(Path(reward_model).expanduser().resolve())},
+        )
+    fn, record = build_reward(
+        reward,
+        reward_model=reward_model,
+        judge=judge,
+        constitution=constitution,
+        seed=seed,
+        device=device,
+        **rbr_options,
+    )
     return [as_trl_reward(fn, record["kind"])], [None], record
 
 

@@ -58,6 +58,7 @@ from constitutional.train.rewards import (
     RewardFunction,
     build_reward,
     check_reward,
+    reward_arguments,
 )
 
 GAMMA, LAMBDA = 1.0, 0.95  # GAE: no discount within a response; λ trades bias for variance
@@ -124,27 +125,80 @@ def train_ppo(
         {"steps", "reward_first", "reward_last", "kl_last", "beta", "wall_seconds", "out"}: mean
         reward of the first and last rollout, and the last rollout's mean KL.
     """
+    # Read off the arguments before any other local exists: hyperparameters and reward
+    # options are recorded under the arguments' own names.
+    args = dict(locals())
+    hp = ppo_hparams(args)
     started, out = time.monotonic(), Path(out)
     rows = load_prompts(prompts, chat_allowed=False)  # bad input fails before any model load
     refuse_existing(out, overwrite)
-    hp = {"beta": beta, "adaptive_kl": adaptive_kl, "target_kl": target_kl if adaptive_kl else None, "steps": steps,
-          "batch_size": batch_size, "ppo_epochs": ppo_epochs, "minibatch_size": minibatch_size, "learning_rate": learning_rate,
-          "value_learning_rate": learning_rate * VALUE_LR_SCALE, "max_new_tokens": max_new_tokens, "temperature": temperature,
-          "entropy_coef": entropy_coef, "gamma": GAMMA, "lambda": LAMBDA, "clip": CLIP, "value_clip": VALUE_CLIP,
-          "value_coef": VALUE_COEF, "lora": lora, "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": 0.0}  # fmt: skip
     check_ppo_settings(hp, target_kl)
     check_reward(reward, reward_model, judge, rbr)
     device = ppo_setup(seed)  # after the checks: the train extra is imported only now
-    reward_fn, reward_record = build_reward(reward, reward_model=reward_model, judge=judge, constitution=constitution, seed=seed,
-                                            device=device, rbr=rbr, rbr_weight=rbr_weight, rbr_class=rbr_class, rbr_factory=rbr_factory)
-    run = PPORun.start(policy, hp, device, reward_fn, KLController(beta, target_kl if adaptive_kl else None))
+    reward_fn, reward_record = build_reward(reward, device=device, **reward_arguments(args))
+    run = PPORun.start(
+        policy, hp, device, reward_fn, KLController(beta, target_kl if adaptive_kl else None)
+    )
     log = run.train(rows, random.Random(seed))
-    with staged_checkpoint(out, overwrite) as tmp:  # an adapter over the policy, or the merged model
-        saved_adapter = save_policy(run.model, run.tokenizer, tmp, policy, lora=lora, policy_is_adapter=run.policy_is_adapter)
+    sources = (policy, prompts, out)
+    return _save_ppo(run, log, sources, overwrite, reward_record, hp, (seed, device, beta, started))
+
+
+def ppo_hparams(args: dict[str, Any]) -> dict[str, Any]:
+    """The hyperparameters `train_ppo` records, from its arguments."""
+    adaptive_kl, learning_rate = args["adaptive_kl"], args["learning_rate"]
+    return {
+        "beta": args["beta"],
+        "adaptive_kl": adaptive_kl,
+        "target_kl": args["target_kl"] if adaptive_kl else None,
+        "steps": args["steps"],
+        "batch_size": args["batch_size"],
+        "ppo_epochs": args["ppo_epochs"],
+        "minibatch_size": args["minibatch_size"],
+        "learning_rate": learning_rate,
+        "value_learning_rate": learning_rate * VALUE_LR_SCALE,
+        "max_new_tokens": args["max_new_tokens"],
+        "temperature": args["temperature"],
+        "entropy_coef": args["entropy_coef"],
+        "gamma": GAMMA,
+        "lambda": LAMBDA,
+        "clip": CLIP,
+        "value_clip": VALUE_CLIP,
+        "value_coef": VALUE_COEF,
+        "lora": args["lora"],
+        "lora_r": args["lora_r"],
+        "lora_alpha": args["lora_alpha"],
+        "lora_dropout": 0.0,
+    }
+
+
+def _save_ppo(
+    run, log, sources: tuple, overwrite: bool, reward_record: dict, hp: dict, run_info: tuple
+) -> dict[str, Any]:
+    """Save the trained policy with its loss curve and provenance into `out`, atomically."""
+    policy, prompts, out = sources
+    seed, device, beta, started = run_info
+    lora = hp["lora"]
+    # Saved as an adapter over the policy, or as the merged model.
+    with staged_checkpoint(out, overwrite) as tmp:
+        saved_adapter = save_policy(
+            run.model,
+            run.tokenizer,
+            tmp,
+            policy,
+            lora=lora,
+            policy_is_adapter=run.policy_is_adapter,
+        )
         summary = ppo_summary(log, run.kl_ctl.beta, started, out)
         write_train_log(tmp, log, reward="reward", loss="policy_loss")
-        write_checkpoint_record(tmp, rl_fields("ppo", policy, saved_adapter, reward_record, beta, prompts),
-                                hyperparameters=hp, seed=seed, device=device, summary=summary)  # fmt: skip
+        write_checkpoint_record(
+            tmp,
+            rl_fields("ppo", policy, saved_adapter, reward_record, beta, prompts),
+            hyperparameters=hp,
+            seed=seed,
+            device=device,
+            summary=summary,
+        )
     return summary
 
 
@@ -158,19 +212,35 @@ def ppo_setup(seed: int) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def ppo_summary(log: list[dict[str, Any]], beta: float, started: float, out: Path) -> dict[str, Any]:
+def ppo_summary(
+    log: list[dict[str, Any]], beta: float, started: float, out: Path
+) -> dict[str, Any]:
     """What `train_ppo` returns: the first and last rollout's mean reward, the last one's KL."""
-    return {"steps": len(log), "reward_first": log[0]["reward"], "reward_last": log[-1]["reward"],
-            "kl_last": log[-1]["kl"], "beta": beta, "wall_seconds": round(time.monotonic() - started, 3),
-            "out": str(out)}  # fmt: skip
+    return {
+        "steps": len(log),
+        "reward_first": log[0]["reward"],
+        "reward_last": log[-1]["reward"],
+        "kl_last": log[-1]["kl"],
+        "beta": beta,
+        "wall_seconds": round(time.monotonic() - started, 3),
+        "out": str(out),
+    }
 
 
 def check_ppo_settings(hp: dict[str, Any], target_kl: float) -> None:
     if hp["beta"] < 0 or (hp["adaptive_kl"] and not target_kl > 0):
         raise UserError("--beta must be >= 0 (and the target KL > 0 with --adaptive-kl)")
-    sizes = (hp["steps"], hp["batch_size"], hp["ppo_epochs"], hp["minibatch_size"], hp["max_new_tokens"])
+    sizes = (
+        hp["steps"],
+        hp["batch_size"],
+        hp["ppo_epochs"],
+        hp["minibatch_size"],
+        hp["max_new_tokens"],
+    )
     if min(sizes) < 1 or not hp["temperature"] > 0:
-        raise UserError("steps, batch size, epochs, minibatch size and max new tokens must be >= 1; temperature > 0")
+        raise UserError(
+            "steps, batch size, epochs, minibatch size and max new tokens must be >= 1; temperature > 0"
+        )
 
 
 @dataclass
@@ -190,7 +260,9 @@ class PPORun:
     hp: dict[str, Any]
 
     @classmethod
-    def start(cls, policy: str, hp: dict[str, Any], device: str, reward_fn, kl_ctl: KLController) -> PPORun:
+    def start(
+        cls, policy: str, hp: dict[str, Any], device: str, reward_fn, kl_ctl: KLController
+    ) -> PPORun:
         import torch
         from peft import LoraConfig, get_peft_model
 
@@ -198,19 +270,40 @@ class PPORun:
         model = model.float().to(device)
         ref = None
         if hp["lora"]:
-            config = LoraConfig(r=hp["lora_r"], lora_alpha=hp["lora_alpha"], lora_dropout=0.0,
-                                target_modules="all-linear", task_type="CAUSAL_LM")  # fmt: skip
+            config = LoraConfig(
+                r=hp["lora_r"],
+                lora_alpha=hp["lora_alpha"],
+                lora_dropout=0.0,
+                target_modules="all-linear",
+                task_type="CAUSAL_LM",
+            )
             model = get_peft_model(model, config)
         else:
             ref = copy.deepcopy(model).eval().requires_grad_(False)
             model.requires_grad_(True)
         value_head = torch.nn.Linear(model.config.get_text_config().hidden_size, 1).to(device)
         torch.nn.init.zeros_(value_head.weight), torch.nn.init.zeros_(value_head.bias)
-        optimizer = torch.optim.Adam([
-            {"params": [p for p in model.parameters() if p.requires_grad], "lr": hp["learning_rate"]},
-            {"params": value_head.parameters(), "lr": hp["value_learning_rate"]},
-        ])  # fmt: skip
-        return cls(device, model, tokenizer, policy_is_adapter, ref, value_head, optimizer, reward_fn, kl_ctl, hp)
+        optimizer = torch.optim.Adam(
+            [
+                {
+                    "params": [p for p in model.parameters() if p.requires_grad],
+                    "lr": hp["learning_rate"],
+                },
+                {"params": value_head.parameters(), "lr": hp["value_learning_rate"]},
+            ]
+        )
+        return cls(
+            device,
+            model,
+            tokenizer,
+            policy_is_adapter,
+            ref,
+            value_head,
+            optimizer,
+            reward_fn,
+            kl_ctl,
+            hp,
+        )
 
     def train(self, rows: list[dict], order: random.Random) -> list[dict[str, Any]]:
         """`steps` rollouts, each followed by its PPO update; the per-step log. Batches cycle
@@ -231,8 +324,16 @@ class PPORun:
         import torch
 
         hp, model, temperature = self.hp, self.model, self.hp["temperature"]
-        roll = rollout(model, self.tokenizer, batch, max_new_tokens=hp["max_new_tokens"], temperature=temperature)
-        scores = torch.tensor(self.reward_fn(batch, roll["texts"]), dtype=torch.float32, device=self.device)
+        roll = rollout(
+            model,
+            self.tokenizer,
+            batch,
+            max_new_tokens=hp["max_new_tokens"],
+            temperature=temperature,
+        )
+        scores = torch.tensor(
+            self.reward_fn(batch, roll["texts"]), dtype=torch.float32, device=self.device
+        )
         with torch.no_grad():
             logp, values, _ = forward(model, self.value_head, roll, temperature)
             ref_logp = reference_logprobs(model, self.ref, roll, temperature)
@@ -241,40 +342,78 @@ class PPORun:
         rewards = token_rewards(scores, kl, mask, self.kl_ctl.beta)
         advantages, returns = gae(rewards, values, mask)
         advantages = whiten(advantages, mask)
-        stats = ppo_update(model, self.value_head, self.optimizer, roll, logp, values, advantages, returns,
-                           epochs=hp["ppo_epochs"], minibatch_size=hp["minibatch_size"], temperature=temperature,
-                           entropy_coef=hp["entropy_coef"])  # fmt: skip
-        entry = {"step": step, "reward": scores.mean().item(), "kl": kl.sum(1).mean().item(),
-                 "response_length": mask.sum(1).float().mean().item(), "beta": self.kl_ctl.beta, **stats}  # fmt: skip
+        stats = ppo_update(
+            model,
+            self.value_head,
+            self.optimizer,
+            roll,
+            logp,
+            values,
+            advantages,
+            returns,
+            epochs=hp["ppo_epochs"],
+            minibatch_size=hp["minibatch_size"],
+            temperature=temperature,
+            entropy_coef=hp["entropy_coef"],
+        )
+        entry = {
+            "step": step,
+            "reward": scores.mean().item(),
+            "kl": kl.sum(1).mean().item(),
+            "response_length": mask.sum(1).float().mean().item(),
+            "beta": self.kl_ctl.beta,
+            **stats,
+        }
         if isinstance(self.reward_fn, JudgeReward):
-            entry["unscored"] = self.reward_fn.unscored  # judgements with no usable log-probs, so far
+            entry["unscored"] = (
+                self.reward_fn.unscored
+            )  # judgements with no usable log-probs, so far
         return entry
 
 
 # -- rollout -----------------------------------------------------------------------------------
 
 
-def rollout(model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float) -> dict:
+def rollout(
+    model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float
+) -> dict:
     """Sample one response per prompt. Returns ids (prompt + response, prompts left-padded),
     attention_mask, the prompt width, `mask` over response tokens (up to and including EOS) and
     the decoded `texts`."""
     import torch
 
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                           add_generation_prompt=True) for p in prompts]  # fmt: skip
+    texts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+        )
+        for p in prompts
+    ]
     tokenizer.padding_side = "left"
-    enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
+    enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(
+        model.device
+    )
     model.eval()
     with torch.no_grad():
-        ids = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                             max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        ids = model.generate(
+            **enc,
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     width = enc["input_ids"].shape[1]
     response = ids[:, width:]
     ended = (response == tokenizer.eos_token_id).long().cumsum(1)
-    mask = ((ended == 0) | ((ended == 1) & (response == tokenizer.eos_token_id))).float()  # EOS counts
-    texts = tokenizer.batch_decode(response * mask.long() + tokenizer.pad_token_id * (1 - mask.long()),
-                                   skip_special_tokens=True)  # fmt: skip
+    mask = (
+        (ended == 0) | ((ended == 1) & (response == tokenizer.eos_token_id))
+    ).float()  # EOS counts
+    texts = tokenizer.batch_decode(
+        response * mask.long() + tokenizer.pad_token_id * (1 - mask.long()),
+        skip_special_tokens=True,
+    )
     attention = torch.cat([enc["attention_mask"], mask.long()], dim=1)
     return {"ids": ids, "attention_mask": attention, "width": width, "mask": mask, "texts": texts}
 
@@ -286,8 +425,13 @@ def forward(model, value_head, roll: dict, temperature: float, rows=slice(None))
 
     ids, attention = roll["ids"][rows], roll["attention_mask"][rows]
     positions = (attention.cumsum(1) - 1).clamp(min=0)  # as generate() numbers left-padded rows
-    out = model(input_ids=ids, attention_mask=attention, position_ids=positions, output_hidden_states=True,
-                use_cache=False)  # fmt: skip
+    out = model(
+        input_ids=ids,
+        attention_mask=attention,
+        position_ids=positions,
+        output_hidden_states=True,
+        use_cache=False,
+    )
     w = roll["width"]
     logits = out.logits[:, w - 1 : -1].float() / temperature  # position t predicts token t + 1
     logprobs = torch.log_softmax(logits, dim=-1)
@@ -321,7 +465,9 @@ def token_rewards(scores, kl, mask, beta: float):
 
     rewards = -beta * kl * mask
     last = (mask.sum(1).long() - 1).clamp(min=0)
-    return rewards + torch.zeros_like(rewards).scatter(1, last[:, None], scores[:, None].to(rewards.dtype))
+    return rewards + torch.zeros_like(rewards).scatter(
+        1, last[:, None], scores[:, None].to(rewards.dtype)
+    )
 
 
 def gae(rewards, values, mask, gamma: float = GAMMA, lam: float = LAMBDA):
@@ -356,7 +502,9 @@ def policy_loss(logp, old_logp, advantages, mask, clip: float = CLIP):
     share of tokens where the clip is active."""
     ratio = (logp - old_logp).exp()
     unclipped, clipped = -advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip)
-    return masked_mean(unclipped.maximum(clipped), mask), masked_mean((clipped > unclipped).float(), mask)
+    return masked_mean(unclipped.maximum(clipped), mask), masked_mean(
+        (clipped > unclipped).float(), mask
+    )
 
 
 def value_loss(values, old_values, returns, mask, clip: float = VALUE_CLIP):
@@ -365,14 +513,32 @@ def value_loss(values, old_values, returns, mask, clip: float = VALUE_CLIP):
     return 0.5 * masked_mean(((values - returns) ** 2).maximum((clipped - returns) ** 2), mask)
 
 
-def ppo_update(model, value_head, optimizer, roll, old_logp, old_values, advantages, returns, *,
-               epochs: int, minibatch_size: int, temperature: float, entropy_coef: float) -> dict:  # fmt: skip
+def ppo_update(
+    model,
+    value_head,
+    optimizer,
+    roll,
+    old_logp,
+    old_values,
+    advantages,
+    returns,
+    *,
+    epochs: int,
+    minibatch_size: int,
+    temperature: float,
+    entropy_coef: float,
+) -> dict:
     """`epochs` shuffled passes of minibatch steps; returns the losses averaged over them."""
     import torch
 
     model.train()
     n = old_logp.shape[0]
-    totals: dict[str, float] = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "clipfrac": 0.0}
+    totals: dict[str, float] = {
+        "policy_loss": 0.0,
+        "value_loss": 0.0,
+        "entropy": 0.0,
+        "clipfrac": 0.0,
+    }
     count = 0
     for _ in range(epochs):
         for idx in torch.randperm(n).split(minibatch_size):
@@ -385,7 +551,12 @@ def ppo_update(model, value_head, optimizer, roll, old_logp, old_values, advanta
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            for k, v in (("policy_loss", pg), ("value_loss", vf), ("entropy", ent), ("clipfrac", clipfrac)):
+            for k, v in (
+                ("policy_loss", pg),
+                ("value_loss", vf),
+                ("entropy", ent),
+                ("clipfrac", clipfrac),
+            ):
                 totals[k] += v.item()
             count += 1
     model.eval()

@@ -96,20 +96,50 @@ def train_preference_model(
         UserError: bad data (naming file:line), unknown base, or `out` in the way.
     """
     started, data, out = time.monotonic(), Path(data), Path(out)
-    pairs, discarded = load_preference_pairs(data)  # 1. bad data fails in a second, before any import
+    # 1. bad data fails in a second, before any import
+    pairs, discarded = load_preference_pairs(data)
     if not 0 <= eval_fraction < 1:
         raise UserError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
     refuse_existing(out, overwrite)
     learning_rate = learning_rate if learning_rate is not None else 2e-4 if lora else 1e-5
     train_pairs, eval_pairs = split_pairs(pairs, eval_fraction, seed)
     hparams = {
-        "lora": lora, "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": LORA_DROPOUT,
-        "epochs": epochs, "max_steps": max_steps, "learning_rate": learning_rate,
-        "batch_size": batch_size, "max_length": max_length, "eval_fraction": eval_fraction,
-        "seed": seed, "loss": "bradley_terry_soft_bce",
-    }  # fmt: skip
+        "lora": lora,
+        "lora_r": lora_r,
+        "lora_alpha": lora_alpha,
+        "lora_dropout": LORA_DROPOUT,
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "learning_rate": learning_rate,
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "eval_fraction": eval_fraction,
+        "seed": seed,
+        "loss": "bradley_terry_soft_bce",
+    }
     # 2. The base with a fresh one-output head on top; 3. train in a staging dir.
     model, tokenizer, cuda = load_pm_base(base, hparams)
+    split = (train_pairs, eval_pairs, len(pairs), discarded)
+    return _train_and_save(
+        model, tokenizer, split, (base, data, out), overwrite, hparams, cuda, started
+    )
+
+
+def _train_and_save(
+    model,
+    tokenizer,
+    split: tuple,
+    paths: tuple,
+    overwrite: bool,
+    hparams: dict,
+    cuda: bool,
+    started: float,
+) -> dict[str, Any]:
+    """Train in a staging directory, measure the held-out pairs, save the model with its loss
+    curve, metrics and provenance, and move it to `out`. Returns train_preference_model's summary."""
+    train_pairs, eval_pairs, n_pairs, discarded = split
+    base, data, out = paths
+    batch_size, lora, seed = hparams["batch_size"], hparams["lora"], hparams["seed"]
     with staged_checkpoint(out, overwrite) as tmp:
         trainer = pm_trainer(model, tokenizer, train_pairs, tmp, hparams, cuda)
         trainer.train()
@@ -120,22 +150,47 @@ def train_preference_model(
         save_model_dir(model, tokenizer, tmp, base, adapter=lora)
         # 5. Loss curve, metrics and provenance; leaving the block moves the checkpoint into place.
         log = logged_steps(trainer, LOG_KEYS)
-        summary = pm_summary(trainer.state.global_step, log, started, out, (len(train_pairs), len(eval_pairs)), held_out)
+        summary = pm_summary(
+            trainer.state.global_step,
+            log,
+            started,
+            out,
+            (len(train_pairs), len(eval_pairs)),
+            held_out,
+        )
         write_train_log(tmp, log, loss="loss")
-        write_json(tmp / "metrics.json", {
-            "held_out": held_out,
-            "train": {"pairs": len(train_pairs), "steps": summary["steps"], "final_loss": summary["final_loss"]},
-            "discarded_rows": discarded,
-        })  # fmt: skip
-        write_checkpoint_record(tmp, {"kind": KIND, "stage": "rl-cai-pm", "base": base_reference(base)},
-                                data=data_record(data, pairs=len(pairs), discarded_rows=discarded),
-                                hyperparameters=hparams, seed=seed, device="cuda" if cuda else "cpu",
-                                summary=summary)  # fmt: skip
+        write_json(
+            tmp / "metrics.json",
+            {
+                "held_out": held_out,
+                "train": {
+                    "pairs": len(train_pairs),
+                    "steps": summary["steps"],
+                    "final_loss": summary["final_loss"],
+                },
+                "discarded_rows": discarded,
+            },
+        )
+        write_checkpoint_record(
+            tmp,
+            {"kind": KIND, "stage": "rl-cai-pm", "base": base_reference(base)},
+            data=data_record(data, pairs=n_pairs, discarded_rows=discarded),
+            hyperparameters=hparams,
+            seed=seed,
+            device="cuda" if cuda else "cpu",
+            summary=summary,
+        )
     return summary
 
 
-def pm_summary(steps: int, log: list[dict], started: float, out: Path, sizes: tuple[int, int],
-               held_out: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def pm_summary(
+    steps: int,
+    log: list[dict],
+    started: float,
+    out: Path,
+    sizes: tuple[int, int],
+    held_out: dict[str, Any],
+) -> dict[str, Any]:
     """What `train_preference_model` returns; `sizes` is (train pairs, held-out pairs)."""
     return {
         "steps": steps,
@@ -161,17 +216,28 @@ def load_pm_base(base: str, hp: dict[str, Any]):
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if cuda and hp["lora"] else torch.float32  # as in sft.py
     model, tokenizer = load_scorer(base_path, base_path, dtype, fresh_head=True)
-    tokenizer.model_max_length = hp["max_length"]  # saved with the checkpoint: scoring cuts the same
+    tokenizer.model_max_length = hp[
+        "max_length"
+    ]  # saved with the checkpoint: scoring cuts the same
     if hp["lora"]:
         # "all-linear" leaves the SEQ_CLS head alone; modules_to_save trains and saves it in full.
-        model = get_peft_model(model, LoraConfig(
-            r=hp["lora_r"], lora_alpha=hp["lora_alpha"], lora_dropout=LORA_DROPOUT, target_modules="all-linear",
-            task_type="SEQ_CLS", modules_to_save=["score"],
-        ))  # fmt: skip
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=hp["lora_r"],
+                lora_alpha=hp["lora_alpha"],
+                lora_dropout=LORA_DROPOUT,
+                target_modules="all-linear",
+                task_type="SEQ_CLS",
+                modules_to_save=["score"],
+            ),
+        )
     return model, tokenizer, cuda
 
 
-def pm_trainer(model, tokenizer, train_pairs: list[dict], tmp: Path, hp: dict[str, Any], cuda: bool):
+def pm_trainer(
+    model, tokenizer, train_pairs: list[dict], tmp: Path, hp: dict[str, Any], cuda: bool
+):
     """The soft-label Bradley–Terry Trainer over the training pairs."""
     from transformers import TrainingArguments
 
@@ -188,8 +254,9 @@ def pm_trainer(model, tokenizer, train_pairs: list[dict], tmp: Path, hp: dict[st
         remove_unused_columns=False,  # the collator needs a, b and p_a
         label_names=["p_a"],
     )
-    return soft_label_trainer_class()(model=model, args=args, train_dataset=features,
-                                      data_collator=PairCollator(tokenizer))  # fmt: skip
+    return soft_label_trainer_class()(
+        model=model, args=args, train_dataset=features, data_collator=PairCollator(tokenizer)
+    )
 
 
 def load_preference_model(path: str | Path, device: str | None = None):
@@ -203,7 +270,10 @@ def load_preference_model(path: str | Path, device: str | None = None):
     meta = path / "cai_checkpoint.json"
     kind = json.loads(meta.read_text()).get("kind") if meta.is_file() else None
     if meta.is_file() and kind != KIND:
-        raise UserError(f"not a preference model (checkpoint kind {kind!r}); train one with `cai rl-cai train-pm`", path)
+        raise UserError(
+            f"not a preference model (checkpoint kind {kind!r}); train one with `cai rl-cai train-pm`",
+            path,
+        )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     adapter = path / "adapter_config.json"
@@ -221,10 +291,18 @@ def load_preference_model(path: str | Path, device: str | None = None):
         model, tokenizer = load_scorer(base_path, tokenizer_dir, dtype, fresh_head=True)
         model = PeftModel.from_pretrained(model, path).merge_and_unload()
     else:
-        config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
-        heads = [a for a in config.get("architectures") or [] if a.endswith("ForSequenceClassification")]
+        config = (
+            json.loads((path / "config.json").read_text())
+            if (path / "config.json").is_file()
+            else {}
+        )
+        heads = [
+            a for a in config.get("architectures") or [] if a.endswith("ForSequenceClassification")
+        ]
         if not heads or config.get("num_labels", len(config.get("id2label") or {0: 0})) != 1:
-            raise UserError("not a preference model: expected a one-output sequence-classification model", path)
+            raise UserError(
+                "not a preference model: expected a one-output sequence-classification model", path
+            )
         model, tokenizer = load_scorer(path, path, dtype, fresh_head=False)
     return model.to(device).eval(), tokenizer
 
@@ -273,7 +351,9 @@ def rewards(model, tokenizer, convs: Sequence[Messages], *, batch_size: int = 16
 
 def pair_deltas(model, tokenizer, pairs: Sequence[dict], *, batch_size: int = 16) -> list[float]:
     """r(A) - r(B) for each pair."""
-    r = rewards(model, tokenizer, [c for p in pairs for c in (p["a"], p["b"])], batch_size=batch_size)
+    r = rewards(
+        model, tokenizer, [c for p in pairs for c in (p["a"], p["b"])], batch_size=batch_size
+    )
     return [a - b for a, b in zip(r[0::2], r[1::2])]
 
 
@@ -308,7 +388,11 @@ def soft_label_trainer_class():
 
     class SoftLabelRewardTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            r = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+            r = model(
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                use_cache=False,
+            )
             rewards = r.logits[:, 0]
             n = inputs["p_a"].shape[0]
             delta = rewards[:n] - rewards[n:]  # the collator stacks A sides, then B sides
@@ -328,7 +412,9 @@ def load_scorer(model_dir: Path, tokenizer_dir: Path, dtype, *, fresh_head: bool
     if fresh_head:  # "score.weight newly initialized" is the point, not a problem worth a warning
         hf_logging.set_verbosity_error()
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_dir, num_labels=1, dtype=dtype
+        )
     finally:
         hf_logging.set_verbosity(verbosity)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -374,8 +460,12 @@ def load_preference_pairs(path: Path) -> tuple[list[dict[str, Any]], int]:
         elif "chosen" in row or "rejected" in row:
             sides, label, p = ("chosen", "rejected"), "p_chosen", row.get("p_chosen", 1.0)
         else:
-            raise UserError("expected label rows (prompt, response_a, response_b, p_a) or TRL rows "
-                            "(prompt, chosen, rejected)", path, line)  # fmt: skip
+            raise UserError(
+                "expected label rows (prompt, response_a, response_b, p_a) or TRL rows "
+                "(prompt, chosen, rejected)",
+                path,
+                line,
+            )
         if isinstance(p, bool) or not isinstance(p, (int, float)) or math.isnan(p):
             raise UserError(f"`{label}` must be a number in [0,1], got {json.dumps(p)}", path, line)
         if not 0 <= p <= 1:
@@ -392,7 +482,9 @@ def load_preference_pairs(path: Path) -> tuple[list[dict[str, Any]], int]:
     return pairs, discarded
 
 
-def split_pairs(pairs: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+def split_pairs(
+    pairs: list[dict], eval_fraction: float, seed: int
+) -> tuple[list[dict], list[dict]]:
     """A seeded (train, held-out) split; at least one pair each side when there are two or more."""
     n_eval = round(len(pairs) * eval_fraction) if eval_fraction > 0 else 0
     if eval_fraction > 0 and len(pairs) >= 2:
@@ -400,4 +492,6 @@ def split_pairs(pairs: list[dict], eval_fraction: float, seed: int) -> tuple[lis
     order = list(range(len(pairs)))
     random.Random(seed).shuffle(order)
     held = set(order[:n_eval])
-    return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
+    return [p for i, p in enumerate(pairs) if i not in held], [
+        p for i, p in enumerate(pairs) if i in held
+    ]

@@ -37,6 +37,22 @@ RewardFunction = Callable[[list[str], list[str]], list[float]]
 # (`constitutional.rbr.reward.rbr_reward`); raises UserError for a class the weights lack.
 RbrFactory = Callable[[Backend, Path, str], RewardFunction]
 REWARDS = ("pm", "judge", "pm+rbr")
+# The keyword arguments of `build_reward` that train_ppo and train_grpo take under the same names.
+REWARD_ARGUMENTS = (
+    "reward_model",
+    "judge",
+    "constitution",
+    "seed",
+    "rbr",
+    "rbr_weight",
+    "rbr_class",
+    "rbr_factory",
+)
+
+
+def reward_arguments(args: dict[str, Any]) -> dict[str, Any]:
+    """The `build_reward` keywords among a trainer's arguments (its `locals()` on entry)."""
+    return {name: args[name] for name in REWARD_ARGUMENTS}
 
 
 def expected_score(logprobs: Sequence[float], scores: Sequence[float] | None = None) -> float:
@@ -56,7 +72,9 @@ def expected_score(logprobs: Sequence[float], scores: Sequence[float] | None = N
     if any(math.isnan(lp) for lp in logprobs) or all(lp == -math.inf for lp in logprobs):
         return math.nan
     top = max(logprobs)
-    weights = [math.exp(lp - top) for lp in logprobs]  # shifted: no underflow for very negative log-probs
+    weights = [
+        math.exp(lp - top) for lp in logprobs
+    ]  # shifted: no underflow for very negative log-probs
     mean = sum(w * s for w, s in zip(weights, scores)) / sum(weights)
     lo, hi = min(scores), max(scores)
     return (mean - lo) / (hi - lo)
@@ -84,8 +102,10 @@ class JudgeReward:
 
     def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
         principles = [self.rng.choice(self.constitution.comparison) for _ in responses]
-        asks = [direct.rating_prompt(self.render, direct.rating_messages(p, r, c.text))
-                for p, r, c in zip(prompts, responses, principles)]  # fmt: skip
+        asks = [
+            direct.rating_prompt(self.render, direct.rating_messages(p, r, c.text))
+            for p, r, c in zip(prompts, responses, principles)
+        ]
         rows = self.backend.choice_logprobs(asks, list(direct.SCALE)) if asks else []
         out = []
         for row in rows:
@@ -102,15 +122,21 @@ def preference_model_reward(model, tokenizer) -> RewardFunction:
     from constitutional.train.preference_model import rewards
 
     def pm(prompts: list[str], responses: list[str]) -> list[float]:
-        convs = [[{"role": "user", "content": p}, {"role": "assistant", "content": r}]
-                 for p, r in zip(prompts, responses)]  # fmt: skip
+        convs = [
+            [{"role": "user", "content": p}, {"role": "assistant", "content": r}]
+            for p, r in zip(prompts, responses)
+        ]
         return rewards(model, tokenizer, convs)
 
     return pm
 
 
-def check_reward(reward: str | RewardFunction, reward_model: str | Path | None, judge: object | None,
-                 rbr: str | Path | None = None) -> None:  # fmt: skip
+def check_reward(
+    reward: str | RewardFunction,
+    reward_model: str | Path | None,
+    judge: object | None,
+    rbr: str | Path | None = None,
+) -> None:
     """Raise UserError for a reward choice no run could honour; loads nothing."""
     if callable(reward):
         return
@@ -119,7 +145,9 @@ def check_reward(reward: str | RewardFunction, reward_model: str | Path | None, 
     if reward == "pm+rbr":
         _check_pm(reward_model, reward)
         if judge is None:
-            raise UserError("--reward pm+rbr needs --feedback MODEL (the model that grades the RBR propositions)")
+            raise UserError(
+                "--reward pm+rbr needs --feedback MODEL (the model that grades the RBR propositions)"
+            )
         if rbr is None:
             raise UserError("--reward pm+rbr needs --rbr FILE (weights from `cai rbr fit`)")
         return
@@ -128,26 +156,42 @@ def check_reward(reward: str | RewardFunction, reward_model: str | Path | None, 
     if reward == "pm":
         _check_pm(reward_model, reward)
         if judge is not None:
-            raise UserError("--feedback is for --reward judge; --reward pm scores with --reward-model")
+            raise UserError(
+                "--feedback is for --reward judge; --reward pm scores with --reward-model"
+            )
     else:
         if judge is None:
-            raise UserError("--reward judge needs --feedback MODEL (the model that rates each response)")
+            raise UserError(
+                "--reward judge needs --feedback MODEL (the model that rates each response)"
+            )
         if reward_model is not None:
-            raise UserError("--reward-model is for --reward pm; --reward judge scores with --feedback")
+            raise UserError(
+                "--reward-model is for --reward pm; --reward judge scores with --feedback"
+            )
 
 
 def _check_pm(reward_model: str | Path | None, reward: str) -> None:
     if reward_model is None:
-        raise UserError(f"--reward {reward} needs --reward-model DIR (a preference model from `cai rl-cai train-pm`)")
+        raise UserError(
+            f"--reward {reward} needs --reward-model DIR (a preference model from `cai rl-cai train-pm`)"
+        )
     if not Path(reward_model).expanduser().is_dir():
         raise UserError("no such preference model directory", reward_model)
 
 
-def build_reward(reward: str | RewardFunction, *, reward_model: str | Path | None = None,
-                 judge: Backend | None = None, constitution: str = "default", seed: int = 0,
-                 device: str | None = None, rbr: str | Path | None = None, rbr_weight: float = 1.0,
-                 rbr_class: str = "hard_refuse",
-                 rbr_factory: RbrFactory | None = None) -> tuple[RewardFunction, dict[str, Any]]:  # fmt: skip
+def build_reward(
+    reward: str | RewardFunction,
+    *,
+    reward_model: str | Path | None = None,
+    judge: Backend | None = None,
+    constitution: str = "default",
+    seed: int = 0,
+    device: str | None = None,
+    rbr: str | Path | None = None,
+    rbr_weight: float = 1.0,
+    rbr_class: str = "hard_refuse",
+    rbr_factory: RbrFactory | None = None,
+) -> tuple[RewardFunction, dict[str, Any]]:
     """The reward function for `--reward pm|judge|pm+rbr` (or a callable, used as is) and its record.
 
     Args:
@@ -163,7 +207,10 @@ def build_reward(reward: str | RewardFunction, *, reward_model: str | Path | Non
     """
     check_reward(reward, reward_model, judge, rbr)
     if callable(reward):
-        return reward, {"kind": "custom", "function": getattr(reward, "__name__", type(reward).__name__)}
+        return reward, {
+            "kind": "custom",
+            "function": getattr(reward, "__name__", type(reward).__name__),
+        }
     if reward in ("pm", "pm+rbr"):
         from constitutional.train.preference_model import load_preference_model
 
@@ -173,18 +220,30 @@ def build_reward(reward: str | RewardFunction, *, reward_model: str | Path | Non
         if reward == "pm":
             return pm, record
         if rbr_factory is None:
-            raise ValueError("reward pm+rbr needs rbr_factory, e.g. constitutional.rbr.reward.rbr_reward")
+            raise ValueError(
+                "reward pm+rbr needs rbr_factory, e.g. constitutional.rbr.reward.rbr_reward"
+            )
         rbr_reward = rbr_factory(judge, Path(rbr), rbr_class)
-        record.update(kind="pm+rbr", rbr=str(Path(rbr).resolve()), rbr_weight=rbr_weight, rbr_class=rbr_class,
-                      feedback=judge.model, feedback_backend=judge.name)  # fmt: skip
+        record.update(
+            kind="pm+rbr",
+            rbr=str(Path(rbr).resolve()),
+            rbr_weight=rbr_weight,
+            rbr_class=rbr_class,
+            feedback=judge.model,
+            feedback_backend=judge.name,
+        )
         return combined(pm, rbr_reward, rbr_weight), record
     from constitutional.constitution import load_constitution
 
     rules = load_constitution(constitution)
     record = {
-        "kind": "judge", "feedback": judge.model, "feedback_backend": judge.name, "scale": list(direct.SCALE),
-        "constitution": {"source": str(constitution), "hash": rules.hash, "version": rules.version}, "seed": seed,
-    }  # fmt: skip
+        "kind": "judge",
+        "feedback": judge.model,
+        "feedback_backend": judge.name,
+        "scale": list(direct.SCALE),
+        "constitution": {"source": str(constitution), "hash": rules.hash, "version": rules.version},
+        "seed": seed,
+    }
     return JudgeReward(judge, rules, seed), record
 
 

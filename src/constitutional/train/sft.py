@@ -99,32 +99,72 @@ def train_sft(
     if learning_rate is None:  # LoRA's few fresh weights want a far larger step than full FT
         learning_rate = 2e-4 if lora else 1e-5
     hparams = {
-        "lora": lora, "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": LORA_DROPOUT,
-        "epochs": epochs, "max_steps": max_steps, "learning_rate": learning_rate,
-        "batch_size": batch_size, "gradient_accumulation_steps": gradient_accumulation_steps,
-        "max_length": max_length, "seed": seed, "loss": "completion_only", "bf16": bf16,
+        "lora": lora,
+        "lora_r": lora_r,
+        "lora_alpha": lora_alpha,
+        "lora_dropout": LORA_DROPOUT,
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "learning_rate": learning_rate,
+        "batch_size": batch_size,
+        "gradient_accumulation_steps": gradient_accumulation_steps,
+        "max_length": max_length,
+        "seed": seed,
+        "loss": "completion_only",
+        "bf16": bf16,
         "activation_checkpointing": activation_checkpointing,
-    }  # fmt: skip
+    }
     # 2. The base model, exactly as LocalBackend would load it; 3. train in a staging dir.
     model, tokenizer, cuda = load_sft_base(base, seed, lora)
+    return _train_and_save(
+        model, tokenizer, rows, (base, data, out), overwrite, hparams, cuda, started
+    )
+
+
+def _train_and_save(
+    model,
+    tokenizer,
+    rows: list,
+    paths: tuple,
+    overwrite: bool,
+    hparams: dict,
+    cuda: bool,
+    started: float,
+) -> dict[str, Any]:
+    """Train in a staging directory, save the model with its loss curve and provenance, and
+    move it to `out`. Returns train_sft's summary."""
+    base, data, out = paths
     with staged_checkpoint(out, overwrite) as tmp:
         trainer = sft_trainer(model, tokenizer, rows, tmp, hparams, cuda)
         trainer.train()
         if not trainer.accelerator.is_main_process:  # `accelerate launch`: rank 0 writes `out`
             shutil.rmtree(tmp, ignore_errors=True)
-            return {"steps": trainer.state.global_step, "final_loss": None, "out": str(out),
-                    "wall_seconds": round(time.monotonic() - started, 3)}  # fmt: skip
+            return _summary(trainer, out, started, None)
         # 4. Save: with LoRA trainer.model is a PeftModel, which writes the adapter only.
-        save_model_dir(trainer.model, tokenizer, tmp, base, adapter=lora)
+        save_model_dir(trainer.model, tokenizer, tmp, base, adapter=hparams["lora"])
         # 5. The loss curve and provenance; leaving the block moves the checkpoint into place.
         log = logged_steps(trainer, LOG_KEYS)
-        summary = {"steps": trainer.state.global_step, "final_loss": log[-1]["loss"] if log else None,
-                   "wall_seconds": round(time.monotonic() - started, 3), "out": str(out)}  # fmt: skip
+        summary = _summary(trainer, out, started, log[-1]["loss"] if log else None)
         write_train_log(tmp, log, loss="loss")
-        write_checkpoint_record(tmp, {"stage": "sl-cai-sft", "base": base_reference(base)},
-                                data=data_record(data, rows=len(rows)), hyperparameters=hparams, seed=seed,
-                                device="cuda" if cuda else "cpu", summary=summary)  # fmt: skip
+        write_checkpoint_record(
+            tmp,
+            {"stage": "sl-cai-sft", "base": base_reference(base)},
+            data=data_record(data, rows=len(rows)),
+            hyperparameters=hparams,
+            seed=hparams["seed"],
+            device="cuda" if cuda else "cpu",
+            summary=summary,
+        )
     return summary
+
+
+def _summary(trainer, out: Path, started: float, final_loss: float | None) -> dict[str, Any]:
+    return {
+        "steps": trainer.state.global_step,
+        "final_loss": final_loss,
+        "wall_seconds": round(time.monotonic() - started, 3),
+        "out": str(out),
+    }
 
 
 def load_sft_base(base: str, seed: int, lora: bool):
@@ -150,14 +190,22 @@ def load_sft_base(base: str, seed: int, lora: bool):
     return model, tokenizer, cuda
 
 
-def sft_trainer(model, tokenizer, rows: list[dict[str, Any]], tmp: Path, hp: dict[str, Any], cuda: bool):
+def sft_trainer(
+    model, tokenizer, rows: list[dict[str, Any]], tmp: Path, hp: dict[str, Any], cuda: bool
+):
     """TRL's SFTTrainer for `rows`, completion-only, with a fresh LoRA adapter when hp["lora"]."""
     from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
     config = SFTConfig(
-        **trainer_args(tmp, hp["seed"], cuda, bf16=hp["bf16"], activation_checkpointing=hp["activation_checkpointing"]),
+        **trainer_args(
+            tmp,
+            hp["seed"],
+            cuda,
+            bf16=hp["bf16"],
+            activation_checkpointing=hp["activation_checkpointing"],
+        ),
         num_train_epochs=hp["epochs"],
         max_steps=hp["max_steps"],
         learning_rate=hp["learning_rate"],
@@ -168,10 +216,20 @@ def sft_trainer(model, tokenizer, rows: list[dict[str, Any]], tmp: Path, hp: dic
     )
     peft_config = None
     if hp["lora"]:
-        peft_config = LoraConfig(r=hp["lora_r"], lora_alpha=hp["lora_alpha"], lora_dropout=LORA_DROPOUT,
-                                 target_modules="all-linear", task_type="CAUSAL_LM")  # fmt: skip
-    return SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
-                      processing_class=tokenizer, peft_config=peft_config)  # fmt: skip
+        peft_config = LoraConfig(
+            r=hp["lora_r"],
+            lora_alpha=hp["lora_alpha"],
+            lora_dropout=LORA_DROPOUT,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+    return SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
 
 
 def load_sft_rows(path: Path) -> list[dict[str, Any]]:

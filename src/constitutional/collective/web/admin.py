@@ -46,8 +46,14 @@ def login(request: Request, token: str = Form("")) -> Response:
     if not same_secret(token, request.app.state.admin_token):
         return render(request, "admin_login.html", 403, wrong=True)
     response = RedirectResponse("/admin", status_code=303)
-    response.set_cookie(ADMIN_COOKIE, request.app.state.sessions.start(), max_age=SESSION_SECONDS,
-                        httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    response.set_cookie(
+        ADMIN_COOKIE,
+        request.app.state.sessions.start(),
+        max_age=SESSION_SECONDS,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
     return response
 
 
@@ -60,8 +66,9 @@ def logout(request: Request) -> RedirectResponse:
 
 
 @router.post("/conversations", dependencies=admin_form)
-def create(request: Request, topic: str = Form(...), description: str = Form(""),
-           seeds: str = Form("")) -> RedirectResponse:
+def create(
+    request: Request, topic: str = Form(...), description: str = Form(""), seeds: str = Form("")
+) -> RedirectResponse:
     """A new open conversation; `seeds` holds one seed statement per line, accepted at once."""
     topic = " ".join(topic.split())
     statements = [" ".join(line.split()) for line in seeds.splitlines() if line.strip()]
@@ -69,9 +76,13 @@ def create(request: Request, topic: str = Form(...), description: str = Form("")
         raise HTTPException(400, f"the topic needs 1 to {MAX_TOPIC} characters")
     too_long = [i for i, s in enumerate(statements, 1) if len(s) > MAX_STATEMENT]
     if too_long:
-        raise HTTPException(400, f"seed statement on line {too_long[0]} is over {MAX_STATEMENT} characters")
+        raise HTTPException(
+            400, f"seed statement on line {too_long[0]} is over {MAX_STATEMENT} characters"
+        )
     store: Store = request.app.state.store
-    cid = store.create_conversation(topic, description.strip(), list(dict.fromkeys(statements)), request.app.state.seed)
+    cid = store.create_conversation(
+        topic, description.strip(), list(dict.fromkeys(statements)), request.app.state.seed
+    )
     return RedirectResponse(f"/admin/c/{cid}", status_code=303)
 
 
@@ -80,8 +91,14 @@ def manage(request: Request, cid: int) -> HTMLResponse:
     """Moderation queue, every statement with its votes, close, invite, export."""
     convo = conversation_or_404(request, cid)
     statements = request.app.state.store.statements(cid)
-    return render(request, "admin_conversation.html", conversation=convo, statements=statements,
-                  pending=[(st, n) for st, n in statements if st.status == "pending"], invites=[])
+    return render(
+        request,
+        "admin_conversation.html",
+        conversation=convo,
+        statements=statements,
+        pending=[(st, n) for st, n in statements if st.status == "pending"],
+        invites=[],
+    )
 
 
 @router.post("/statements/{sid}", dependencies=admin_form)
@@ -115,9 +132,14 @@ def invite(request: Request, cid: int, count: int = Form(...)) -> HTMLResponse:
     store.invite(tokens)
     base = str(request.base_url).rstrip("/")
     statements = store.statements(cid)
-    return render(request, "admin_conversation.html", conversation=convo, statements=statements,
-                  pending=[(st, n) for st, n in statements if st.status == "pending"],
-                  invites=[f"{base}/c/{cid}/join/{t}" for t in tokens])
+    return render(
+        request,
+        "admin_conversation.html",
+        conversation=convo,
+        statements=statements,
+        pending=[(st, n) for st, n in statements if st.status == "pending"],
+        invites=[f"{base}/c/{cid}/join/{t}" for t in tokens],
+    )
 
 
 @router.get("/c/{cid}/votes.csv", dependencies=admin_only)
@@ -134,5 +156,8 @@ def export_comments(request: Request, cid: int) -> PlainTextResponse:
 
 
 def _csv(text: str, filename: str) -> PlainTextResponse:
-    return PlainTextResponse(text, media_type="text/csv; charset=utf-8",
-                             headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+    return PlainTextResponse(
+        text,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )

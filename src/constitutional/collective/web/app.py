@@ -41,12 +41,23 @@ from constitutional.collective.web.security import (
 from constitutional.collective.web.store import MAX_STATEMENT, VOTE_VALUES, Store
 
 HERE = Path(__file__).parent
-MAX_BODY_BYTES = 64 * 1024  # forms only: a statement is at most 280 characters, a seed list a few KiB
+MAX_BODY_BYTES = (
+    64 * 1024
+)  # forms only: a statement is at most 280 characters, a seed list a few KiB
 router = APIRouter()  # the participant's pages, below create_app
 
 
-def create_app(store: Store, *, admin_token: str, secret: str | None = None, seed: int = 0, min_votes: int = 7,
-               max_body_bytes: int = MAX_BODY_BYTES, limits: Limits | None = None, invite_only: bool = False) -> FastAPI:
+def create_app(
+    store: Store,
+    *,
+    admin_token: str,
+    secret: str | None = None,
+    seed: int = 0,
+    min_votes: int = 7,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    limits: Limits | None = None,
+    invite_only: bool = False,
+) -> FastAPI:
     """The web app over `store`.
 
     Args:
@@ -61,17 +72,24 @@ def create_app(store: Store, *, admin_token: str, secret: str | None = None, see
             default `Limits()`.
         invite_only: only invited participants may vote or submit, and only their votes count.
     """
-    app = FastAPI(title="constitutional collective", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="constitutional collective", docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.store, app.state.admin_token, app.state.seed = store, admin_token, seed
     app.state.min_votes, app.state.invite_only = min_votes, invite_only
     app.state.keys = Keys(secret.encode() if secret is not None else store.secret())
     app.state.sessions = Sessions()
     limits = limits or Limits()
-    app.state.limiters = {name: SlidingWindow(getattr(limits, name))
-                          for name in ("participants", "votes", "statements", "logins")}
+    app.state.limiters = {
+        name: SlidingWindow(getattr(limits, name))
+        for name in ("participants", "votes", "statements", "logins")
+    }
     app.state.results = ResultsCache(store, min_votes, invite_only)
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
     env.globals.update(group_name=group_name, max_statement=MAX_STATEMENT)
     app.state.templates = Jinja2Templates(env=env)
     app.add_middleware(Guard, max_body_bytes=max_body_bytes, keys=app.state.keys)
@@ -85,25 +103,41 @@ def create_app(store: Store, *, admin_token: str, secret: str | None = None, see
 def _error_pages(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        response = render(request, "message.html", exc.status_code, title=f"Error {exc.status_code}", text=exc.detail)
+        response = render(
+            request,
+            "message.html",
+            exc.status_code,
+            title=f"Error {exc.status_code}",
+            text=exc.detail,
+        )
         response.headers.update(exc.headers or {})  # Retry-After on a 429
         return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         fields = ", ".join(".".join(str(p) for p in e["loc"][1:]) for e in exc.errors())
-        return render(request, "message.html", 400, title="Error 400", text=f"missing or invalid form field: {fields}")
+        return render(
+            request,
+            "message.html",
+            400,
+            title="Error 400",
+            text=f"missing or invalid form field: {fields}",
+        )
 
 
 def may_take_part(request: Request) -> bool:
     """In invite-only mode, only invited participants vote and submit."""
-    return not request.app.state.invite_only or request.app.state.store.invited(participant(request))
+    return not request.app.state.invite_only or request.app.state.store.invited(
+        participant(request)
+    )
 
 
 def admit(request: Request, name: str, what: str) -> None:
     """The checks before a participant writes: invitation, then the per-IP limits."""
     if not may_take_part(request):
-        raise HTTPException(403, "this conversation is by invitation only: open the invite link you were sent")
+        raise HTTPException(
+            403, "this conversation is by invitation only: open the invite link you were sent"
+        )
     if not request.app.state.store.known(participant(request)):
         limit(request, "participants", "new participants")
     limit(request, name, what)
@@ -119,12 +153,22 @@ def conversation(request: Request, cid: int, submitted: bool = False) -> HTMLRes
     """The participant's page: progress, the next statement to vote on, a box for a new one."""
     convo = conversation_or_404(request, cid)
     statement, voted, total = request.app.state.store.next_statement(cid, participant(request))
-    return render(request, "conversation.html", conversation=convo, statement=statement, voted=voted,
-                  total=total, submitted=submitted, needs_invite=not may_take_part(request))
+    return render(
+        request,
+        "conversation.html",
+        conversation=convo,
+        statement=statement,
+        voted=voted,
+        total=total,
+        submitted=submitted,
+        needs_invite=not may_take_part(request),
+    )
 
 
 @router.post("/c/{cid}/vote", dependencies=[Depends(require_csrf)])
-def vote(request: Request, cid: int, statement: int = Form(...), choice: str = Form(...)) -> RedirectResponse:
+def vote(
+    request: Request, cid: int, statement: int = Form(...), choice: str = Form(...)
+) -> RedirectResponse:
     convo = conversation_or_404(request, cid)
     if not convo.is_open:
         raise HTTPException(409, "voting on this conversation is closed")
@@ -159,7 +203,9 @@ def join(request: Request, cid: int, token: str) -> RedirectResponse:
     if not valid_token(token) or not request.app.state.store.invited(token):
         raise HTTPException(404, "this invite link is not valid")
     response = RedirectResponse(f"/c/{cid}", status_code=303)  # the token leaves the address bar
-    response.headers.append("set-cookie", participant_cookie(request.app.state.keys, token).decode("latin-1"))
+    response.headers.append(
+        "set-cookie", participant_cookie(request.app.state.keys, token).decode("latin-1")
+    )
     return response
 
 
@@ -167,5 +213,10 @@ def join(request: Request, cid: int, token: str) -> RedirectResponse:
 def results_page(request: Request, cid: int) -> HTMLResponse:
     convo = conversation_or_404(request, cid)
     analysis = request.app.state.results.get(cid)
-    return render(request, "results.html", conversation=convo, result=analysis,
-                  origins=request.app.state.store.origins(cid))
+    return render(
+        request,
+        "results.html",
+        conversation=convo,
+        result=analysis,
+        origins=request.app.state.store.origins(cid),
+    )

@@ -42,7 +42,9 @@ def parse_rate(text: str, option: str) -> Rate:
         return Rate(0, 1)
     found = RATE_RE.fullmatch(text.strip().lower())
     if not found or int(found[1]) == 0 or found[2] == "0":
-        raise UserError(f"{option} must be N/PERIOD such as 30/h, 600/10m or 5/30s, or off; got {text!r}")
+        raise UserError(
+            f"{option} must be N/PERIOD such as 30/h, 600/10m or 5/30s, or off; got {text!r}"
+        )
     return Rate(int(found[1]), int(found[2] or 1) * UNITS[found[3]])
 
 
@@ -51,7 +53,9 @@ class Limits:
     """Per-IP limits of the voting app. The defaults let a person (or a few behind one NAT) take
     part at any human pace and stop a script from inventing voters or flooding the moderators."""
 
-    participants: Rate = Rate(30, 3600)  # new participants (first vote or statement of a new cookie)
+    participants: Rate = Rate(
+        30, 3600
+    )  # new participants (first vote or statement of a new cookie)
     votes: Rate = Rate(600, 600)  # votes and re-votes
     statements: Rate = Rate(10, 600)  # statements submitted for moderation
     logins: Rate = Rate(10, 600)  # admin login attempts
@@ -60,7 +64,9 @@ class Limits:
 class SlidingWindow:
     """Counts each key's events in the last `rate.seconds`; refuses the one over `rate.events`."""
 
-    def __init__(self, rate: Rate, clock: Callable[[], float] = time.monotonic, max_keys: int = MAX_CLIENTS):
+    def __init__(
+        self, rate: Rate, clock: Callable[[], float] = time.monotonic, max_keys: int = MAX_CLIENTS
+    ):
         self.rate, self.clock, self.max_keys = rate, clock, max_keys
         self._events: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
@@ -88,5 +94,8 @@ def limit(request: Request, name: str, what: str) -> None:
     wait = request.app.state.limiters[name].hit(client_ip(request))
     if wait is not None:
         seconds = str(math.ceil(wait))
-        raise HTTPException(429, f"too many {what} from your address: try again in {seconds} s",
-                            headers={"Retry-After": seconds})
+        raise HTTPException(
+            429,
+            f"too many {what} from your address: try again in {seconds} s",
+            headers={"Retry-After": seconds},
+        )

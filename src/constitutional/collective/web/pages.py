@@ -15,8 +15,16 @@ def render(request: Request, name: str, status_code: int = 200, **context: Any) 
     """A page with the CSRF token of this browser's participant and whether it is the admin."""
     csrf = request.app.state.keys.csrf_token(participant(request))
     return request.app.state.templates.TemplateResponse(
-        request, name, {"csrf": csrf, "admin": is_admin(request),
-                            "invite_only": request.app.state.invite_only, **context}, status_code=status_code)
+        request,
+        name,
+        {
+            "csrf": csrf,
+            "admin": is_admin(request),
+            "invite_only": request.app.state.invite_only,
+            **context,
+        },
+        status_code=status_code,
+    )
 
 
 def conversation_or_404(request: Request, cid: int) -> Conversation:

@@ -36,7 +36,9 @@ def results(store: Store, cid: int, min_votes: int, invited_only: bool = False) 
     votes = store.votes(cid, invited_only)
     if votes.n_votes == 0:
         return {"error": "no votes yet"}
-    config = AnalysisConfig(min_votes=min(min_votes, len(votes.statements)), seed=store.conversation(cid).seed)
+    config = AnalysisConfig(
+        min_votes=min(min_votes, len(votes.statements)), seed=store.conversation(cid).seed
+    )
     try:
         result = analyze(votes, config)
     except UserError as e:
@@ -54,7 +56,12 @@ class ResultsCache:
     """
 
     def __init__(self, store: Store, min_votes: int, invited_only: bool = False, most: int = 64):
-        self.store, self.min_votes, self.invited_only, self.most = store, min_votes, invited_only, most
+        self.store, self.min_votes, self.invited_only, self.most = (
+            store,
+            min_votes,
+            invited_only,
+            most,
+        )
         self._cached: dict[int, tuple[tuple, dict[str, Any]]] = {}  # cid -> (votes version, result)
         self._lock = threading.Lock()
         self.computed = 0  # analyses run, for tests and curious admins
@@ -84,8 +91,16 @@ def opinion_map(points: list[dict[str, Any]], k: int, explained: list[float]) ->
         # Rounded: a component with no variance would otherwise plot float noise on a 1e-16 axis.
         xs = [round(p["x"], 9) for p in points if p["group"] == g]
         ys = [round(p["y"], 9) for p in points if p["group"] == g]
-        ax.scatter(xs, ys, s=36, color=GROUP_COLOURS[g % len(GROUP_COLOURS)], alpha=0.8,
-                   edgecolors="white", linewidths=0.6, label=f"group {group_name(g)} ({len(xs)})")
+        ax.scatter(
+            xs,
+            ys,
+            s=36,
+            color=GROUP_COLOURS[g % len(GROUP_COLOURS)],
+            alpha=0.8,
+            edgecolors="white",
+            linewidths=0.6,
+            label=f"group {group_name(g)} ({len(xs)})",
+        )
     share = [*explained, 0.0, 0.0]
     ax.set_xlabel(f"first principal component ({share[0]:.0%} of variance)")
     ax.set_ylabel(f"second principal component ({share[1]:.0%})")
@@ -102,14 +117,28 @@ def agreement(stats: list[dict[str, Any]], k: int) -> str:
 
     from constitutional.svg import to_svg
 
-    grid = np.array([[s["groups"][g]["p_agree"] for s in stats] for g in range(k)])  # (k, n_statements)
+    grid = np.array(
+        [[s["groups"][g]["p_agree"] for s in stats] for g in range(k)]
+    )  # (k, n_statements)
     fig = Figure(figsize=(min(1.6 + 0.45 * len(stats), 12), 0.9 + 0.45 * k), layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(grid, cmap="RdBu", vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(len(stats)), [f"#{s['statement']}" for s in stats], rotation=90 if len(stats) > 12 else 0)
+    ax.set_xticks(
+        range(len(stats)),
+        [f"#{s['statement']}" for s in stats],
+        rotation=90 if len(stats) > 12 else 0,
+    )
     ax.set_yticks(range(k), [f"group {group_name(g)}" for g in range(k)])
     if len(stats) <= 30:
         for (g, j), p in np.ndenumerate(grid):
-            ax.text(j, g, f"{p:.0%}", ha="center", va="center", fontsize=7, color="white" if abs(p - 0.5) > 0.3 else "black")
+            ax.text(
+                j,
+                g,
+                f"{p:.0%}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if abs(p - 0.5) > 0.3 else "black",
+            )
     fig.colorbar(image, ax=ax, label="p(agree)", shrink=0.9)
     return to_svg(fig, "agreement")

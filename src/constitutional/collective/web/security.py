@@ -35,7 +35,7 @@ SESSION_SECONDS = 12 * 3600
 MAX_SESSIONS = 1000  # admin logins held at once; the oldest goes first
 HEADERS = {  # on every response: no script at all, no framing, no admin page address in a Referer
     "Content-Security-Policy": "default-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-                               "form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
@@ -53,14 +53,18 @@ def valid_token(token: str | None) -> bool:
 
 def same_secret(given: str, expected: str) -> bool:
     """Constant-time comparison of two secrets as UTF-8 bytes (any str, even a lone surrogate)."""
-    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
 
 
 class Keys:
     """Keys derived from the server secret, one per purpose, so no MAC can stand in for another."""
 
     def __init__(self, secret: bytes):
-        self.participant = hmac.new(secret, b"collective participant cookie", hashlib.sha256).digest()
+        self.participant = hmac.new(
+            secret, b"collective participant cookie", hashlib.sha256
+        ).digest()
         self.csrf = hmac.new(secret, b"collective csrf", hashlib.sha256).digest()
 
     def sign(self, token: str) -> str:
@@ -90,7 +94,9 @@ def client_ip(request: Request) -> str:
 def require_csrf(request: Request, csrf: str = Form("")) -> None:
     """FastAPI dependency for every form POST."""
     if not same_secret(csrf, request.app.state.keys.csrf_token(participant(request))):
-        raise HTTPException(403, "the form's security token is missing or stale: reload the page and try again")
+        raise HTTPException(
+            403, "the form's security token is missing or stale: reload the page and try again"
+        )
 
 
 class Sessions:
@@ -159,9 +165,18 @@ class Guard:
         cookie = Request(scope).cookies.get(PARTICIPANT_COOKIE)
         token = self.keys.verify(cookie) if cookie is not None else new_token()
         if token is None:
-            await _plain(send, 403, "this participant cookie was not issued by this server; it has been "
-                                    "cleared: reload the page to continue as a new participant",
-                         ((b"set-cookie", f"{PARTICIPANT_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax".encode()),))
+            await _plain(
+                send,
+                403,
+                "this participant cookie was not issued by this server; it has been "
+                "cleared: reload the page to continue as a new participant",
+                (
+                    (
+                        b"set-cookie",
+                        f"{PARTICIPANT_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax".encode(),
+                    ),
+                ),
+            )
             return
         body = await self._body(scope, receive)
         if body is None:
@@ -185,9 +200,17 @@ class Guard:
             if message["type"] == "http.response.start":
                 started = True
                 headers = [*message.get("headers", []), *_security_headers()]
-                own = any(k == b"set-cookie" and v.startswith(PARTICIPANT_COOKIE.encode()) for k, v in headers)
+                own = any(
+                    k == b"set-cookie" and v.startswith(PARTICIPANT_COOKIE.encode())
+                    for k, v in headers
+                )
                 if fresh and not own:  # an invite link sets its own participant cookie
-                    headers.append((b"set-cookie", participant_cookie(self.keys, scope["state"]["participant"])))
+                    headers.append(
+                        (
+                            b"set-cookie",
+                            participant_cookie(self.keys, scope["state"]["participant"]),
+                        )
+                    )
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -195,7 +218,9 @@ class Guard:
             await self.app(scope, replay, send_with_headers)
         except Exception:
             # Logged without the query string, which may hold a token; the client learns nothing.
-            log.exception("error serving %s %s", scope.get("method"), redact_path(scope.get("path", "")))
+            log.exception(
+                "error serving %s %s", scope.get("method"), redact_path(scope.get("path", ""))
+            )
             if not started:
                 await _plain(send, 500, "internal server error")
 
@@ -226,7 +251,9 @@ def _security_headers() -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode(), v.encode()) for k, v in HEADERS.items()]
 
 
-async def _plain(send: Any, status: int, text: str, extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+async def _plain(
+    send: Any, status: int, text: str, extra: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
     headers = [(b"content-type", b"text/plain; charset=utf-8"), *_security_headers(), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": text.encode()})

@@ -75,19 +75,27 @@ class Participant(Base):
 
 class Statement(Base):
     __tablename__ = "collective_statements"
-    __table_args__ = (CheckConstraint("status IN ('pending', 'accepted', 'rejected')", name="status_known"),)
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'accepted', 'rejected')", name="status_known"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
-    conversation_id: Mapped[int] = mapped_column(ForeignKey("collective_conversations.id"), index=True)
+    conversation_id: Mapped[int] = mapped_column(
+        ForeignKey("collective_conversations.id"), index=True
+    )
     text: Mapped[str] = mapped_column(String(MAX_STATEMENT))
     status: Mapped[str] = mapped_column(String(10), default="pending")
-    author_id: Mapped[int | None] = mapped_column(ForeignKey("collective_participants.id"))  # None: seed
+    author_id: Mapped[int | None] = mapped_column(
+        ForeignKey("collective_participants.id")
+    )  # None: seed
     created: Mapped[datetime] = mapped_column(default=_now)
 
 
 class Vote(Base):
     __tablename__ = "collective_votes"
-    __table_args__ = (UniqueConstraint("participant_id", "statement_id", name="one_vote_each"),
-                      CheckConstraint("value IN (-1, 0, 1)", name="vote_value"))
+    __table_args__ = (
+        UniqueConstraint("participant_id", "statement_id", name="one_vote_each"),
+        CheckConstraint("value IN (-1, 0, 1)", name="vote_value"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     participant_id: Mapped[int] = mapped_column(ForeignKey("collective_participants.id"))
     statement_id: Mapped[int] = mapped_column(ForeignKey("collective_statements.id"), index=True)
@@ -155,9 +163,14 @@ class Store:
     def secret(self) -> bytes:
         """The server secret: 256 random bits made on first use and kept, so restarts keep cookies valid."""
         with self.session.begin() as s:
-            s.execute(_insert(s)(Setting).values(name="secret", value=secrets.token_hex(32))
-                      .on_conflict_do_nothing(index_elements=["name"]))  # two servers starting at once agree
-            return bytes.fromhex(s.scalars(select(Setting.value).where(Setting.name == "secret")).one())
+            s.execute(
+                _insert(s)(Setting)
+                .values(name="secret", value=secrets.token_hex(32))
+                .on_conflict_do_nothing(index_elements=["name"])
+            )  # two servers starting at once agree
+            return bytes.fromhex(
+                s.scalars(select(Setting.value).where(Setting.name == "secret")).one()
+            )
 
     # --- conversations and statements -------------------------------------------------------
     def create_conversation(self, topic: str, description: str, seeds: list[str], seed: int) -> int:
@@ -165,7 +178,9 @@ class Store:
             conversation = Conversation(topic=topic, description=description, seed=seed)
             s.add(conversation)
             s.flush()
-            s.add_all(Statement(conversation_id=conversation.id, text=t, status="accepted") for t in seeds)
+            s.add_all(
+                Statement(conversation_id=conversation.id, text=t, status="accepted") for t in seeds
+            )
             return conversation.id
 
     def conversation(self, cid: int) -> Conversation | None:
@@ -187,7 +202,9 @@ class Store:
     def add_statement(self, cid: int, token: str, text: str) -> int:
         """A participant's statement, pending moderation."""
         with self.session.begin() as s:
-            statement = Statement(conversation_id=cid, text=text, author_id=self._participant(s, token))
+            statement = Statement(
+                conversation_id=cid, text=text, author_id=self._participant(s, token)
+            )
             s.add(statement)
             s.flush()
             return statement.id
@@ -195,8 +212,13 @@ class Store:
     def statements(self, cid: int, status: str | None = None) -> list[tuple[Statement, int]]:
         """(statement, number of votes) in id order, optionally only those with `status`."""
         with self.session() as s:
-            query = (select(Statement, func.count(Vote.id)).outerjoin(Vote, Vote.statement_id == Statement.id)
-                     .where(Statement.conversation_id == cid).group_by(Statement.id).order_by(Statement.id))
+            query = (
+                select(Statement, func.count(Vote.id))
+                .outerjoin(Vote, Vote.statement_id == Statement.id)
+                .where(Statement.conversation_id == cid)
+                .group_by(Statement.id)
+                .order_by(Statement.id)
+            )
             if status is not None:
                 query = query.where(Statement.status == status)
             return [(st, n) for st, n in s.execute(query)]
@@ -216,8 +238,11 @@ class Store:
     def _participant(self, s: Session, token: str, invited: bool = False) -> int:
         """The id of the participant with `token`, created if new (race-free: ON CONFLICT DO NOTHING)."""
         insert = _insert(s)
-        s.execute(insert(Participant).values(token=token, invited=invited, created=_now())
-                  .on_conflict_do_nothing(index_elements=["token"]))
+        s.execute(
+            insert(Participant)
+            .values(token=token, invited=invited, created=_now())
+            .on_conflict_do_nothing(index_elements=["token"])
+        )
         return s.scalars(select(Participant.id).where(Participant.token == token)).one()
 
     def invite(self, tokens: list[str]) -> None:
@@ -239,17 +264,31 @@ class Store:
         with self.session.begin() as s:
             pid = self._participant(s, token)
             insert = _insert(s)
-            s.execute(insert(Vote).values(participant_id=pid, statement_id=sid, value=value, updated=_now())
-                      .on_conflict_do_update(index_elements=["participant_id", "statement_id"],
-                                             set_={"value": value, "updated": _now()}))
+            s.execute(
+                insert(Vote)
+                .values(participant_id=pid, statement_id=sid, value=value, updated=_now())
+                .on_conflict_do_update(
+                    index_elements=["participant_id", "statement_id"],
+                    set_={"value": value, "updated": _now()},
+                )
+            )
 
     def next_statement(self, cid: int, token: str | None) -> tuple[Statement | None, int, int]:
         """(the next accepted statement this participant has not voted on, votes cast, accepted total)."""
         conversation = self.conversation(cid)
         accepted = [st for st, _ in self.statements(cid, "accepted")]
         with self.session() as s:
-            voted = set(s.scalars(select(Vote.statement_id).join(Participant)
-                                  .where(Participant.token == token))) if token else set()
+            voted = (
+                set(
+                    s.scalars(
+                        select(Vote.statement_id)
+                        .join(Participant)
+                        .where(Participant.token == token)
+                    )
+                )
+                if token
+                else set()
+            )
         left = [st for st in accepted if st.id not in voted]
         seed = conversation.seed if conversation else 0
         left.sort(key=lambda st: order_key(seed, token or "", st.id))
@@ -260,15 +299,20 @@ class Store:
         """`query` over votes narrowed to those that count: on accepted statements of `cid`, and
         in invite-only mode cast by invited participants."""
         query = query.join(Statement, Vote.statement_id == Statement.id).where(
-            Statement.conversation_id == cid, Statement.status == "accepted")
+            Statement.conversation_id == cid, Statement.status == "accepted"
+        )
         if invited_only:
-            query = query.join(Participant, Vote.participant_id == Participant.id).where(Participant.invited)
+            query = query.join(Participant, Vote.participant_id == Participant.id).where(
+                Participant.invited
+            )
         return query
 
     def vote_rows(self, cid: int, invited_only: bool = False) -> list[tuple[int, int, int]]:
         """(participant id, statement id, vote) of the votes that count, oldest first."""
         with self.session() as s:
-            query = self._counted(select(Vote.participant_id, Vote.statement_id, Vote.value), cid, invited_only)
+            query = self._counted(
+                select(Vote.participant_id, Vote.statement_id, Vote.value), cid, invited_only
+            )
             return [tuple(row) for row in s.execute(query.order_by(Vote.updated, Vote.id))]
 
     def votes_version(self, cid: int, invited_only: bool = False) -> tuple:
@@ -281,8 +325,13 @@ class Store:
     def origins(self, cid: int) -> dict[str, int]:
         """How many participants who voted here came by invite and how many anonymously."""
         with self.session() as s:
-            query = self._counted(select(Participant.invited, func.count(func.distinct(Participant.id)))
-                                  .join(Vote, Vote.participant_id == Participant.id), cid, False)
+            query = self._counted(
+                select(Participant.invited, func.count(func.distinct(Participant.id))).join(
+                    Vote, Vote.participant_id == Participant.id
+                ),
+                cid,
+                False,
+            )
             counts = dict(s.execute(query.group_by(Participant.invited)).all())
         return {"invited": counts.get(True, 0), "anonymous": counts.get(False, 0)}
 
@@ -296,7 +345,9 @@ class Store:
 
     def export_comments(self, cid: int) -> str:
         """comments.csv: statement,text of every accepted statement."""
-        return _csv(["statement", "text"], ((st.id, st.text) for st, _ in self.statements(cid, "accepted")))
+        return _csv(
+            ["statement", "text"], ((st.id, st.text) for st, _ in self.statements(cid, "accepted"))
+        )
 
     def votes(self, cid: int, invited_only: bool = False) -> Votes:
         """The same matrix `load_votes` builds from the export (voted statements only, in id order)."""

@@ -75,11 +75,13 @@ class Instrument:
         if not replies:
             return []
         vectors = embed(list(replies) + list(prompts))
-        reply_emb, prompt_emb = vectors[: len(replies)], vectors[len(replies):]
+        reply_emb, prompt_emb = vectors[: len(replies)], vectors[len(replies) :]
         p_refuse = self.comply.proba(F.comply_features(prompt_emb, reply_emb, replies))
         p_engaged = self.engaged.proba(F.engaged_features(reply_emb, replies))
-        return [self._verdict(reply, float(pr), float(pe))
-                for reply, pr, pe in zip(replies, p_refuse, p_engaged, strict=True)]  # fmt: skip
+        return [
+            self._verdict(reply, float(pr), float(pe))
+            for reply, pr, pe in zip(replies, p_refuse, p_engaged, strict=True)
+        ]
 
     @staticmethod
     def _verdict(reply: str, p_refuse: float, p_engaged: float) -> RefusalVerdict:

@@ -56,13 +56,19 @@ def hashed_ngrams(replies: Sequence[str]) -> np.ndarray:
     return vectorizer.transform(list(replies)).toarray()
 
 
-def comply_features(prompt_emb: np.ndarray, reply_emb: np.ndarray, replies: Sequence[str]) -> np.ndarray:
+def comply_features(
+    prompt_emb: np.ndarray, reply_emb: np.ndarray, replies: Sequence[str]
+) -> np.ndarray:
     """The (n, d) matrix the comply-vs-refuse regression reads."""
     phrases = np.array([phrase_features(r) for r in replies], dtype=float).reshape(len(replies), 4)
-    return np.hstack([
-        reply_emb, prompt_emb * reply_emb * PRODUCT_SCALE, phrases * PHRASE_SCALE,
-        hashed_ngrams(replies),
-    ])  # fmt: skip
+    return np.hstack(
+        [
+            reply_emb,
+            prompt_emb * reply_emb * PRODUCT_SCALE,
+            phrases * PHRASE_SCALE,
+            hashed_ngrams(replies),
+        ]
+    )
 
 
 def engaged_features(reply_emb: np.ndarray, replies: Sequence[str]) -> np.ndarray:
@@ -85,7 +91,10 @@ class Linear:
 
     def to_json(self) -> dict[str, Any]:
         # 6 significant digits keep the artifact small; predictions move by < 1e-5.
-        return {"coef": [float(f"{v:.6g}") for v in self.coef], "intercept": float(f"{self.intercept:.6g}")}
+        return {
+            "coef": [float(f"{v:.6g}") for v in self.coef],
+            "intercept": float(f"{self.intercept:.6g}"),
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Linear:

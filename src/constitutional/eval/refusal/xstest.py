@@ -34,12 +34,19 @@ def convert(csv_texts: Mapping[str, str]) -> list[dict[str, Any]]:
     rows = []
     for model, text in csv_texts.items():
         for record in csv.DictReader(io.StringIO(text)):
-            rows.append({
-                "id": f"{record['id']}-{model}", "prompt_id": record["id"], "model": model,
-                "type": record["type"], "prompt": record["prompt"], "completion": record["completion"],
-                "label": LABELS[record["final_label"]], "xstest_label": record["final_label"],
-                "agreement": record["agreement"].strip().upper() == "TRUE",
-            })  # fmt: skip
+            rows.append(
+                {
+                    "id": f"{record['id']}-{model}",
+                    "prompt_id": record["id"],
+                    "model": model,
+                    "type": record["type"],
+                    "prompt": record["prompt"],
+                    "completion": record["completion"],
+                    "label": LABELS[record["final_label"]],
+                    "xstest_label": record["final_label"],
+                    "agreement": record["agreement"].strip().upper() == "TRUE",
+                }
+            )
     return rows
 
 
@@ -53,21 +60,34 @@ def bundled_rows() -> list[dict[str, Any]]:
     """The bundled XSTest rows as prompt/reply/refused dicts (the shape `fit` uses)."""
     path = Path(str(files("constitutional") / "data" / "xstest_completions.jsonl"))
     return [
-        {"id": row["id"], "prompt_id": row["prompt_id"], "prompt": row["prompt"],
-         "reply": row["completion"], "refused": row["label"] == "refuse", "engaged": None,
-         "contrast": is_contrast(row), "model": row["model"]}
+        {
+            "id": row["id"],
+            "prompt_id": row["prompt_id"],
+            "prompt": row["prompt"],
+            "reply": row["completion"],
+            "refused": row["label"] == "refuse",
+            "engaged": None,
+            "contrast": is_contrast(row),
+            "model": row["model"],
+        }
         for row in read_jsonl(path)
-    ]  # fmt: skip
+    ]
 
 
-def heldout_prompt_ids(prompt_ids: Iterable[str], seed: int = SPLIT_SEED, share: float = HELDOUT_SHARE) -> list[str]:
+def heldout_prompt_ids(
+    prompt_ids: Iterable[str], seed: int = SPLIT_SEED, share: float = HELDOUT_SHARE
+) -> list[str]:
     """A seeded `share` of the distinct prompt ids, sorted: the prompts held out from fitting."""
     distinct = sorted(set(prompt_ids))
     chosen = random.Random(seed).sample(distinct, round(len(distinct) * share))
     return sorted(chosen)
 
 
-def split(rows: list[dict[str, Any]], heldout_ids: Iterable[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def split(
+    rows: list[dict[str, Any]], heldout_ids: Iterable[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(fitting rows, held-out rows) by prompt id."""
     held = set(heldout_ids)
-    return [r for r in rows if r["prompt_id"] not in held], [r for r in rows if r["prompt_id"] in held]
+    return [r for r in rows if r["prompt_id"] not in held], [
+        r for r in rows if r["prompt_id"] in held
+    ]
