@@ -143,11 +143,15 @@ def test_run_writes_every_artifact_then_skips_what_is_unchanged(tmp_path, tiny_m
         "policy",
         "eval",
     ]
-    # Every model the run made is evaluated; the judge and the principles are audited.
+    # Every model the run made is evaluated, beside the base model told the constitution (the
+    # system-prompt baseline); the judge and the principles are audited.
     results = json.loads((run_dir / "eval.json").read_text())
+    assert results["models"]["base+constitution"] == f"{tiny_model_dir}+constitution"
     assert (
-        set(results["models"]) == {"base", "sl", "rl"} and results["attack_success"]["rl"]["n"] == 2
+        set(results["models"]) == {"base", "base+constitution", "sl", "rl"}
+        and results["attack_success"]["rl"]["n"] == 2
     )
+    assert (run_dir / "revisions.json").is_file()  # the revisions curve, read from the traces
     assert (
         results["instrument"]["harmful_compliance"]["rl"]["n"] == 2
         and results["judge"]["human_agreement"]["n"] == 4

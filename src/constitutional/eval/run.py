@@ -117,7 +117,10 @@ def run_eval(
     )
     if progress:
         progress("judge audit: human pairs", 1)
-    gate = judge_block(cfg, results.pop("flip_rate"), human_agreement(judge, cfg.judge_pairs))
+    human = human_agreement(judge, cfg.judge_pairs)
+    if progress:
+        progress("", 1)  # one step: the pairs are read in one batched call
+    gate = judge_block(cfg, results.pop("flip_rate"), human)
     doc = {
         "artifact": ARTIFACT,
         "schema_version": SCHEMA_VERSION,
