@@ -76,8 +76,12 @@ def test_lora_checkpoint_is_merged_into_its_base(lora_checkpoint, tiny_model_dir
     out = tmp_path / "merged"
     assert export(lora_checkpoint, "--out", out, "--dtype", "float32").exit_code == 0
     assert not (out / "adapter_config.json").exists()  # a whole model now, loadable by anything
-    merged = behaviour(out)
-    assert merged == behaviour(lora_checkpoint)
+    merged, adapter = behaviour(out), behaviour(lora_checkpoint)
+    assert merged[0] == adapter[0]
+    # Merging at load and merging before saving round the same sums in different orders.
+    assert [x for row in merged[1] for x in row] == pytest.approx(
+        [x for row in adapter[1] for x in row], abs=1e-5
+    )
     assert merged[1] != behaviour(tiny_model_dir)[1]  # the adapter really is in the weights
 
 
