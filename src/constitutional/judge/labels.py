@@ -111,3 +111,42 @@ def to_dpo_rows(rows: Sequence[dict]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def hard_label(
+    row_id: str,
+    source: str,
+    prompt: str,
+    better: str,
+    worse: str,
+    better_on_a: bool,
+    seed: int,
+    meta: dict,
+    **fields: Any,
+) -> dict[str, Any]:
+    """A label-file row that prefers `better` with certainty (p_a 1.0 or 0.0), on side A when
+    `better_on_a`; `fields` fill in what the source knows (principles, mode, policy model)."""
+    a, b = (better, worse) if better_on_a else (worse, better)
+    p = 1.0 if better_on_a else 0.0
+    row: dict[str, Any] = {
+        "id": row_id,
+        "source": source,
+        "prompt": prompt,
+        "response_a": a,
+        "response_b": b,
+        "principle_ids": [],
+        "cot": None,
+        "mode": None,
+        "policy_model": None,
+        "feedback_model": None,
+        "seed": seed,
+        "reason": None,
+        "discarded": False,
+        "p_a_raw": p,
+        "p_a_swapped": None,
+        "p_a": p,
+        "flip": None,
+        "meta": meta,
+    }
+    row.update(fields)
+    return row

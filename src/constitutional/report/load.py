@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from constitutional.errors import UserError
-from constitutional.jsonl import read_jsonl
+from constitutional.jsonl import read_json, read_jsonl
 
 
 @dataclass
@@ -59,21 +59,6 @@ def load_run(run_dir: Path) -> RunArtifacts:
         run.traces = read_jsonl(run_dir / "sl.jsonl")
     run.checkpoints = load_checkpoints(run_dir)
     return run
-
-
-def read_json(path: Path, artifact: str | None = None) -> dict[str, Any] | None:
-    """A JSON object, or None if the file is absent. `artifact` must match the file's own tag."""
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"not valid JSON: {e}", path) from None
-    if not isinstance(data, dict):
-        raise UserError("expected a JSON object", path)
-    if artifact and data.get("artifact", artifact) != artifact:
-        raise UserError(f"expected artifact {artifact!r}, found {data.get('artifact')!r}", path)
-    return data
 
 
 def load_manifests(run_dir: Path) -> tuple[dict[str, Any] | None, list[str]]:

@@ -19,6 +19,7 @@ from constitutional.backends import CachedBackend, GenerationRequest, Prompt
 from constitutional.constitution import Constitution
 from constitutional.errors import UserError
 from constitutional.judge import labels, layout
+from constitutional.judge.labels import hard_label
 from constitutional.judge.layout import draw_principles
 from constitutional.provenance import derive_seed, row_meta
 from constitutional.sampling import sample_at_ratio
@@ -243,31 +244,9 @@ def mix_human(
     out = list(rows)
     for h in picked:
         chosen_is_a = rng.random() < 0.5
-        (a, b), p = (
-            ((h["chosen"], h["rejected"]), 1.0)
-            if chosen_is_a
-            else ((h["rejected"], h["chosen"]), 0.0)
-        )
         out.append(
-            {
-                "id": h["id"],
-                "source": "human",
-                "prompt": h["prompt"],
-                "response_a": a,
-                "response_b": b,
-                "principle_ids": [],
-                "cot": None,
-                "mode": None,
-                "policy_model": None,
-                "feedback_model": None,
-                "seed": seed,
-                "reason": None,
-                "discarded": False,
-                "p_a_raw": p,
-                "p_a_swapped": None,
-                "p_a": p,
-                "flip": None,
-                "meta": meta,
-            }
+            hard_label(
+                h["id"], "human", h["prompt"], h["chosen"], h["rejected"], chosen_is_a, seed, meta
+            )
         )
     return out

@@ -14,6 +14,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+from constitutional.judge.labels import hard_label
 from constitutional.provenance import derive_seed, row_meta
 
 ARTIFACT = "rl_cai_labels"
@@ -39,32 +40,20 @@ def revision_pairs(traces: Sequence[dict], seed: int, constitution=None) -> list
         ):
             continue
         revision_is_a = rng.random() < 0.5
-        a, b = (
-            (t["final_response"], t["initial_response"])
-            if revision_is_a
-            else (t["initial_response"], t["final_response"])
-        )
-        p = 1.0 if revision_is_a else 0.0
+        kept = [s["principle_id"] for s in t["rounds"] if not s["discarded"]]
         rows.append(
-            {
-                "id": t["id"],
-                "source": "revision",
-                "prompt": t["prompt"],
-                "response_a": a,
-                "response_b": b,
-                "principle_ids": [s["principle_id"] for s in t["rounds"] if not s["discarded"]],
-                "cot": None,
-                "mode": "revision",
-                "policy_model": t.get("model"),
-                "feedback_model": None,
-                "seed": seed,
-                "reason": None,
-                "discarded": False,
-                "p_a_raw": p,
-                "p_a_swapped": None,
-                "p_a": p,
-                "flip": None,
-                "meta": meta,
-            }
+            hard_label(
+                t["id"],
+                "revision",
+                t["prompt"],
+                t["final_response"],
+                t["initial_response"],
+                revision_is_a,
+                seed,
+                meta,
+                principle_ids=kept,
+                mode="revision",
+                policy_model=t.get("model"),
+            )
         )
     return rows
